@@ -1,0 +1,96 @@
+"""The skeleton every attention mechanism shares: a drop-in for `timm.layers.Attention`.
+
+A mechanism subclasses `TimmAttention` and implements `attend(q, k, v)`; the constructor,
+the `qkv`/`q_norm`/`k_norm`/`norm`/`proj` submodules and the token reshapes are timm's, so a
+pretrained timm ViT's weights load unchanged (timm/layers/attention.py).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class TimmAttention(nn.Module):
+    """Multi-head self-attention with timm's constructor and parameter names.
+
+    Subclasses mix values with `attend`. Mechanisms that need the patch grid (Linformer's
+    resampled projection, atrous windows) read `self.grid`, which `build_model` keeps current
+    for every forward pass (see `effvit_deploy.models.GridBroadcast`); the prefix (class and
+    register) tokens are the first `N - H * W` tokens.
+    """
+
+    supports_masks = False
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        scale_norm: bool = False,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        norm_layer: Optional[type[nn.Module]] = None,
+        attn_head_dim: Optional[int] = None,
+        dim_out: Optional[int] = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        if attn_head_dim is None and dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if (qk_norm or scale_norm) and norm_layer is None:
+            raise ValueError("qk_norm and scale_norm need a norm_layer")
+        self.num_heads = num_heads
+        self.head_dim = attn_head_dim or dim // num_heads
+        self.attn_dim = num_heads * self.head_dim
+        self.scale = self.head_dim**-0.5
+        self.grid: Optional[tuple[int, int]] = None
+
+        self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias, **dd)
+        self.q_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = norm_layer(self.attn_dim, **dd) if scale_norm else nn.Identity()
+        self.proj = nn.Linear(self.attn_dim, dim_out or dim, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Mix values: q, k, v are [B, heads, N, head_dim]; returns [B, heads, N, head_dim]."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        masked = attn_mask is not None or is_causal
+        if masked and not self.supports_masks:
+            raise ValueError(
+                f"{type(self).__name__} does not support attention masks or causal attention; "
+                "use attention='exact' for masked attention"
+            )
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = self.attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal) if masked else self.attend(q, k, v)
+        x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
+        x = self.norm(x)
+        x = self.proj(x)
+        return self.proj_drop(x)
+
+    def patch_grid(self, num_tokens: int) -> tuple[int, int, int]:
+        """(H, W, num_prefix_tokens) of the current input; raises if the grid is unknown."""
+        if self.grid is None:
+            raise RuntimeError(
+                f"{type(self).__name__} needs the patch grid: build the model with "
+                "effvit_deploy.build_model, or set `module.grid = (H, W)` before calling it"
+            )
+        H, W = self.grid
+        return H, W, num_tokens - H * W

@@ -1,0 +1,130 @@
+"""The run directory contract between stages (shared/DESIGN.md, "Artifacts").
+
+    runs/NAME/
+      model.json          ModelCard: how to rebuild the model and feed it (written by train)
+      config.yaml         the fully resolved training config
+      metrics.jsonl       one JSON object per epoch
+      summary.json        final figures (top1, top5, gflops, params, ...)
+      checkpoints/        best.safetensors, last.safetensors (+ resumable state, train's own)
+      export/             manifest.json and artifacts (written by export)
+
+Later stages read these files, never the training code's internals.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .atomic import atomic_path, write_json
+from .models import build_model
+
+MODEL_CARD = "model.json"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class ModelCard:
+    """Everything a later stage needs to rebuild a trained model and prepare its input."""
+
+    model: str
+    attention: str
+    num_classes: int
+    img_size: int
+    attention_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    patch_size: int = 16
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, **fields: Any) -> "ModelCard":
+        """A card for a model made by `build_model` (its `effvit_spec`) plus the data fields."""
+        spec = model.effvit_spec
+        model_kwargs = dict(spec["model_kwargs"])
+        return cls(
+            model=spec["model"],
+            attention=spec["attention"],
+            num_classes=spec["num_classes"],
+            attention_kwargs=dict(spec["attention_kwargs"]),
+            model_kwargs=model_kwargs,
+            patch_size=int(model.patch_embed.patch_size[0]),
+            **fields,
+        )
+
+    def build(self) -> nn.Module:
+        """The model, untrained, exactly as it was built for training."""
+        kwargs = {**self.model_kwargs, **self.attention_kwargs}
+        return build_model(self.model, attention=self.attention, num_classes=self.num_classes, **kwargs)
+
+
+def run_name(run_dir: Union[str, Path]) -> str:
+    return Path(run_dir).resolve().name
+
+
+def save_model_card(run_dir: Union[str, Path], card: ModelCard) -> None:
+    write_json(Path(run_dir) / MODEL_CARD, asdict(card))
+
+
+def load_model_card(run_dir: Union[str, Path]) -> ModelCard:
+    path = Path(run_dir) / MODEL_CARD
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a training run directory: {MODEL_CARD} is missing "
+            "(create one with `effvit-train`)"
+        )
+    raw = json.loads(path.read_text())
+    for key in ("mean", "std"):
+        raw[key] = tuple(raw[key])
+    return ModelCard(**raw)
+
+
+def save_weights(model: nn.Module, path: Union[str, Path]) -> None:
+    """safetensors weights, written atomically (shared tensors are cloned, as safetensors needs)."""
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def weights_path(run_dir: Union[str, Path], which: str = "best") -> Path:
+    path = Path(run_dir) / "checkpoints" / f"{which}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {which} weights in {run_dir}: expected {path}")
+    return path
+
+
+def load_run(run_dir: Union[str, Path], which: str = "best") -> tuple[nn.Module, ModelCard]:
+    """(model in eval mode with the run's trained weights, its ModelCard)."""
+    card = load_model_card(run_dir)
+    model = card.build()
+    model.load_state_dict(load_file(str(weights_path(run_dir, which))), strict=True)
+    return model.eval(), card
+
+
+def load_summary(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
+    path = Path(run_dir) / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_run(
+    run_dir: Union[str, Path],
+    model: nn.Module,
+    card: ModelCard,
+    summary: Optional[dict[str, Any]] = None,
+) -> Path:
+    """Write a complete, loadable run (card, best and last weights, summary) from a model."""
+    run_dir = Path(run_dir)
+    save_model_card(run_dir, card)
+    for which in ("best", "last"):
+        save_weights(model, run_dir / "checkpoints" / f"{which}.safetensors")
+    if summary is not None:
+        write_json(run_dir / SUMMARY, summary)
+    return run_dir
