@@ -136,13 +136,19 @@ def build_model(
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown timm model {model_name!r}.{hint} List them with timm.list_models('vit_*')")
     model_kwargs = {"num_classes": num_classes, "dynamic_img_size": True, **model_kwargs}
-    with torch.device("meta"):
-        probe = timm.create_model(model_name, pretrained=False, **model_kwargs)
+    not_a_vit = ValueError(
+        f"{model_name!r} is not a timm VisionTransformer: pick a ViT, e.g. "
+        "vit_small_patch16_224 or deit_tiny_patch16_224"
+    )
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(model_name, pretrained=False, **model_kwargs)
+    except TypeError as error:
+        if "dynamic_img_size" in str(error):
+            raise not_a_vit from None
+        raise ValueError(f"cannot build {model_name!r} with these arguments: {error}") from None
     if not isinstance(probe, VisionTransformer):
-        raise ValueError(
-            f"{model_name!r} is a {type(probe).__name__}, not a timm VisionTransformer: "
-            "pick a ViT, e.g. vit_small_patch16_224 or deit_tiny_patch16_224"
-        )
+        raise not_a_vit
     mechanism = ATTENTIONS[attention]
     if "grid_size" in inspect.signature(mechanism.__init__).parameters:
         attn_kwargs.setdefault("grid_size", tuple(probe.patch_embed.grid_size))

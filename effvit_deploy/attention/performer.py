@@ -48,7 +48,7 @@ class PerformerAttention(TimmAttention):
         num_features: int = 256,
         redraw_interval: int = 1000,
         feature_seed: int = 0,
-        eps: float = 1e-6,
+        eps: float = 1e-20,
         **kwargs,
     ) -> None:
         super().__init__(dim, num_heads, **kwargs)
@@ -78,7 +78,7 @@ class PerformerAttention(TimmAttention):
             shift = proj.amax(dim=-1, keepdim=True)
         else:
             shift = proj.amax(dim=(-1, -2), keepdim=True)
-        return (torch.exp(proj - diag - shift.detach()) + self.eps) / math.sqrt(self.num_features)
+        return torch.exp(proj - diag - shift.detach()) / math.sqrt(self.num_features)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out_dtype = v.dtype
@@ -88,7 +88,7 @@ class PerformerAttention(TimmAttention):
             phi_k = self._feature_map(k, is_query=False)
             kv = torch.matmul(phi_k.transpose(-1, -2), v)
             normaliser = torch.matmul(phi_q, phi_k.sum(dim=-2, keepdim=True).transpose(-1, -2))
-            out = torch.matmul(phi_q, kv) / normaliser
+            out = torch.matmul(phi_q, kv) / normaliser.clamp_min(self.eps)
         return out.to(out_dtype)
 
 
