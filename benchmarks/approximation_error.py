@@ -1,0 +1,105 @@
+"""Approximation-error table: each mechanism vs exact attention, block by block, on a model's
+own activations at several sequence lengths (effvit_deploy.approximation).
+
+    python benchmarks/approximation_error.py --run runs/digits-exact --resolutions 32,64,128
+    python benchmarks/approximation_error.py --model vit_small_patch16_224 --weights vit_s16.safetensors \
+        --data imagenet100/ --resolutions 224,384,512
+
+Writes OUT.md (mean relative error per mechanism and sequence length, plus per-block errors)
+and OUT.json beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from effvit_deploy import build_model
+from effvit_deploy.approximation import DEFAULT_MECHANISMS, block_errors
+from effvit_deploy.atomic import write_json, write_text
+from effvit_deploy.data import build_eval_dataset
+from effvit_deploy.runs import ModelCard, load_run
+
+
+def load_images(data: dict, card: ModelCard, resolution: int, count: int) -> torch.Tensor:
+    dataset, _ = build_eval_dataset(data, resolution, card.mean, card.std, card.interpolation, crop_pct=1.0)
+    step = max(1, len(dataset) // count)
+    return torch.stack([dataset[i][0] for i in range(0, step * count, step)][:count])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="an exact-attention run directory (its model and validation data)")
+    source.add_argument("--model", help="a timm ViT name (with --weights and --data)")
+    parser.add_argument("--weights", help="local timm weights file for --model")
+    parser.add_argument("--data", default="digits", help="digits, synthetic or an ImageFolder root (for --model)")
+    parser.add_argument("--resolutions", default="32,64,128", help="comma-separated square sizes")
+    parser.add_argument("--images", type=int, default=16, help="validation images per resolution")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/approximation_error.md"))
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    if args.run:
+        model, card = load_run(args.run)
+        data, label = card.data, f"run {args.run.name} ({card.model}, trained on {card.data.get('name')})"
+    else:
+        model = build_model(args.model, attention="exact", pretrained=args.weights or False)
+        card = ModelCard.for_model(model, img_size=model.patch_embed.img_size[0])
+        name = args.data if args.data in ("digits", "synthetic") else "folder"
+        data = {"name": name, "root": None if name != "folder" else args.data}
+        label = f"{args.model} ({args.weights or 'random init'}) on {args.data}"
+    if card.attention != "exact":
+        parser.error(f"{args.run} uses {card.attention} attention; the reference must be an exact run")
+
+    rows = []
+    for resolution in (int(r) for r in args.resolutions.split(",")):
+        images = load_images(data, card, resolution, args.images)
+        rows += block_errors(model, images, DEFAULT_MECHANISMS)
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    write_json(args.out.with_suffix(".json"), {"source": label, "command": command, "commit": commit, "cpu": cpu,
+                                               "torch": torch.__version__, "rows": rows})
+    write_text(args.out, render(rows, label, command, commit, cpu))
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+    return 0
+
+
+def render(rows: list[dict], label: str, command: str, commit: str, cpu: str) -> str:
+    token_counts = sorted({r["tokens"] for r in rows})
+    mechanisms = list(dict.fromkeys(r["mechanism"] for r in rows))
+    by_key = {(r["mechanism"], r["tokens"]): r for r in rows}
+
+    def cell(mechanism: str, tokens: int) -> str:
+        row = by_key.get((mechanism, tokens))
+        return "n/a" if row is None or "error" in row else f"{row['mean_error']:.4f}"
+
+    lines = [
+        "# Approximation error vs exact attention",
+        "",
+        f"Relative error ||approx - exact|| / ||exact|| of each block's attention output, on the model's own",
+        f"activations (the input each block's attention receives), mean over blocks. Source: {label}.",
+        f"Command: `{command}` at commit {commit}, CPU: {cpu}, torch {torch.__version__}.",
+        "n/a: the budget does not fit that sequence (e.g. a projection longer than the training grid).",
+        "",
+        "| mechanism | " + " | ".join(f"{t} tokens" for t in token_counts) + " |",
+        "|---|" + "---:|" * len(token_counts),
+    ]
+    lines += [f"| {m} | " + " | ".join(cell(m, t) for t in token_counts) + " |" for m in mechanisms]
+    lines += ["", "## Per block", "", "| mechanism | tokens | " + "errors by block |", "|---|---:|---|"]
+    lines += [
+        f"| {r['mechanism']} | {r['tokens']} | " + ", ".join(f"{e:.4f}" for e in r["block_errors"]) + " |"
+        for r in rows if "block_errors" in r
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""How far each approximation is from exact attention on a model's own activations.
+
+For every block of an exact-attention model, the input of its attention layer is captured on
+real images; each mechanism, given that block's own qkv/proj weights, attends over the same
+input, and the relative error ||approx - exact|| / ||exact|| of the block's attention output is
+reported. This isolates the approximation itself from fine-tuning: it is the error a
+pretrained model sees the moment its attention is swapped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .attention import ATTENTIONS, TimmAttention
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """One approximation at one budget, e.g. Mechanism("nystrom", {"landmarks": 32})."""
+
+    attention: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        args = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in self.kwargs.items())
+        return f"{self.attention}({args})"
+
+
+DEFAULT_MECHANISMS = (
+    Mechanism("linformer", {"proj_len": 16}),
+    Mechanism("linformer", {"proj_len": 64}),
+    Mechanism("performer", {"num_features": 64}),
+    Mechanism("performer", {"num_features": 256}),
+    Mechanism("performer", {"num_features": 1024}),
+    Mechanism("nystrom", {"landmarks": 16, "conv_kernel": 0}),
+    Mechanism("nystrom", {"landmarks": 32, "conv_kernel": 0}),
+    Mechanism("nystrom", {"landmarks": 64, "conv_kernel": 0}),
+    Mechanism("atrous", {"window_size": 4, "dilations": (1, 2, 3)}),
+    Mechanism("atrous", {"window_size": 7, "dilations": (1, 2, 3)}),
+    Mechanism("atrous", {"window_size": 7, "dilations": (1,)}),
+)
+
+
+def _swap(exact: TimmAttention, mechanism: Mechanism, train_grid: tuple[int, int]) -> TimmAttention:
+    """`mechanism` with the exact layer's qkv/proj/norm weights and configuration."""
+    cls = ATTENTIONS[mechanism.attention]
+    kwargs = dict(mechanism.kwargs)
+    if mechanism.attention == "linformer":
+        kwargs["grid_size"] = train_grid
+    layer = cls(
+        exact.qkv.in_features, exact.num_heads,
+        qkv_bias=exact.qkv.bias is not None,
+        qk_norm=not isinstance(exact.q_norm, nn.Identity),
+        scale_norm=not isinstance(exact.norm, nn.Identity),
+        proj_bias=exact.proj.bias is not None,
+        norm_layer=type(exact.q_norm) if not isinstance(exact.q_norm, nn.Identity) else None,
+        **kwargs,
+    )
+    layer.load_state_dict(exact.state_dict(), strict=False)
+    return layer.eval()
+
+
+@torch.no_grad()
+def block_errors(model: nn.Module, images: torch.Tensor, mechanisms: Iterable[Mechanism]) -> list[dict[str, Any]]:
+    """Relative error per (mechanism, block) at the resolution of `images` [B, 3, H, W].
+
+    `model` must use exact attention. Mechanisms whose budget does not fit this sequence
+    (e.g. a Linformer projection longer than the training grid) are reported with an "error"
+    message instead of figures.
+    """
+    layers = [block.attn for block in model.blocks]
+    if not all(type(layer).__name__ == "ExactAttention" for layer in layers):
+        raise ValueError("block_errors needs a model with exact attention as the reference")
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, args, i=i: inputs.__setitem__(i, args[0]))
+        for i, layer in enumerate(layers)
+    ]
+    try:
+        model.eval()(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    grid = layers[0].grid
+    train_grid = tuple(model.patch_embed.grid_size)
+    tokens = inputs[0].shape[1]
+    rows = []
+    for mechanism in mechanisms:
+        row: dict[str, Any] = {"mechanism": mechanism.label, "attention": mechanism.attention,
+                               "resolution": list(images.shape[-2:]), "tokens": tokens}
+        try:
+            swapped = [_swap(layer, mechanism, train_grid) for layer in layers]
+        except ValueError as error:
+            rows.append({**row, "error": str(error)})
+            continue
+        errors = []
+        for i, (exact, approx) in enumerate(zip(layers, swapped)):
+            approx.grid = grid
+            reference = exact(inputs[i])
+            errors.append(((approx(inputs[i]) - reference).norm() / reference.norm()).item())
+        rows.append({**row, "block_errors": errors, "mean_error": sum(errors) / len(errors)})
+    return rows
