@@ -1,0 +1,214 @@
+"""The Gradio Blocks page: one image in, one column per attention variant out.
+
+Each column shows the variant's top-5 (`gr.Label`), the latency of that prediction and which
+backend served it, the GFLOPs at the chosen resolution, its top-1 accuracy from the run's
+summary, and a saliency overlay (`saliency.py`). The fastest variant of the request and the most
+accurate variant of the runs are marked. Models are loaded once in `build_app`; requests go
+through Gradio's queue with a concurrency limit (one at a time by default, so latencies are not
+inflated by a neighbouring request) and a bounded queue length.
+
+Safe defaults: `launch` binds to 127.0.0.1 and never opens a public share link unless asked.
+"""
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import gradio as gr
+import numpy as np
+
+from . import saliency as sal
+from .inputs import DEFAULT_MAX_PIXELS, InputError, load_image
+from .predict import AUTO, AUTO_ORDER, Prediction, Variant, load_variants, resolution_choices
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_FILE_SIZE = "25mb"
+FASTEST = "⚡ fastest"
+MOST_ACCURATE = "🎯 most accurate"
+EXAMPLES = ("digit_0.png", "digit_3.png", "digit_7.png", "flower.jpg", "china.jpg")
+
+
+def example_images() -> list[str]:
+    """Paths of the bundled example images (effvit_deploy/assets)."""
+    root = resources.files("effvit_deploy") / "assets"
+    return [str(root / name) for name in EXAMPLES if (root / name).is_file()]
+
+
+def _payload_path(payload: Any) -> Optional[str]:
+    """The uploaded file's path from a raw gr.Image payload (FileData dict or a path)."""
+    if payload is None:
+        return None
+    if isinstance(payload, dict):
+        return payload.get("path")
+    return getattr(payload, "path", payload)
+
+
+def _most_accurate(variants: Sequence[Variant]) -> set[str]:
+    scores = {v.name: v.top1 for v in variants if v.top1 is not None}
+    if not scores:
+        return set()
+    best = max(scores.values())
+    return {name for name, score in scores.items() if score == best}
+
+
+def _header(variant: Variant, fastest: bool, accurate: bool) -> str:
+    badges = [b for b, on in ((FASTEST, fastest), (MOST_ACCURATE, accurate)) if on]
+    return f"### {variant.name}" + (f"  \n**{' · '.join(badges)}**" if badges else "  \n&nbsp;")
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _info(variant: Variant, pred: Prediction, resolution: int, note: str = "") -> str:
+    run_gflops = variant.summary.get("gflops")
+    run_part = f" (run: {float(run_gflops):.3g} at {variant.card.img_size} px)" if run_gflops is not None else ""
+    lines = [
+        f"**latency: {pred.latency_ms:.2f} ms** ({pred.backend}, {resolution} px)",
+        f"GFLOPs: {variant.gflops(resolution):.3g} at {resolution} px{run_part}",
+        f"top-1 (run): {_percent(variant.top1)}",
+    ]
+    if note:
+        lines.append(f"_{note}_")
+    return "  \n".join(lines)
+
+
+def _saliency(variant: Variant, x, pred: Prediction, mode: str) -> tuple[Optional[np.ndarray], str]:
+    if mode == sal.OFF:
+        return None, ""
+    if mode == sal.CLASS_TOKEN:
+        heat = variant.with_model(lambda m: sal.class_token_attention(m, x))
+        if heat is None:
+            return None, f"{variant.attention} forms no attention matrix: pick '{sal.GRADIENT}'"
+    else:
+        heat = variant.with_model(lambda m: sal.gradient_x_input(m, x, pred.top_index))
+    image = sal.to_image(x, variant.card.mean, variant.card.std)
+    return sal.overlay(image, heat), ""
+
+
+def build_app(
+    run_dirs: Sequence[Union[str, Path]],
+    backend: str = AUTO,
+    *,
+    precision: str = "fp32",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    concurrency_limit: int = 1,
+    max_queue: int = 64,
+    variants: Optional[Sequence[Variant]] = None,
+) -> gr.Blocks:
+    """The demo page for `run_dirs` (one column each), models loaded now for `backend`.
+
+    `backend`: "auto" loads every backend each run can serve here (fastest first: TensorRT,
+    ONNX Runtime CUDA, ONNX Runtime, PyTorch) and preselects "auto"; an explicit name loads that
+    backend (and PyTorch, which saliency needs) and fails if a run cannot serve it. Pass already
+    loaded `variants` to skip loading.
+    """
+    variants = list(variants) if variants is not None else load_variants(run_dirs, backend, precision)
+    loaded = [b for b in AUTO_ORDER if any(b in v.runners for v in variants)]
+    resolutions = resolution_choices([v.card for v in variants])
+    default_res = max(v.card.img_size for v in variants)
+    accurate = _most_accurate(variants)
+    backend_choices = [AUTO, *loaded]
+    patch = variants[0].card.patch_size
+
+    def classify(payload: Any, resolution: Any, backend_choice: Any, saliency_mode: Any):
+        try:
+            image = load_image(_payload_path(payload), max_pixels)
+        except InputError as err:
+            raise gr.Error(str(err), title="Unusable input", print_exception=False) from None
+        try:
+            resolution = int(resolution)
+        except (TypeError, ValueError):
+            resolution = -1
+        if resolution not in resolutions:
+            raise gr.Error(f"resolution must be one of {resolutions} (multiples of the patch size), got {resolution!r}")
+        if backend_choice not in backend_choices:
+            raise gr.Error(f"backend must be one of {backend_choices}, got {backend_choice!r}")
+        if saliency_mode not in sal.MODES:
+            raise gr.Error(f"saliency must be one of {list(sal.MODES)}, got {saliency_mode!r}")
+
+        results: list[tuple[Variant, Optional[Prediction], Any, str]] = []
+        for v in variants:
+            try:
+                x = v.preprocess(image, resolution)
+                pred = v.predict(x, backend_choice)
+                overlay, note = _saliency(v, x, pred, saliency_mode)
+                results.append((v, pred, overlay, _info(v, pred, resolution, note)))
+            except Exception as err:  # one variant failing must not blank the others
+                log.exception("%s failed", v.name)
+                results.append((v, None, None, f"**failed:** {err}"))
+        timed = [(p.latency_ms, v.name) for v, p, _, _ in results if p is not None]
+        fastest = min(timed)[1] if timed else None
+        outputs: list[Any] = []
+        for v, pred, overlay, info in results:
+            outputs += [_header(v, v.name == fastest, v.name in accurate), pred.labels if pred else None, info, overlay]
+        ok = len(timed)
+        status = f"{ok}/{len(variants)} variants answered at {resolution} px on {image.width}x{image.height} input."
+        if fastest:
+            status += f" Fastest: **{fastest}**."
+        return [status, *outputs]
+
+    with gr.Blocks(title="effvit-deploy: efficient attention side by side", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "# Efficient ViT attention, side by side\n"
+            "One image, every attention variant: top-5 classes, the latency of this prediction, "
+            "GFLOPs and the run's top-1 accuracy, and where each model looked. "
+            f"{FASTEST} marks the fastest answer of this request, {MOST_ACCURATE} the best run."
+        )
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                 label="Image", elem_id="input-image", height=280)
+                gr.Examples(examples=[[p] for p in example_images()], inputs=[image], label="Examples",
+                            cache_examples=False, elem_id="examples")
+            with gr.Column(scale=1, min_width=280):
+                resolution = gr.Dropdown(resolutions, value=default_res, label=f"Resolution (px, multiple of the {patch} px patch)",
+                                         elem_id="resolution")
+                backend_box = gr.Dropdown(backend_choices, value=backend if backend in backend_choices else AUTO,
+                                          label="Backend (auto: fastest loaded per variant)", elem_id="backend")
+                saliency_box = gr.Radio(list(sal.MODES), value=sal.GRADIENT, label="Saliency", elem_id="saliency")
+                button = gr.Button("Classify", variant="primary", elem_id="classify")
+                status = gr.Markdown(elem_id="status")
+        outputs: list[gr.components.Component] = [status]
+        with gr.Row(equal_height=False):
+            for i, v in enumerate(variants):
+                with gr.Column(min_width=180, elem_id=f"variant-{i}"):
+                    outputs += [
+                        gr.Markdown(_header(v, False, v.name in accurate), elem_id=f"header-{i}"),
+                        gr.Label(num_top_classes=5, label=f"{v.name}: top-5", elem_id=f"label-{i}"),
+                        gr.Markdown(f"top-1 (run): {_percent(v.top1)}", elem_id=f"info-{i}"),
+                        gr.Image(label=f"{v.name}: saliency", interactive=False, type="numpy", format="png",
+                                 elem_id=f"saliency-{i}", height=200),
+                    ]
+        button.click(classify, inputs=[image, resolution, backend_box, saliency_box], outputs=outputs,
+                     preprocess=False, api_name="classify", concurrency_limit=concurrency_limit)
+    demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
+    return demo
+
+
+def launch(
+    run_dirs: Sequence[Union[str, Path]],
+    backend: str = AUTO,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    share: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_size: Union[str, int] = DEFAULT_MAX_FILE_SIZE,
+    block: bool = True,
+    **build_kwargs: Any,
+) -> tuple[gr.Blocks, str]:
+    """Build the app and serve it on host:port (localhost, no share link, by default).
+
+    Returns (app, local URL); with `block=False` the server runs in a background thread and
+    `app.close()` stops it.
+    """
+    app = build_app(run_dirs, backend, max_pixels=max_pixels, **build_kwargs)
+    _, url, _ = app.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
+                           prevent_thread_lock=not block, quiet=not block, footer_links=["api"])
+    return app, url

@@ -1,0 +1,202 @@
+"""The demo's model side: every variant loaded once at start, then one timed prediction per request.
+
+A `Variant` is one run directory (one attention mechanism) with a `Runner` per backend it can
+serve (`effvit_deploy.backends.load_runner`; artifacts come from the run's export manifest) and
+its PyTorch model for saliency. The timed region is the runner's `run` + `synchronize`, as in the
+benchmark: moving the input to the backend (`prepare`) and reading logits back are outside it.
+
+`build_model` tells every attention layer the current patch grid through a module attribute, so
+two threads running one PyTorch model at different resolutions would race; each variant holds a
+lock around its PyTorch work. ONNX Runtime and TensorRT runs need no lock but take it too, so
+latencies are not inflated by a neighbouring request on the same model.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..backends import BackendUnavailable, backend_status, find_artifact, load_runner, Runner
+from ..flops import count_flops
+from ..runs import ModelCard, load_run, load_summary, run_name
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+# Fastest first: what `auto` picks among the backends a run has an artifact for.
+AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "onnxruntime", "torch")
+SERVABLE = AUTO_ORDER
+_ARTIFACT_FORMAT = {"tensorrt": "tensorrt", "onnxruntime-cuda": "onnx", "onnxruntime": "onnx"}
+TOP_K = 5
+
+
+@dataclass
+class Prediction:
+    """One variant's answer to one image."""
+
+    probs: np.ndarray
+    labels: dict[str, float]
+    top_index: int
+    latency_ms: float
+    backend: str
+
+
+@dataclass
+class Variant:
+    """One run, loaded once: its card, summary figures, runners by backend and PyTorch model."""
+
+    name: str
+    run_dir: Path
+    card: ModelCard
+    summary: dict[str, Any]
+    runners: dict[str, Runner]
+    model: nn.Module
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _flops: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def attention(self) -> str:
+        return self.card.attention
+
+    @property
+    def top1(self) -> Optional[float]:
+        value = self.summary.get("top1")
+        return None if value is None else float(value)
+
+    def gflops(self, resolution: int) -> float:
+        """Forward GFLOPs per image at `resolution` (counted once per resolution, then cached)."""
+        if resolution not in self._flops:
+            with self.lock:
+                self._flops[resolution] = count_flops(self.model, resolution) / 1e9
+        return self._flops[resolution]
+
+    def pick_backend(self, choice: str) -> str:
+        """The loaded backend that serves `choice` ("auto": the fastest loaded one)."""
+        if choice == AUTO:
+            return next(b for b in AUTO_ORDER if b in self.runners)
+        if choice not in self.runners:
+            loaded = ", ".join(self.runners)
+            raise BackendUnavailable(
+                f"{self.name} has no {choice} model loaded (loaded: {loaded}); export it with "
+                f"`effvit-export {self.run_dir}` and restart the demo with --backend auto"
+            )
+        return choice
+
+    def preprocess(self, image: Image.Image, resolution: int) -> torch.Tensor:
+        """[1, 3, r, r] float32: the run's own evaluation transform at the chosen resolution."""
+        from ..data import eval_transform
+
+        transform = eval_transform(replace(self.card, img_size=resolution))
+        return transform(image).unsqueeze(0).float()
+
+    def predict(self, x: torch.Tensor, backend: str) -> Prediction:
+        """Top-5 of one preprocessed image on one backend, with the latency of the model call."""
+        backend = self.pick_backend(backend)
+        runner = self.runners[backend]
+        with self.lock:
+            feed = runner.prepare(x.numpy())
+            start = time.perf_counter()
+            out = runner.run(feed)
+            runner.synchronize()
+            latency = time.perf_counter() - start
+        logits = runner.to_numpy(out).astype(np.float64)[0]
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        names = self.card.class_names or [str(i) for i in range(len(probs))]
+        top = np.argsort(-probs)[:TOP_K]
+        return Prediction(
+            probs=probs,
+            labels={names[i]: float(probs[i]) for i in top},
+            top_index=int(top[0]),
+            latency_ms=latency * 1e3,
+            backend=backend,
+        )
+
+    def with_model(self, fn: Callable[[nn.Module], Any]) -> Any:
+        """Run `fn(model)` on the PyTorch model under this variant's lock (saliency, FLOPs)."""
+        with self.lock:
+            return fn(self.model)
+
+
+def servable_backends(run_dir: Union[str, Path]) -> list[str]:
+    """Backends in AUTO_ORDER that can run here and have an artifact for this run."""
+    usable = []
+    for backend in AUTO_ORDER:
+        if backend_status(backend) is not None:
+            continue
+        if backend in _ARTIFACT_FORMAT:
+            try:
+                find_artifact(run_dir, _ARTIFACT_FORMAT[backend])
+            except FileNotFoundError:
+                continue
+        usable.append(backend)
+    return usable
+
+
+def load_variant(run_dir: Union[str, Path], backend: str = AUTO, precision: str = "fp32") -> Variant:
+    """Load one run for `backend` ("auto": every servable backend) and warm each runner up once.
+
+    An explicit backend that cannot serve this run raises with the reason; "auto" loads what it
+    can and always has PyTorch.
+    """
+    run_dir = Path(run_dir)
+    model, card = load_run(run_dir)
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu")
+    if backend == AUTO:
+        wanted = servable_backends(run_dir)
+    elif backend in SERVABLE:
+        wanted = [backend, "torch"] if backend != "torch" else ["torch"]
+    else:
+        raise ValueError(f"unknown demo backend {backend!r}; valid: auto, {', '.join(SERVABLE)}")
+    runners: dict[str, Runner] = {}
+    for name in wanted:
+        try:
+            runners[name] = load_runner(run_dir, name, precision)
+        except (BackendUnavailable, FileNotFoundError, ImportError, RuntimeError) as err:
+            if backend != AUTO and name == backend:
+                raise BackendUnavailable(f"{run_dir}: {err}") from None
+            log.warning("%s: skipping backend %s: %s", run_dir, name, err)
+    warmup = np.zeros((1, 3, card.img_size, card.img_size), dtype=np.float32)
+    for runner in runners.values():
+        runner(warmup)
+    return Variant(
+        name=card.attention,
+        run_dir=run_dir,
+        card=card,
+        summary=load_summary(run_dir) or {},
+        runners=runners,
+        model=model,
+    )
+
+
+def load_variants(run_dirs: Sequence[Union[str, Path]], backend: str = AUTO, precision: str = "fp32") -> list[Variant]:
+    """One Variant per run; names are the attention mechanism, suffixed with the run name when two runs share one."""
+    if not run_dirs:
+        raise ValueError("no run directories given: pass one or more runs/NAME directories made by effvit-train")
+    variants = [load_variant(d, backend, precision) for d in run_dirs]
+    counts: dict[str, int] = {}
+    for v in variants:
+        counts[v.name] = counts.get(v.name, 0) + 1
+    for v in variants:
+        if counts[v.name] > 1:
+            v.name = f"{v.name} ({run_name(v.run_dir)})"
+    return variants
+
+
+def resolution_choices(cards: Sequence[ModelCard], low: float = 0.5, high: float = 2.0) -> list[int]:
+    """Square input sizes every model takes: multiples of the (common) patch size from half to
+    twice the largest training resolution, the training resolutions always included."""
+    step = math.lcm(*(int(c.patch_size) for c in cards))
+    train = sorted({int(c.img_size) for c in cards})
+    first = max(step, int(math.ceil(min(train) * low / step)) * step)
+    last = int(max(train) * high // step) * step
+    return sorted(set(range(first, last + 1, step)) | {t for t in train if t % step == 0})
