@@ -1,0 +1,90 @@
+"""`effvit-data`: prepare and check data sets (ImageNet-100 links, digits PNGs, bad-image scan)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional
+
+from ..data import DataError, build_imagenet100, find_bad_images, write_digits_folder
+from ..data.imagenet100 import DEFAULT_CLASS_FILE
+
+EPILOG = """examples:
+  effvit-data imagenet100 --imagenet /data/imagenet --out /data/imagenet100
+  effvit-data check /data/imagenet100 --workers 8
+  effvit-data digits --out data/digits --img-size 64
+then train on a folder with: effvit-train --config train/imagenet100.yaml
+"""
+
+
+def _imagenet100(args: argparse.Namespace) -> int:
+    result = build_imagenet100(args.imagenet, args.out, args.classes)
+    for split, s in result["splits"].items():
+        print(f"{split}: {result['classes']} classes, {s['images']} images "
+              f"({s['min_per_class']}-{s['max_per_class']} per class)")
+    links = result["links"]
+    print(f"links in {args.out}: {links['created']} created, {links['kept']} kept, "
+          f"{links['replaced']} replaced, {links['removed']} stale removed")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    report = find_bad_images(args.dir, workers=args.workers)
+    for path, reason in report.bad:
+        print(f"BAD {path}: {reason}")
+    print(f"checked {report.checked} images: {len(report.bad)} unreadable, "
+          f"{report.checked - len(report.bad)} ok; {report.other_files} non-image files ignored")
+    if args.json:
+        print(json.dumps({"checked": report.checked, "bad": [p for p, _ in report.bad],
+                          "other_files": report.other_files}))
+    return 1 if report.bad else 0
+
+
+def _digits(args: argparse.Namespace) -> int:
+    counts = write_digits_folder(args.out, img_size=args.img_size, seed=args.seed)
+    print(f"wrote digits to {args.out}: " + ", ".join(f"{k} {v} images" for k, v in counts.items())
+          + f" at {args.img_size}x{args.img_size} px")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="effvit-data", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("imagenet100", help="build ImageNet-100 (CMC class list) from ImageNet-1k by symlinks",
+                       epilog="example: effvit-data imagenet100 --imagenet /data/imagenet --out /data/imagenet100",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--imagenet", required=True, help="ImageNet-1k folder with train/<wnid>/ and val/<wnid>/")
+    s.add_argument("--out", required=True, help="output folder (gets train/ and val/ of class links)")
+    s.add_argument("--classes", default=str(DEFAULT_CLASS_FILE),
+                   help="class list, one WordNet ID per line (default: train/imagenet100_classes.txt)")
+    s.set_defaults(func=_imagenet100)
+
+    s = sub.add_parser("check", help="list unreadable or truncated images; exit 1 if any",
+                       epilog="example: effvit-data check /data/imagenet100 --workers 8")
+    s.add_argument("dir", help="folder to scan recursively (symlinks followed)")
+    s.add_argument("--workers", type=int, default=0, help="decode in this many processes (default: in-process)")
+    s.add_argument("--json", action="store_true", help="also print a JSON summary line")
+    s.set_defaults(func=_check)
+
+    s = sub.add_parser("digits", help="write the bundled digits as an ImageFolder of PNGs",
+                       epilog="example: effvit-data digits --out data/digits --img-size 64")
+    s.add_argument("--out", required=True, help="output folder (gets train/ and val/)")
+    s.add_argument("--img-size", type=int, default=64, help="image side in pixels (default: 64)")
+    s.add_argument("--seed", type=int, default=0, help="split seed (default: 0, the fixed split)")
+    s.set_defaults(func=_digits)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"effvit-data {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

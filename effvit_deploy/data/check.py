@@ -1,0 +1,58 @@
+"""Find image files that cannot be decoded (`effvit-data check DIR`), before training meets them."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Optional, Union
+
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .folder import DECODE_ERRORS, load_rgb
+
+
+@dataclass
+class CheckReport:
+    """What `find_bad_images` saw: images checked, the bad ones with PIL's reason, and other
+    files (not loaded by ImageFolder, so not checked)."""
+
+    checked: int = 0
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    other_files: int = 0
+
+
+def decode_error(path: str) -> Optional[str]:
+    """None when the file opens and fully decodes, else the reason."""
+    try:
+        load_rgb(path)
+    except DECODE_ERRORS as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def find_bad_images(root: Union[str, Path], workers: int = 0) -> CheckReport:
+    """Decode every image file under `root` (following symlinks, as ImageFolder does) with PIL
+    (open + load, truncated files fail); `workers` > 1 decodes in that many processes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    report = CheckReport()
+    paths = []
+    for dirpath, _, files in os.walk(root, followlinks=True):
+        for f in sorted(files):
+            if f.lower().endswith(IMG_EXTENSIONS):
+                paths.append(os.path.join(dirpath, f))
+            else:
+                report.other_files += 1
+    paths.sort()
+    if workers > 1:
+        with Pool(workers) as pool:
+            reasons = pool.map(decode_error, paths, chunksize=64)
+    else:
+        reasons = map(decode_error, paths)
+    for path, reason in zip(paths, reasons):
+        report.checked += 1
+        if reason is not None:
+            report.bad.append((path, reason))
+    return report

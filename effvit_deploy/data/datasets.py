@@ -1,0 +1,68 @@
+"""Build the train/val data sets a run uses, from a DataSpec and the model's preprocessing."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+from torch.utils.data import Dataset
+
+from .digits import DigitsDataset
+from .folder import check_on_bad_image, check_same_classes, open_split
+from .spec import DataSpec
+from .synthetic import SyntheticDataset
+from .transforms import build_transform
+
+
+def build_datasets(
+    spec: Union[DataSpec, dict[str, Any]],
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bicubic",
+    crop_pct: float = 0.875,
+    aug: Optional[dict[str, Any]] = None,
+    on_bad_image: str = "skip",
+) -> tuple[Dataset, Dataset, list[str]]:
+    """(train, val, class_names). Items are (CHW float tensor, int label); with
+    `on_bad_image="skip"` an undecodable folder image is None (use `collate_skip_bad`).
+
+    The train split gets the training transform (`aug`, see `build_transform`), val the eval
+    transform. Folder data sets are checked up front (missing/empty split, class mismatch).
+    """
+    spec = spec if isinstance(spec, DataSpec) else DataSpec.from_dict(spec)
+    check_on_bad_image(on_bad_image)
+    train_tf = build_transform(img_size, mean, std, interpolation, crop_pct, train=True, aug=aug)
+    val_tf = build_transform(img_size, mean, std, interpolation, crop_pct, train=False)
+    if spec.name == "folder":
+        train = open_split(spec.root, "train", train_tf, on_bad_image)
+        val = open_split(spec.root, "val", val_tf, on_bad_image)
+        check_same_classes(train, val)
+        return train, val, list(train.classes)
+    train, val = (_generated(spec, split, img_size, tf) for split, tf in (("train", train_tf), ("val", val_tf)))
+    return train, val, list(train.classes)
+
+
+def build_eval_dataset(
+    data: Union[DataSpec, dict[str, Any]],
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bicubic",
+    crop_pct: float = 0.875,
+    on_bad_image: str = "skip",
+) -> tuple[Dataset, list[str]]:
+    """(val split with the eval transform, class names): what export, bench and demo evaluate
+    on, from a ModelCard's `data` dict and preprocessing fields. A folder needs only val/."""
+    spec = data if isinstance(data, DataSpec) else DataSpec.from_dict(data)
+    val_tf = build_transform(img_size, mean, std, interpolation, crop_pct, train=False)
+    if spec.name == "folder":
+        val = open_split(spec.root, "val", val_tf, on_bad_image)
+    else:
+        val = _generated(spec, "val", img_size, val_tf)
+    return val, list(val.classes)
+
+
+def _generated(spec: DataSpec, split: str, img_size: int, transform) -> Dataset:
+    if spec.name == "digits":
+        return DigitsDataset(split, img_size, transform=transform, seed=spec.seed)
+    length = spec.train_size if split == "train" else spec.val_size
+    return SyntheticDataset(split, length, spec.num_classes, img_size, seed=spec.seed, transform=transform)

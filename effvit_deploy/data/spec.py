@@ -1,0 +1,50 @@
+"""DataSpec: which data set a run uses, as stored in a recipe and in the ModelCard's `data` dict."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional
+
+from .errors import DataError
+
+DATASETS = ("digits", "synthetic", "folder")
+
+
+@dataclass
+class DataSpec:
+    """A data set by name. `seed` is the data seed (digits split, synthetic images), kept apart
+    from the training seed so that runs with different training seeds see the same data."""
+
+    name: str
+    root: Optional[str] = None
+    num_classes: int = 10
+    train_size: int = 1000
+    val_size: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise DataError(f"unknown data set {self.name!r}; choose one of {list(DATASETS)}")
+        if self.name == "folder" and not self.root:
+            raise DataError(
+                "data set 'folder' needs a root: a directory with train/ and val/ class folders "
+                "(e.g. one made by `effvit-data imagenet100 --out DIR`)"
+            )
+        if self.name == "synthetic":
+            for key in ("num_classes", "train_size", "val_size"):
+                if int(getattr(self, key)) < 1:
+                    raise DataError(f"synthetic data needs {key} >= 1, got {getattr(self, key)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
+        """From a recipe's `data` block or a ModelCard's `data` dict (its `img_size` is ignored:
+        the resolution belongs to the model). Unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"img_size"})
+        if unknown:
+            raise DataError(f"unknown data key(s) {unknown}; known: {sorted(known)}")
+        if "name" not in d:
+            raise DataError(f"the data block needs a 'name', one of {list(DATASETS)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
