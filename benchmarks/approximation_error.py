@@ -11,25 +11,16 @@ and OUT.json beside it.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 from effvit_deploy import build_model
-from effvit_deploy.approximation import DEFAULT_MECHANISMS, block_errors
+from effvit_deploy.approximation import DEFAULT_MECHANISMS, block_errors, render_table, validation_images
 from effvit_deploy.atomic import write_json, write_text
-from effvit_deploy.data import build_eval_dataset
+from effvit_deploy.bench.results import environment
 from effvit_deploy.runs import ModelCard, load_run
-
-
-def load_images(data: dict, card: ModelCard, resolution: int, count: int) -> torch.Tensor:
-    dataset, _ = build_eval_dataset(data, resolution, card.mean, card.std, card.interpolation, crop_pct=1.0)
-    step = max(1, len(dataset) // count)
-    return torch.stack([dataset[i][0] for i in range(0, step * count, step)][:count])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,46 +50,17 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for resolution in (int(r) for r in args.resolutions.split(",")):
-        images = load_images(data, card, resolution, args.images)
+        images = validation_images(data, card, resolution, args.images)
         rows += block_errors(model, images, DEFAULT_MECHANISMS)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    env = environment()
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    write_json(args.out.with_suffix(".json"), {"source": label, "command": command, "commit": commit, "cpu": cpu,
-                                               "torch": torch.__version__, "rows": rows})
-    write_text(args.out, render(rows, label, command, commit, cpu))
+    write_json(args.out.with_suffix(".json"), {"source": label, "command": command, "environment": env, "rows": rows})
+    write_text(args.out, render_table(rows, label, command, env))
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 0
 
 
-def render(rows: list[dict], label: str, command: str, commit: str, cpu: str) -> str:
-    token_counts = sorted({r["tokens"] for r in rows})
-    mechanisms = list(dict.fromkeys(r["mechanism"] for r in rows))
-    by_key = {(r["mechanism"], r["tokens"]): r for r in rows}
-
-    def cell(mechanism: str, tokens: int) -> str:
-        row = by_key.get((mechanism, tokens))
-        return "n/a" if row is None or "error" in row else f"{row['mean_error']:.4f}"
-
-    lines = [
-        "# Approximation error vs exact attention",
-        "",
-        f"Relative error ||approx - exact|| / ||exact|| of each block's attention output, on the model's own",
-        f"activations (the input each block's attention receives), mean over blocks. Source: {label}.",
-        f"Command: `{command}` at commit {commit}, CPU: {cpu}, torch {torch.__version__}.",
-        "n/a: the budget does not fit that sequence (e.g. a projection longer than the training grid).",
-        "",
-        "| mechanism | " + " | ".join(f"{t} tokens" for t in token_counts) + " |",
-        "|---|" + "---:|" * len(token_counts),
-    ]
-    lines += [f"| {m} | " + " | ".join(cell(m, t) for t in token_counts) + " |" for m in mechanisms]
-    lines += ["", "## Per block", "", "| mechanism | tokens | " + "errors by block |", "|---|---:|---|"]
-    lines += [
-        f"| {r['mechanism']} | {r['tokens']} | " + ", ".join(f"{e:.4f}" for e in r["block_errors"]) + " |"
-        for r in rows if "block_errors" in r
-    ]
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .attention import ATTENTIONS, TimmAttention
+from .runs import ModelCard
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,44 @@ def block_errors(model: nn.Module, images: torch.Tensor, mechanisms: Iterable[Me
             errors.append(((approx(inputs[i]) - reference).norm() / reference.norm()).item())
         rows.append({**row, "block_errors": errors, "mean_error": sum(errors) / len(errors)})
     return rows
+
+
+def validation_images(data: dict, card: ModelCard, resolution: int, count: int) -> torch.Tensor:
+    """`count` validation images of `data`, preprocessed as `card` says, at `resolution`."""
+    from .data import build_eval_dataset
+
+    dataset, _ = build_eval_dataset(data, resolution, card.mean, card.std, card.interpolation, crop_pct=1.0)
+    step = max(1, len(dataset) // count)
+    return torch.stack([dataset[i][0] for i in range(0, step * count, step)][:count])
+
+
+
+def render_table(rows: list[dict], label: str, command: str, env: dict[str, Any]) -> str:
+    """Markdown: mean error per mechanism and sequence length, then per-block errors."""
+    token_counts = sorted({r["tokens"] for r in rows})
+    mechanisms = list(dict.fromkeys(r["mechanism"] for r in rows))
+    by_key = {(r["mechanism"], r["tokens"]): r for r in rows}
+
+    def cell(mechanism: str, tokens: int) -> str:
+        row = by_key.get((mechanism, tokens))
+        return "n/a" if row is None or "error" in row else f"{row['mean_error']:.4f}"
+
+    lines = [
+        "# Approximation error vs exact attention",
+        "",
+        f"Relative error ||approx - exact|| / ||exact|| of each block's attention output, on the model's own",
+        f"activations (the input each block's attention receives), mean over blocks. Source: {label}.",
+        f"Command: `{command}` at commit {env.get('git_commit')}, CPU: {env.get('cpu_model')}, torch {torch.__version__}.",
+        "n/a: the budget does not fit that sequence (e.g. a projection longer than the training grid).",
+        "",
+        "| mechanism | " + " | ".join(f"{t} tokens" for t in token_counts) + " |",
+        "|---|" + "---:|" * len(token_counts),
+    ]
+    lines += [f"| {m} | " + " | ".join(cell(m, t) for t in token_counts) + " |" for m in mechanisms]
+    lines += ["", "## Per block", "", "| mechanism | tokens | " + "errors by block |", "|---|---:|---|"]
+    lines += [
+        f"| {r['mechanism']} | {r['tokens']} | " + ", ".join(f"{e:.4f}" for e in r["block_errors"]) + " |"
+        for r in rows if "block_errors" in r
+    ]
+    return "\n".join(lines) + "\n"
+
