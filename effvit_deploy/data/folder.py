@@ -61,7 +61,7 @@ class CheckedImageFolder(ImageFolder):
             img = load_rgb(path)
         except DECODE_ERRORS as exc:
             if self.on_bad_image == "error":
-                raise BadImageError(path, f"{type(exc).__name__}: {exc}") from exc
+                raise BadImageError.for_file(path, f"{type(exc).__name__}: {exc}") from exc
             warnings.warn(f"skipping unreadable image {path}: {exc}", BadImageWarning, stacklevel=2)
             return None
         return (self.transform(img) if self.transform else img), target

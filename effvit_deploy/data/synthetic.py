@@ -50,14 +50,12 @@ class SyntheticDataset(Dataset):
             raise IndexError(f"index {i} out of range for {self.length} images")
         c, k = self.label(i), self.num_classes
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], i])
-        n = self.img_size
-        y, x = np.meshgrid(np.arange(n, dtype=np.float32) / n, np.arange(n, dtype=np.float32) / n, indexing="ij")
+        coords = np.arange(self.img_size, dtype=np.float32) / self.img_size
 
         theta = math.pi * c / k + rng.normal(0.0, math.pi / (6 * k))
         freq = 3.0 + 2.0 * (c % 4) + rng.normal(0.0, 0.3)
-        signal = np.sin(2 * math.pi * freq * (x * math.cos(theta) + y * math.sin(theta)) + rng.uniform(0, 2 * math.pi))
-        phi = rng.uniform(0, math.pi)
-        distractor = np.sin(2 * math.pi * rng.uniform(2, 9) * (x * math.cos(phi) + y * math.sin(phi)))
+        signal = _grating(coords, freq, theta, rng.uniform(0, 2 * math.pi))
+        distractor = _grating(coords, rng.uniform(2, 9), rng.uniform(0, math.pi), 0.0)
 
         colour = np.array(colorsys.hsv_to_rgb((c / k + rng.normal(0.0, 0.05)) % 1.0, 0.8, 1.0), np.float32)
         contrast = rng.uniform(0.3, 1.0)
@@ -66,10 +64,18 @@ class SyntheticDataset(Dataset):
             base
             + 0.3 * contrast * signal[..., None] * colour
             + 0.2 * distractor[..., None] * rng.uniform(0, 1, size=3).astype(np.float32)
-            + rng.normal(0.0, 0.2, size=(n, n, 3)).astype(np.float32)
+            + 0.2 * rng.standard_normal((self.img_size, self.img_size, 3), dtype=np.float32)
         )
         return Image.fromarray(np.clip(img * 255.0, 0, 255).astype(np.uint8), mode="RGB")
 
     def __getitem__(self, i: int) -> tuple[Union[torch.Tensor, Image.Image], int]:
         img = self.image(i)
         return (self.transform(img) if self.transform else img), self.label(i)
+
+
+def _grating(coords: np.ndarray, freq: float, theta: float, phase: float) -> np.ndarray:
+    """sin(2 pi freq (x cos theta + y sin theta) + phase) on the grid coords x coords (rows = y),
+    as a sum of two outer products (angle addition), so it costs O(n) sines at any resolution."""
+    ax = (2 * math.pi * freq * math.cos(theta)) * coords
+    ay = (2 * math.pi * freq * math.sin(theta)) * coords + phase
+    return np.outer(np.cos(ay), np.sin(ax)) + np.outer(np.sin(ay), np.cos(ax))
