@@ -29,7 +29,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_FILE_SIZE = "25mb"
 FASTEST = "⚡ fastest"
-MOST_ACCURATE = "🎯 most accurate"
+MOST_ACCURATE = "★ most accurate"
 EXAMPLES = ("digit_0.png", "digit_3.png", "digit_7.png", "flower.jpg", "china.jpg")
 
 

@@ -64,8 +64,12 @@ def load_image(path: Union[str, Path, None], max_pixels: int = DEFAULT_MAX_PIXEL
                 return _to_rgb(image)
     except InputError:
         raise
-    except Image.DecompressionBombError as err:
-        raise InputError(f"The image declares too many pixels ({err}): downscale it before uploading.") from None
+    except Image.DecompressionBombError:
+        limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+        raise InputError(
+            f"The image declares more pixels than it is safe to decode (over this demo's limit of {limit:,}): "
+            "downscale it before uploading."
+        ) from None
     except UnidentifiedImageError:
         raise InputError(
             f"{path.name!r} is not an image Pillow can read: upload a PNG, JPEG, WebP, BMP, GIF or TIFF file."
