@@ -7,6 +7,9 @@ stable across versions, so it is identical on every machine.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -16,7 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..atomic import atomic_path
+from .errors import DataError
 
 VAL_FRACTION = 0.2
 CLASS_NAMES = [str(i) for i in range(10)]
@@ -72,15 +75,34 @@ class DigitsDataset(Dataset):
 
 
 def write_digits_folder(out: Union[str, Path], img_size: int = 64, seed: int = 0) -> dict[str, int]:
-    """Write the digits as an ImageFolder of PNGs (out/{train,val}/<digit>/NNNN.png); returns
-    the image count per split. Files are written atomically and re-running overwrites them."""
+    """Write the digits as an ImageFolder of PNGs (out/{train,val}/<digit>/NNNN.png, NNNN the
+    index in scikit-learn's array); returns the image count per split.
+
+    The folder is staged next to `out` and renamed into place, so it appears complete or not at
+    all. An existing `out` is replaced only when it holds nothing but train/ and val/ (a previous
+    digits folder); anything else is an error rather than deleted.
+    """
     out = Path(out)
-    counts = {}
-    for split in ("train", "val"):
-        ds = DigitsDataset(split, img_size, seed=seed)
-        for i in range(len(ds)):
-            target = out / split / CLASS_NAMES[int(ds.labels[i])] / f"{int(ds.index[i]):04d}.png"
-            with atomic_path(target) as tmp:
-                ds.image(i).save(tmp, format="PNG")
-        counts[split] = len(ds)
+    if out.exists() and not (out.is_dir() and set(os.listdir(out)) <= {"train", "val"}):
+        raise DataError(f"{out} exists and is not a digits folder (only train/ and val/): choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        counts = {}
+        for split in ("train", "val"):
+            ds = DigitsDataset(split, img_size, seed=seed)
+            for name in CLASS_NAMES:
+                (stage / split / name).mkdir(parents=True)
+            for i in range(len(ds)):
+                ds.image(i).save(stage / split / CLASS_NAMES[int(ds.labels[i])] / f"{int(ds.index[i]):04d}.png")
+            counts[split] = len(ds)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            os.replace(out, old)
+            os.replace(stage, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return counts
