@@ -29,7 +29,7 @@ def _imagenet100(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    report = find_bad_images(args.dir, workers=args.workers)
+    report = find_bad_images(args.dir, workers=args.workers, progress=sys.stderr.isatty())
     for path, reason in report.bad:
         print(f"BAD {path}: {reason}")
     print(f"checked {report.checked} images: {len(report.bad)} unreadable, "

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Optional, Union
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from tqdm import tqdm
 
 from .folder import DECODE_ERRORS, load_rgb
 
@@ -31,9 +33,10 @@ def decode_error(path: str) -> Optional[str]:
     return None
 
 
-def find_bad_images(root: Union[str, Path], workers: int = 0) -> CheckReport:
+def find_bad_images(root: Union[str, Path], workers: int = 0, progress: bool = False) -> CheckReport:
     """Decode every image file under `root` (following symlinks, as ImageFolder does) with PIL
-    (open + load, truncated files fail); `workers` > 1 decodes in that many processes."""
+    (open + load, truncated files fail); `workers` > 1 decodes in that many processes;
+    `progress` shows a tqdm bar (on stderr)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
@@ -46,13 +49,10 @@ def find_bad_images(root: Union[str, Path], workers: int = 0) -> CheckReport:
             else:
                 report.other_files += 1
     paths.sort()
-    if workers > 1:
-        with Pool(workers) as pool:
-            reasons = pool.map(decode_error, paths, chunksize=64)
-    else:
-        reasons = map(decode_error, paths)
-    for path, reason in zip(paths, reasons):
-        report.checked += 1
-        if reason is not None:
-            report.bad.append((path, reason))
+    with Pool(workers) if workers > 1 else nullcontext() as pool:
+        reasons = pool.imap(decode_error, paths, chunksize=64) if pool else map(decode_error, paths)
+        for path, reason in tqdm(zip(paths, reasons), total=len(paths), unit="img", disable=not progress):
+            report.checked += 1
+            if reason is not None:
+                report.bad.append((path, reason))
     return report

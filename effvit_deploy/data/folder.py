@@ -72,9 +72,9 @@ def open_split(root: Union[str, Path], split: str, transform: Optional[Callable]
     root = Path(root)
     if not root.is_dir():
         raise DataError(
-            f"data folder {root} does not exist: point --data-root at a directory with train/ and "
-            "val/ class folders (build ImageNet-100 with `effvit-data imagenet100`, or try "
-            "`effvit-data digits --out DIR`)"
+            f"data folder {root} does not exist: the data root must be a directory with train/ and "
+            "val/ class folders (build ImageNet-100 with `effvit-data imagenet100`, or write the "
+            "digits as one with `effvit-data digits --out DIR`)"
         )
     split_dir = root / split
     if not split_dir.is_dir():
