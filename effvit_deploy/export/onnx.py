@@ -6,6 +6,8 @@ the training-size position embedding in (shared/DESIGN.md, pitfalls).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -65,3 +67,70 @@ def export_onnx(
         program.save(str(tmp))
     log.info("exported %s", path)
     return path
+
+
+def graph_info(path: Union[str, Path]) -> dict:
+    """Opset (default domain) and IR version of an ONNX file, as the manifest records them."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"opset": opset, "ir_version": int(proto.ir_version)}
+
+
+def make_tensorrt_friendly(path: Union[str, Path], min_res: int, img_size: int) -> dict[str, int]:
+    """Exact rewrites that let the TensorRT ONNX parser read the exported graph; in place.
+
+    - Resize antialias: timm resamples the position embedding with `F.interpolate(bicubic,
+      antialias=True)`, exported as `Resize(antialias=1)`, which the TensorRT parser rejects
+      (onnx-tensorrt onnxOpCheckers.cpp, Resize). ONNX defines antialias to act only when
+      downscaling, so when the profile's smallest resolution is at least the training one the
+      attribute is a no-op and is cleared. Below that it is kept (ORT stays exact; TensorRT
+      compatibility then fails by name).
+    - `Equal` on booleans (the exporter's sign test in integer floor division, e.g. Nystrom's
+      segment indices): TensorRT's Equal takes numbers only, so `Equal(a, b)` becomes
+      `Not(Xor(a, b))`, the same truth table on ops TensorRT lists for BOOL.
+
+    Parity with PyTorch is verified afterwards. Returns {rewrite: count}.
+    """
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(path))
+    typed = onnx.shape_inference.infer_shapes(proto)
+    dtypes = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.input, *typed.graph.value_info]}
+    counts = {"resize_antialias": 0, "bool_equal": 0}
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type == "Resize" and min_res >= img_size:
+            for attr in node.attribute:
+                if attr.name == "antialias" and attr.i:
+                    attr.i = 0
+                    counts["resize_antialias"] += 1
+        if node.op_type == "Equal" and dtypes.get(node.input[0]) == onnx.TensorProto.BOOL:
+            xor = f"{node.output[0]}__xor"
+            nodes.append(helper.make_node("Xor", list(node.input), [xor], name=f"{node.name}__xor"))
+            nodes.append(helper.make_node("Not", [xor], list(node.output), name=node.name))
+            counts["bool_equal"] += 1
+            continue
+        nodes.append(node)
+    if any(counts.values()):
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        onnx.save(proto, str(path))
+    return counts
+
+
+def slim_onnx(src: Union[str, Path], dst: Union[str, Path]) -> Path:
+    """Graph simplification by onnxslim (constant folding, dead-node and shape-op elimination).
+
+    The caller keeps the result only when parity with PyTorch still holds.
+    """
+    import onnx
+    import onnxslim
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        slim = onnxslim.slim(onnx.load(str(src)))
+    onnx.save(slim, str(dst))
+    return Path(dst)

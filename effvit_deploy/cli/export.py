@@ -1,0 +1,155 @@
+"""`effvit-export`: lower trained runs to ONNX / TensorRT / Torch-TensorRT, verified against PyTorch."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ..export import ExportUnavailable, ParityError, TensorRTIncompatible, check_tensorrt_compat, export_run
+from ..export.run import FORMATS
+
+EPILOG = """examples:
+  effvit-export runs/digits-exact                              # ONNX fp32, verified
+  effvit-export runs/digits-* --precision fp32,fp16 --int8      # + fp16 and int8 ONNX
+  effvit-export runs/in100-performer --formats onnx,tensorrt --precision fp16 \\
+      --min-res 224 --opt-res 384 --max-res 1024 --max-batch 32  # engine (NVIDIA GPU)
+  effvit-export runs/digits-exact --check-tensorrt              # will TensorRT parse it? (no GPU needed)
+  effvit-export model.onnx --check-tensorrt                     # any ONNX file
+  effvit-export runs/x --config export/gpu.yaml                 # options from a profile
+artifacts and export/manifest.json go to RUN_DIR/export/; then: effvit-bench RUN_DIR
+"""
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="effvit-export", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run directories (or .onnx files with --check-tensorrt)")
+    p.add_argument("--config", help="YAML export profile (keys as the long options, e.g. formats: [onnx]); flags override it")
+    p.add_argument("--formats", type=_csv, help=f"comma list of {', '.join(FORMATS)} (default: onnx)")
+    p.add_argument("--precision", type=_csv, help="comma list of fp32, fp16, bf16 (default: fp32)")
+    p.add_argument("--int8", action="store_true", default=None, help="also an int8 dynamic-quantised ONNX (CPU)")
+    p.add_argument("--min-res", type=int, help="smallest input side (default: the run's training size)")
+    p.add_argument("--opt-res", type=int, help="side TensorRT optimises for (default: min-res)")
+    p.add_argument("--max-res", type=int, help="largest input side (default: 1024)")
+    p.add_argument("--max-batch", type=int, help="largest batch (default: 32)")
+    p.add_argument("--eval-limit", type=int, help="validation images for accuracy figures (default: 1000; 0 skips)")
+    p.add_argument("--no-verify", dest="verify", action="store_false", default=None,
+                   help="skip parity and accuracy checks (not recommended)")
+    p.add_argument("--force", action="store_true", default=None, help="rebuild artifacts even when unchanged")
+    p.add_argument("--check-tensorrt", action="store_true",
+                   help="check every ONNX graph against the TensorRT parser's operator list; fail naming the op")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return p
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    profile: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ValueError(f"export profile {path} does not exist")
+        profile = yaml.safe_load(path.read_text()) or {}
+        known = {"formats", "precision", "int8", "min_res", "opt_res", "max_res", "max_batch", "eval_limit", "verify", "force"}
+        unknown = sorted(set(profile) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    for key in ("formats", "precision", "int8", "min_res", "opt_res", "max_res", "max_batch", "eval_limit", "verify", "force"):
+        value = getattr(args, key)
+        if value is not None:
+            profile[key] = value
+    opts = {
+        "formats": tuple(profile.get("formats", ["onnx"])),
+        "precisions": tuple(profile.get("precision", ["fp32"])),
+        "min_res": profile.get("min_res"),
+        "opt_res": profile.get("opt_res"),
+        "max_res": profile.get("max_res", 1024),
+        "max_batch": profile.get("max_batch", 32),
+        "int8": bool(profile.get("int8", False)),
+        "verify": bool(profile.get("verify", True)),
+        "force": bool(profile.get("force", False)),
+        "eval_limit": profile.get("eval_limit", 1000),
+    }
+    return opts
+
+
+def _fmt(value: Optional[float], spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(manifest: dict[str, Any]) -> None:
+    reused = set(manifest.get("reused", []))
+    print(f"{manifest['run']} ({manifest['model']}, {manifest['attention']}): val top-1 PyTorch fp32 "
+          f"{_fmt(manifest.get('torch_val_top1'), '.4f')}")
+    header = f"  {'format':<15}{'prec':<6}{'MiB':>8}  {'max abs err':>11}  {'rel err':>8}  {'top-1':>7}  {'agree':>7}  {'TRT ok':>6}  path"
+    print(header)
+    for a in manifest["artifacts"]:
+        parity = {k: v for k, v in (a.get("parity") or {}).items() if k != "tolerance"}
+        worst_abs = max((v["max_abs"] for v in parity.values()), default=None)
+        worst_rel = max((v["rel"] for v in parity.values()), default=None)
+        acc = a.get("accuracy") or {}
+        trt = a.get("tensorrt_check")
+        trt_ok = "-" if trt is None else ("yes" if trt["ok"] else "NO")
+        tag = " (reused)" if f"{a['format']}/{a['precision']}" in reused else ""
+        print(f"  {a['format']:<15}{a['precision']:<6}{a['bytes'] / 2**20:>8.1f}  {_fmt(worst_abs, '.2e'):>11}  "
+              f"{_fmt(worst_rel, '.1e'):>8}  {_fmt(acc.get('top1'), '.4f'):>7}  "
+              f"{_fmt(acc.get('top1_agreement_vs_torch'), '.4f'):>7}  {trt_ok:>6}  {a['path']}{tag}")
+    sizes = ", ".join(k for k in (manifest["artifacts"][0].get("parity") or {}) if k != "tolerance") if manifest["artifacts"] else ""
+    if sizes:
+        print(f"  parity vs PyTorch fp32 at {sizes} (worst shown); top-1/agree on the validation set")
+
+
+def _check_tensorrt(targets: list[Path]) -> int:
+    failed = 0
+    for target in targets:
+        graphs = [target] if target.suffix == ".onnx" else sorted((target / "export").glob("model*.onnx"))
+        graphs = [g for g in graphs if not g.name.endswith(".int8.onnx")]
+        if not graphs:
+            print(f"error: {target} has no ONNX graph to check: run `effvit-export {target}` first", file=sys.stderr)
+            failed += 1
+        for graph in graphs:
+            report = check_tensorrt_compat(graph)
+            print(report.summary())
+            failed += not report.ok
+    return 1 if failed else 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    targets = [Path(r) for r in args.runs]
+    try:
+        onnx_files = [t for t in targets if t.suffix == ".onnx"]
+        if onnx_files and not args.check_tensorrt:
+            raise ValueError(f"{onnx_files[0]} is an ONNX file: pass run directories, or add --check-tensorrt to check it")
+        opts = _options(args)
+        for target in targets:
+            if target.suffix == ".onnx":
+                if not target.is_file():
+                    raise FileNotFoundError(f"{target} does not exist")
+                continue
+            manifest = export_run(target, **opts)
+            print_table(manifest)
+        if args.check_tensorrt:
+            return _check_tensorrt(targets)
+    except ExportUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (ParityError, TensorRTIncompatible) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Reduced-precision ONNX graphs derived from the verified fp32 graph.
+
+fp16: ONNX Runtime's float16 converter (`onnxruntime.transformers.float16`, the same logic as
+onnxconverter-common), with LayerNormalization, Softmax, Exp and the reductions kept in fp32 (an
+fp16 LayerNorm overflows and wrecks ViT accuracy in TensorRT: shared/DESIGN.md, pitfalls). For
+mechanisms whose PyTorch code runs its attention math with autocast disabled (Performer's
+positive random features, Nystrom's iterative pseudo-inverse), every node directly inside those
+attention modules stays fp32 too, so the fp16 graph computes what `torch.autocast` would.
+Inputs and outputs stay float32 (`keep_io_types`): callers feed and read float32 for every
+precision.
+
+int8: `onnxruntime.quantization.quantize_dynamic` (weights int8 per tensor, activations quantised
+on the fly), a CPU serving format.
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import warnings
+from pathlib import Path
+from typing import Union
+
+log = logging.getLogger(__name__)
+
+FP32_OPS = [
+    "LayerNormalization", "Softmax", "Exp", "ReduceMax", "ReduceSum", "ReduceMean", "Pow", "Sqrt",
+    "Resize", "Range", "Min", "Max", "CumSum",
+]
+FP32_ATTENTION = {"performer", "nystrom"}
+
+
+def _attention_math_nodes(proto) -> list[str]:
+    """Nodes whose innermost module is an attention layer (not its qkv/proj/conv submodules)."""
+    names = []
+    for node in proto.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        raw = meta.get("pkg.torch.onnx.name_scopes")
+        if not raw:
+            continue
+        scopes = ast.literal_eval(raw)
+        if len(scopes) >= 2 and str(scopes[-2]).endswith(".attn"):
+            names.append(node.name)
+    return names
+
+
+def _fold_constant_casts(proto, fp32_constants: dict) -> None:
+    """Replace `Cast(fp16 initializer -> fp32)` by the original fp32 initializer.
+
+    The converter halves a constant shared by fp16 and fp32 nodes and casts it back for the fp32
+    ones; TensorRT needs some of those inputs as initializers (Clip bounds) and the round trip
+    loses precision, so the fp32 node gets the original value instead.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    graph = proto.graph
+    initializers = {t.name for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type == "Cast" and to == TensorProto.FLOAT and node.input[0] in initializers and node.input[0] in fp32_constants:
+            graph.initializer.append(numpy_helper.from_array(fp32_constants[node.input[0]], node.output[0]))
+            continue
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+
+
+def convert_fp16(src: Union[str, Path], dst: Union[str, Path], attention: str) -> Path:
+    """fp16 copy of the fp32 graph `src` at `dst` (float32 inputs/outputs)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load(str(src))
+    fp32_constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    keep = _attention_math_nodes(proto) if attention in FP32_ATTENTION else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP32_OPS, node_block_list=keep)
+    _fold_constant_casts(half, fp32_constants)
+    onnx.save(half, str(dst))
+    log.info("fp16 graph: %d attention-math nodes and ops %s kept in fp32", len(keep), ", ".join(FP32_OPS))
+    return Path(dst)
+
+
+def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
+    """Dynamically quantised (int8 weights, per-batch activation scales) copy of `src`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser's "consider pre-processing" advice targets static quantisation
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return Path(dst)

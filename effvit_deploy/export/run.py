@@ -1,0 +1,334 @@
+"""`export_run`: every requested artifact of one run directory, verified, listed in manifest.json.
+
+    runs/NAME/export/
+      manifest.json          run info + one entry per artifact (shared/DESIGN.md, "Artifacts")
+      model.onnx             fp32, dynamic batch/H/W, TensorRT-friendly rewrites, onnxslim'd when exact
+      model.fp16.onnx        fp16 weights/activations, LayerNorm/softmax/exp in fp32, fp32 I/O
+      model.int8.onnx        dynamic int8 quantisation (CPU)
+      model.<prec>.<gpu>.trt<ver>.engine     TensorRT engine (tensorrt.py)
+      model.<prec>.torch_trt.ep              Torch-TensorRT exported program (torch_tensorrt.py)
+
+Each artifact is written to a temporary name, verified against PyTorch fp32 (verify.py) and only
+then renamed; a failed check raises ParityError with the figures and leaves nothing behind.
+Re-running reuses an artifact whose weights hash and options are unchanged (unless `force`).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from ..atomic import atomic_path, write_json
+from ..backends import MANIFEST, BackendUnavailable, backend_status
+from ..runs import ModelCard, load_run, run_name, weights_path
+from .onnx import DEFAULT_OPSET, export_onnx, graph_info, make_tensorrt_friendly, slim_onnx
+from .precision import convert_fp16, quantize_int8
+from .trt_compat import check_tensorrt_compat
+from .verify import Reference, build_reference, check_accuracy, check_parity, parity_resolutions
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "tensorrt", "torch-tensorrt")
+PRECISIONS = {"onnx": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "bf16"), "torch-tensorrt": ("fp32", "fp16", "bf16")}
+ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+_TOOLS = ("torch", "timm", "onnx", "onnxscript", "onnxruntime", "onnxslim")
+
+
+class ExportUnavailable(BackendUnavailable):
+    """A requested format cannot be built on this machine; the message says how to fix it."""
+
+
+def tool_versions(*extra: str) -> dict[str, Optional[str]]:
+    """Installed versions of the export toolchain (None when absent)."""
+    out: dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in (*_TOOLS, *extra):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def sha256(path: Union[str, Path]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ort_predict(path: Union[str, Path]) -> Callable[[np.ndarray], np.ndarray]:
+    """float32 NCHW -> float32 logits through ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: np.asarray(session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0], dtype=np.float32)
+
+
+def _check_available(formats: Sequence[str]) -> None:
+    for fmt in formats:
+        if fmt == "onnx":
+            continue
+        reason = backend_status(fmt)
+        if reason is not None:
+            raise ExportUnavailable(f"cannot build {fmt} artifacts here: {reason}")
+
+
+def _resolve_profile(card: ModelCard, min_res, opt_res, max_res, max_batch) -> dict[str, list[int]]:
+    patch = card.patch_size
+    min_res = card.img_size if min_res is None else int(min_res)
+    opt_res = min_res if opt_res is None else int(opt_res)
+    for name, value in (("min_res", min_res), ("opt_res", opt_res), ("max_res", max_res)):
+        if value <= 0 or value % patch:
+            raise ValueError(f"{name}={value} is not a positive multiple of the patch size {patch}: use e.g. "
+                             f"{max(patch, round(value / patch) * patch)}")
+    if not min_res <= opt_res <= max_res:
+        raise ValueError(f"need min_res <= opt_res <= max_res, got {min_res}, {opt_res}, {max_res}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    res = [min_res, opt_res, int(max_res)]
+    return {"batch": [1, 1, int(max_batch)], "height": res, "width": list(res)}
+
+
+def _plan(formats: Sequence[str], precisions: Sequence[str], int8: bool) -> list[tuple[str, str]]:
+    """(format, precision) in build order; an engine needs the ONNX graph of its precision."""
+    plan: list[tuple[str, str]] = []
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+        for prec in precisions:
+            if prec not in PRECISIONS[fmt]:
+                raise ValueError(f"{fmt} has no {prec} precision; valid: {', '.join(PRECISIONS[fmt])}")
+            if fmt == "tensorrt":
+                plan += [("onnx", "fp32"), ("onnx", "fp16" if prec == "fp16" else "fp32")]
+            if fmt == "onnx" and prec != "fp32":
+                plan.append(("onnx", "fp32"))
+            plan.append((fmt, prec))
+    if int8:
+        plan += [("onnx", "fp32"), ("onnx", "int8")]
+    return list(dict.fromkeys(plan))
+
+
+class _Exporter:
+    """Builds, verifies and records artifacts for one run; state shared across them."""
+
+    def __init__(self, run_dir: Path, inputs: dict[str, list[int]], opset: int, verify: bool, force: bool, eval_limit: int):
+        self.run_dir = run_dir
+        self.export_dir = run_dir / "export"
+        self.model, self.card = load_run(run_dir)
+        self.inputs = inputs
+        self.opset = opset
+        self.verify = verify
+        self.force = force
+        self.eval_limit = eval_limit
+        self.weights_sha256 = sha256(weights_path(run_dir))
+        self._reference: Optional[Reference] = None
+        self.entries: dict[tuple[str, str], dict[str, Any]] = {}
+        self.reused: set[tuple[str, str]] = set()
+        self.previous: dict[str, Any] = {}
+        manifest = self.export_dir / MANIFEST
+        if manifest.is_file():
+            self.previous = json.loads(manifest.read_text())
+            for entry in self.previous.get("artifacts", []):
+                self.entries[(entry["format"], entry["precision"])] = entry
+
+    @property
+    def reference(self) -> Reference:
+        if self._reference is None:
+            h = self.inputs["height"]
+            eval_size = min(max(self.card.img_size, h[0]), h[2])
+            resolutions = parity_resolutions(h[0], h[1], h[2], self.card.patch_size)
+            self._reference = build_reference(self.model, self.card, resolutions, eval_size, self.eval_limit)
+        return self._reference
+
+    def source(self, fmt: str, precision: str) -> dict[str, Any]:
+        return {"weights_sha256": self.weights_sha256, "format": fmt, "precision": precision,
+                "inputs": self.inputs, "opset": self.opset, "verified": self.verify}
+
+    def reusable(self, fmt: str, precision: str) -> Optional[dict[str, Any]]:
+        entry = self.entries.get((fmt, precision))
+        if self.force or entry is None or entry.get("source") != self.source(fmt, precision):
+            return None
+        path = self.export_dir / entry["path"]
+        if not path.is_file() or sha256(path) != entry["sha256"]:
+            return None
+        return entry
+
+    def verify_artifact(self, predict, precision: str, label: str) -> dict[str, Any]:
+        if not self.verify:
+            return {"parity": None, "accuracy": None}
+        return {"parity": check_parity(predict, self.reference, precision, label),
+                "accuracy": check_accuracy(predict, self.reference)}
+
+    def record(self, fmt: str, precision: str, final: Path, tmp: Path, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "format": fmt,
+            "precision": precision,
+            "path": final.relative_to(self.export_dir).as_posix(),
+            "sha256": sha256(tmp),
+            "bytes": tmp.stat().st_size,
+            "inputs": self.inputs,
+            **extra,
+            "source": self.source(fmt, precision),
+        }
+
+    def build(self, fmt: str, precision: str) -> dict[str, Any]:
+        reused = self.reusable(fmt, precision)
+        if reused is not None:
+            log.info("reusing %s %s (%s): weights and options unchanged", fmt, precision, reused["path"])
+            self.reused.add((fmt, precision))
+            return reused
+        started = time.perf_counter()
+        if fmt == "onnx":
+            entry = self._onnx(precision)
+        elif fmt == "tensorrt":
+            entry = self._tensorrt(precision)
+        else:
+            entry = self._torch_tensorrt(precision)
+        entry["build_s"] = round(time.perf_counter() - started, 2)
+        self.entries[(fmt, precision)] = entry
+        self.write_manifest()
+        return entry
+
+    def _onnx(self, precision: str) -> dict[str, Any]:
+        final = self.export_dir / ONNX_NAMES[precision]
+        label = f"ONNX {precision} ({run_name(self.run_dir)})"
+        extra: dict[str, Any] = {}
+        with atomic_path(final) as tmp:
+            if precision == "fp32":
+                h = self.inputs["height"]
+                export_onnx(self.model, tmp, sample_size=(h[0], h[0]), max_batch=self.inputs["batch"][2],
+                            max_res=h[2], opset=self.opset)
+                extra["rewrites"] = make_tensorrt_friendly(tmp, h[0], self.card.img_size)
+                extra.update(self._slim_if_exact(tmp, label))
+            else:
+                src = self.export_dir / ONNX_NAMES["fp32"]
+                if precision == "fp16":
+                    convert_fp16(src, tmp, self.card.attention)
+                    extra["io_dtype"] = "float32"
+                else:
+                    quantize_int8(src, tmp)
+            extra.update(self.verify_artifact(ort_predict(tmp), precision, label))
+            extra.update(graph_info(tmp))
+            if precision != "int8":
+                extra["tensorrt_check"] = check_tensorrt_compat(tmp).as_dict()
+            extra["tool_versions"] = tool_versions()
+            entry = self.record("onnx", precision, final, tmp, extra)
+        return entry
+
+    def _slim_if_exact(self, path: Path, label: str) -> dict[str, Any]:
+        """Replace `path` by its onnxslim'd graph when that still passes fp32 parity."""
+        if not self.verify:
+            return {"optimized": None}
+        slim = path.with_name(path.name + ".slim")
+        try:
+            slim_onnx(path, slim)
+            check_parity(ort_predict(slim), self.reference, "fp32", label + " after onnxslim")
+        except Exception as exc:  # noqa: BLE001 - a parity miss or optimiser crash only costs the optimisation
+            slim.unlink(missing_ok=True)
+            log.warning("onnxslim not applied, keeping the unoptimised graph: %s", exc)
+            return {"optimized": None}
+        os.replace(slim, path)
+        return {"optimized": f"onnxslim {tool_versions()['onnxslim']}"}
+
+    def _tensorrt(self, precision: str) -> dict[str, Any]:
+        from . import tensorrt as trt_export
+
+        onnx_entry = self.entries[("onnx", "fp16" if precision == "fp16" else "fp32")]
+        onnx_path = self.export_dir / onnx_entry["path"]
+        final = self.export_dir / trt_export.engine_filename(precision)
+        label = f"TensorRT {precision} ({run_name(self.run_dir)})"
+        with atomic_path(final) as tmp:
+            info = trt_export.build_engine(onnx_path, tmp, precision, self.inputs, self.export_dir / "trt_cache")
+            entry = {"format": "tensorrt", "precision": precision, "inputs": self.inputs, **info}
+            runner = trt_export.load_engine_runner(tmp, entry, self.card, precision)
+            extra = {**info, **self.verify_artifact(runner, precision, label),
+                     "onnx": onnx_entry["path"], "tool_versions": tool_versions("tensorrt")}
+            entry = self.record("tensorrt", precision, final, tmp, extra)
+        return entry
+
+    def _torch_tensorrt(self, precision: str) -> dict[str, Any]:
+        from . import torch_tensorrt as tt_export
+
+        final = self.export_dir / f"model.{precision}.torch_trt.ep"
+        label = f"Torch-TensorRT {precision} ({run_name(self.run_dir)})"
+        with atomic_path(final) as tmp:
+            info = tt_export.compile_and_save(self.model, tmp, precision, self.inputs)
+            entry = {"format": "torch-tensorrt", "precision": precision, "inputs": self.inputs, **info}
+            runner = tt_export.load_torch_tensorrt_runner(tmp, entry, self.card, precision)
+            extra = {**info, **self.verify_artifact(runner, precision, label),
+                     "tool_versions": tool_versions("tensorrt", "torch_tensorrt")}
+            entry = self.record("torch-tensorrt", precision, final, tmp, extra)
+        return entry
+
+    def manifest(self) -> dict[str, Any]:
+        card = self.card
+        ref = self._reference
+        return {
+            "run": run_name(self.run_dir),
+            "model": card.model,
+            "attention": card.attention,
+            "num_classes": card.num_classes,
+            "class_names": card.class_names,
+            "mean": list(card.mean),
+            "std": list(card.std),
+            "interpolation": card.interpolation,
+            "crop_pct": card.crop_pct,
+            "img_size": card.img_size,
+            "patch_size": card.patch_size,
+            "weights_sha256": self.weights_sha256,
+            "torch_val_top1": ref.val_top1 if ref is not None else self.previous.get("torch_val_top1"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tool_versions": tool_versions(),
+            "artifacts": list(self.entries.values()),
+        }
+
+    def write_manifest(self) -> dict[str, Any]:
+        manifest = self.manifest()
+        write_json(self.export_dir / MANIFEST, manifest)
+        return manifest
+
+
+def export_run(
+    run_dir: Union[str, Path],
+    formats: Sequence[str] = ("onnx",),
+    precisions: Sequence[str] = ("fp32",),
+    *,
+    min_res: Optional[int] = None,
+    opt_res: Optional[int] = None,
+    max_res: int = 1024,
+    max_batch: int = 32,
+    int8: bool = False,
+    verify: bool = True,
+    force: bool = False,
+    opset: int = DEFAULT_OPSET,
+    eval_limit: int = 1000,
+) -> dict[str, Any]:
+    """Export, verify and record artifacts of `run_dir`; returns the manifest written.
+
+    min_res defaults to the run's training size (the card's img_size) and opt_res to min_res.
+    `eval_limit` caps the validation images used for the accuracy figures (0 skips them).
+    Raises ExportUnavailable before any work when a GPU format cannot be built here, ValueError
+    for bad options and ParityError when an artifact fails verification.
+    """
+    run_dir = Path(run_dir)
+    plan = _plan(formats, precisions, int8)
+    _check_available({fmt for fmt, _ in plan})
+    exporter = _Exporter(run_dir, {}, opset, verify, force, eval_limit)
+    exporter.inputs = _resolve_profile(exporter.card, min_res, opt_res, max_res, max_batch)
+    for fmt, precision in plan:
+        exporter.build(fmt, precision)
+    manifest = exporter.write_manifest()
+    manifest["reused"] = [f"{fmt}/{precision}" for fmt, precision in sorted(exporter.reused)]
+    return manifest

@@ -1,0 +1,160 @@
+"""Verification of exported artifacts against the PyTorch fp32 model.
+
+Two checks, both recorded in the manifest:
+
+- parity: logits of the artifact vs PyTorch fp32 on the same seeded random batch at three or
+  more resolutions (the profile's min and opt squares and a non-square size inside the range):
+  max absolute error, relative error (max abs error / max abs reference logit) and top-1
+  agreement. An artifact outside `TOLERANCES` fails the export.
+- accuracy: top-1 on the run's validation set (`effvit_deploy.data.build_eval_dataset`) and
+  top-1 agreement with PyTorch fp32 on the same images: the accuracy delta of a precision.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..runs import ModelCard
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+# Logit tolerances vs PyTorch fp32. fp32: max abs error (export is exact up to summation order).
+# Reduced precisions: relative error (max abs error / max abs logit); their real gate is the
+# top-1 agreement recorded from the validation set.
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs": 1e-4},
+    "fp16": {"rel": 1e-2},
+    "bf16": {"rel": 4e-2},
+    "int8": {"rel": 0.15},
+}
+PARITY_BATCH = 2
+
+
+class ParityError(RuntimeError):
+    """An artifact's logits differ from PyTorch fp32 beyond the precision's tolerance."""
+
+
+def round_to_patch(size: float, patch: int) -> int:
+    return max(patch, int(round(size / patch)) * patch)
+
+
+def parity_resolutions(min_res: int, opt_res: int, max_res: int, patch: int) -> list[tuple[int, int]]:
+    """(H, W) sizes verified: min and opt squares and a non-square size inside [min, max]."""
+    wide = min(max_res, round_to_patch(1.5 * min_res, patch))
+    if wide == min_res:
+        wide = min(max_res, min_res + patch)
+    sizes = [(min_res, min_res), (opt_res, opt_res), (min_res, wide)]
+    if wide == min_res:  # min == max: a one-size profile has no non-square size in range
+        log.warning("profile %d..%d has no non-square size; parity is checked at %d only", min_res, max_res, min_res)
+    return list(dict.fromkeys(sizes))
+
+
+@dataclass
+class Reference:
+    """PyTorch fp32 logits for the parity batches and the validation set, computed once per run."""
+
+    inputs: dict[tuple[int, int], np.ndarray]
+    logits: dict[tuple[int, int], np.ndarray]
+    val_images: Optional[np.ndarray] = None
+    val_labels: Optional[np.ndarray] = None
+    val_logits: Optional[np.ndarray] = None
+    val_note: str = ""
+
+    @property
+    def val_top1(self) -> Optional[float]:
+        if self.val_logits is None:
+            return None
+        return float((self.val_logits.argmax(1) == self.val_labels).mean())
+
+
+@torch.inference_mode()
+def _torch_logits(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    outs = [model(torch.from_numpy(images[i:i + batch])).float().numpy() for i in range(0, len(images), batch)]
+    return np.concatenate(outs)
+
+
+def load_validation(card: ModelCard, limit: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `limit` validation images (float32 NCHW at `size`) and labels, in dataset order."""
+    from torch.utils.data import DataLoader, Subset
+
+    from ..data import build_eval_dataset, collate_skip_bad
+
+    dataset, _ = build_eval_dataset(card.data, card.img_size, card.mean, card.std, card.interpolation, card.crop_pct)
+    if limit and len(dataset) > limit:
+        dataset = Subset(dataset, np.linspace(0, len(dataset) - 1, limit).astype(int).tolist())
+    images, labels = [], []
+    for x, y, _ in DataLoader(dataset, batch_size=64, collate_fn=collate_skip_bad):
+        if len(x):
+            images.append(x)
+            labels.append(y)
+    x = torch.cat(images)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+    return x.numpy().astype(np.float32), torch.cat(labels).numpy()
+
+
+def build_reference(
+    model: nn.Module, card: ModelCard, resolutions: list[tuple[int, int]], eval_size: int, eval_limit: int,
+) -> Reference:
+    """Seeded parity batches and their fp32 logits, and the validation set's fp32 logits."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = {hw: torch.randn(PARITY_BATCH, 3, *hw, generator=generator).numpy() for hw in resolutions}
+    ref = Reference(inputs, {hw: _torch_logits(model, x) for hw, x in inputs.items()})
+    if eval_limit <= 0:
+        ref.val_note = "validation skipped (eval_limit=0)"
+        return ref
+    try:
+        ref.val_images, ref.val_labels = load_validation(card, eval_limit, eval_size)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        ref.val_note = f"validation set unavailable: {exc}"
+        log.warning("%s; accuracy is not recorded", ref.val_note)
+        return ref
+    ref.val_logits = _torch_logits(model, ref.val_images)
+    return ref
+
+
+def _batched(predict: Predict, images: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def check_parity(predict: Predict, ref: Reference, precision: str, label: str) -> dict[str, Any]:
+    """Per-resolution errors of `predict` vs the reference; raises ParityError beyond tolerance."""
+    tol = TOLERANCES[precision]
+    figures: dict[str, Any] = {}
+    failures = []
+    for (h, w), x in ref.inputs.items():
+        expected = ref.logits[(h, w)]
+        got = predict(x)
+        max_abs = float(np.abs(got - expected).max())
+        rel = max_abs / max(float(np.abs(expected).max()), 1e-12)
+        agree = float((got.argmax(1) == expected.argmax(1)).mean())
+        figures[f"{h}x{w}"] = {"max_abs": max_abs, "rel": rel, "top1_agree": agree}
+        if ("max_abs" in tol and max_abs > tol["max_abs"]) or ("rel" in tol and rel > tol["rel"]):
+            failures.append(f"{h}x{w}: max_abs={max_abs:.3g} rel={rel:.3g}")
+    if failures:
+        raise ParityError(
+            f"{label} does not match PyTorch fp32 within the {precision} tolerance "
+            f"({', '.join(f'{k} <= {v:g}' for k, v in tol.items())}): {'; '.join(failures)}. No artifact was written."
+        )
+    return {**figures, "tolerance": tol}
+
+
+def check_accuracy(predict: Predict, ref: Reference, batch: int = 32) -> dict[str, Any]:
+    """Top-1 on the validation set and top-1 agreement with PyTorch fp32 on the same images."""
+    if ref.val_logits is None:
+        return {"top1": None, "top1_agreement_vs_torch": None, "n": 0, "note": ref.val_note}
+    preds = _batched(predict, ref.val_images, batch).argmax(1)
+    return {
+        "top1": float((preds == ref.val_labels).mean()),
+        "top1_agreement_vs_torch": float((preds == ref.val_logits.argmax(1)).mean()),
+        "torch_top1": ref.val_top1,
+        "n": int(len(preds)),
+    }
