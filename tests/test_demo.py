@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +27,7 @@ from conftest import make_tiny_run  # noqa: E402
 from effvit_deploy.backends import load_runner  # noqa: E402
 from effvit_deploy.cli.demo import main as demo_main  # noqa: E402
 from effvit_deploy.data import eval_transform  # noqa: E402
-from effvit_deploy.demo import example_images, launch, load_image  # noqa: E402
+from effvit_deploy.demo import example_images, launch, load_image, load_variants  # noqa: E402
 from effvit_deploy.demo.browser import classify_example, find_chromium  # noqa: E402
 from test_demo_inputs import png_bomb  # noqa: E402
 
@@ -35,6 +37,7 @@ TOP1 = {"exact": 0.61, "linformer": 0.55, "performer": 0.52, "nystrom": 0.58, "a
 MAX_PIXELS = 1_000_000
 TIMEOUT_S = 60
 GRADIENT, OFF = "gradient x input", "off"
+CONCURRENCY = 2
 
 
 def free_port() -> int:
@@ -49,9 +52,37 @@ def runs(tmp_path_factory) -> list[Path]:
     return [make_tiny_run(root / m, m, top1=TOP1[m]) for m in MECHANISMS]
 
 
+class InFlight:
+    """Wraps a variant's predict to record how many requests ran it at the same time."""
+
+    def __init__(self, predict):
+        self.predict, self.now, self.most, self.calls = predict, 0, 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            self.now += 1
+            self.calls += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.02)  # widen the window in which overlapping requests would be seen
+            return self.predict(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
 @pytest.fixture(scope="module")
-def server(runs):
-    app, url = launch(runs, "auto", port=free_port(), max_pixels=MAX_PIXELS, block=False, max_queue=64)
+def variants(runs):
+    loaded = load_variants(runs, "auto")
+    loaded[0].predict = InFlight(loaded[0].predict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def server(runs, variants):
+    app, url = launch(runs, "auto", port=free_port(), max_pixels=MAX_PIXELS, block=False, max_queue=64,
+                      variants=variants, concurrency_limit=CONCURRENCY)
     yield app, url
     app.close()
 
@@ -165,7 +196,9 @@ def test_out_of_range_api_arguments_are_refused_by_name(client, resolution, back
         classify(client, example_images()[0], resolution, backend, saliency)
 
 
-def test_twenty_concurrent_requests_are_all_answered(client):
+def test_twenty_concurrent_requests_are_all_answered_within_the_concurrency_limit(client, variants):
+    in_flight = variants[0].predict
+    calls_before = in_flight.calls
     examples = example_images()
     jobs = [client.submit(handle_file(examples[i % len(examples)]), 64, "auto", OFF, api_name="/classify")
             for i in range(20)]
@@ -173,6 +206,8 @@ def test_twenty_concurrent_requests_are_all_answered(client):
         results = list(pool.map(lambda job: job.result(timeout=TIMEOUT_S), jobs))
     assert len(results) == 20
     assert all(r[0].startswith("5/5 variants answered") for r in results)
+    assert in_flight.calls - calls_before == 20
+    assert in_flight.most == CONCURRENCY
     # same image, same answer, whatever the interleaving
     tops = [[c[1]["label"] for c in columns(r)] for r in results]
     for i in range(len(examples), 20):
