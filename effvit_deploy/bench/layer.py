@@ -1,0 +1,77 @@
+"""`--layer-only`: one attention layer alone, as a Runner, for the token-scaling study.
+
+The layer is the mechanism module `build_model` puts in every block (ViT-S/16 dims by
+default: dim 384, 6 heads, qkv bias), fed [batch, 1 + H*W, dim] tokens for an H x W patch grid
+(one class token, as in the model). Only the PyTorch backends run it: the layer reads its grid
+from a Python attribute, so there is no single dynamic-shape ONNX graph of it to serve.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .. import flops as _flops  # noqa: F401  (registers the CPU SDPA FLOP formula)
+from ..attention import ATTENTIONS
+from ..backends import BackendUnavailable, Runner
+
+LAYER_BACKENDS = ("torch", "torch-compile")
+VIT_S_DIM, VIT_S_HEADS = 384, 6
+
+
+def tokens_for(resolution: int, patch: int, prefix: int = 1) -> int:
+    """Tokens per image: class token(s) plus one per patch of a square image."""
+    return prefix + (resolution // patch) ** 2
+
+
+def build_layer(attention: str, dim: int = VIT_S_DIM, heads: int = VIT_S_HEADS, **kwargs: Any) -> nn.Module:
+    if attention not in ATTENTIONS:
+        raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(sorted(ATTENTIONS))}")
+    torch.manual_seed(0)
+    return ATTENTIONS[attention](dim, num_heads=heads, qkv_bias=True, **kwargs).eval()
+
+
+def layer_input(batch: int, resolution: int, patch: int, dim: int) -> np.ndarray:
+    n = tokens_for(resolution, patch)
+    return np.random.default_rng(0).standard_normal((batch, n, dim), dtype=np.float32)
+
+
+def layer_flops(layer: nn.Module, resolution: int, patch: int, dim: int) -> int:
+    """Forward FLOPs of the layer for one image's tokens."""
+    layer.grid = (resolution // patch, resolution // patch)
+    x = torch.zeros(1, tokens_for(resolution, patch), dim)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        layer(x)
+    return int(counter.get_total_flops())
+
+
+def load_layer_runner(config: dict[str, Any]) -> Runner:
+    """A Runner over the layer of `config` (attention, attention_kwargs, dim, heads, patch, resolution)."""
+    backend, precision = config["backend"], config["precision"]
+    if backend not in LAYER_BACKENDS:
+        raise BackendUnavailable(
+            f"--layer-only times the PyTorch module; backend {backend!r} is not supported there "
+            f"(use {', '.join(LAYER_BACKENDS)})"
+        )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    layer = build_layer(config["attention"], config["dim"], config["heads"], **config.get("attention_kwargs", {}))
+    grid = config["resolution"] // config["patch"]
+    layer.grid = (grid, grid)
+    layer = layer.to(device=device, dtype=dtype)
+    forward = torch.compile(layer) if backend == "torch-compile" else layer
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return forward(x)
+
+    return Runner(
+        backend, precision, device, card=None,
+        prepare=lambda b: torch.from_numpy(np.ascontiguousarray(b)).to(device=device, dtype=dtype),
+        run=run,
+        to_numpy=lambda y: y.float().cpu().numpy(),
+        synchronize=torch.cuda.synchronize if device == "cuda" else (lambda: None),
+    )

@@ -1,0 +1,304 @@
+"""The configuration sweep: runs x backends x precisions x batch sizes x resolutions.
+
+Each configuration is measured by `worker.measure`, in a fresh process (clean
+peak-memory figures; a configuration that exhausts memory or time is killed and recorded as
+"oom" / "timeout" while the sweep goes on). A watchdog polls the subprocess's resident memory
+against a cap (default: 90% of the memory available when it starts) and its wall time against
+`timeout_s`. Once a (run, backend, precision, batch) fails for lack of memory or time, its
+larger resolutions are recorded as skipped rather than tried. Rows are appended to the results
+file after every configuration, with the environment (results.py).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import psutil
+import torch
+from tqdm import tqdm
+
+from ..backends import BACKENDS, Runner, backend_status, find_artifact, load_runner
+from ..flops import count_flops, count_params
+from ..runs import load_model_card, run_name
+from .accuracy import artifact_accuracy
+from .layer import LAYER_BACKENDS, VIT_S_DIM, VIT_S_HEADS, build_layer, layer_flops, tokens_for
+from .results import append_results, environment
+from .worker import measure, measure_to_file
+
+ARTIFACT_FORMAT = {"onnxruntime": "onnx", "onnxruntime-cuda": "onnx", "onnxruntime-tensorrt": "onnx",
+                   "tensorrt": "tensorrt", "torch-tensorrt": "torch-tensorrt"}
+RESOURCE_FAILURES = ("oom", "timeout")
+
+
+@dataclass
+class Subject:
+    """What is benchmarked: a run directory (mode "model") or a bare attention layer ("layer")."""
+
+    mode: str
+    name: str
+    attention: str
+    model: str
+    patch: int
+    params: int
+    prefix: int = 1
+    train_res: Optional[int] = None
+    run_dir: Optional[Path] = None
+    layer: dict[str, Any] = field(default_factory=dict)
+    _flops: dict[int, Optional[int]] = field(default_factory=dict)
+
+    def tokens(self, resolution: int) -> int:
+        return tokens_for(resolution, self.patch, self.prefix)
+
+    def gflops(self, resolution: int) -> Optional[float]:
+        if resolution not in self._flops:
+            self._flops[resolution] = _count(self, resolution)
+        value = self._flops[resolution]
+        return None if value is None else value / 1e9
+
+
+def _count(subject: Subject, resolution: int) -> Optional[int]:
+    """FLOPs per image, on the meta device when the mechanism allows it (free at any size),
+    else on a fresh CPU copy (some mechanisms need real values, e.g. data-dependent scaling)."""
+    for device in ("meta", "cpu"):
+        try:
+            if subject.mode == "layer":
+                module = build_layer(subject.attention, subject.layer["dim"], subject.layer["heads"], **subject.layer["kwargs"])
+                return layer_flops(module.to(device), resolution, subject.patch, subject.layer["dim"])
+            return count_flops(load_model_card(subject.run_dir).build().to(device), resolution)
+        except Exception:  # not computable on meta: retry on CPU; None if neither works
+            continue
+    return None
+
+
+def model_subject(run_dir: Union[str, Path]) -> Subject:
+    card = load_model_card(run_dir)
+    model = card.build()
+    return Subject(
+        mode="model", name=run_name(run_dir), attention=card.attention, model=card.model,
+        patch=card.patch_size, params=count_params(model), run_dir=Path(run_dir),
+        prefix=int(getattr(model, "num_prefix_tokens", 1)), train_res=card.img_size,
+    )
+
+
+def layer_subject(attention: str, dim: int = VIT_S_DIM, heads: int = VIT_S_HEADS, patch: int = 16, **kwargs: Any) -> Subject:
+    layer = build_layer(attention, dim, heads, **kwargs)
+    return Subject(
+        mode="layer", name=f"layer-{attention}", attention=attention, model=f"attention layer dim {dim}, {heads} heads",
+        patch=patch, params=sum(p.numel() for p in layer.parameters()),
+        layer={"dim": dim, "heads": heads, "kwargs": kwargs},
+    )
+
+
+def resolve_backends(requested: Union[str, Sequence[str]]) -> tuple[list[str], dict[str, str]]:
+    """(backends to run, {backend: reason} for those skipped). "auto" = every usable backend."""
+    if isinstance(requested, str):
+        requested = [b.strip() for b in requested.split(",") if b.strip()]
+    if list(requested) == ["auto"]:
+        status = {b: backend_status(b) for b in BACKENDS}
+        return [b for b, r in status.items() if r is None], {b: r for b, r in status.items() if r is not None}
+    unknown = [b for b in requested if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; valid: auto, {', '.join(BACKENDS)}")
+    skipped = {b: backend_status(b) for b in requested}
+    return [b for b in requested if skipped[b] is None], {b: r for b, r in skipped.items() if r is not None}
+
+
+def _precheck(subject: Subject, backend: str, precision: str, resolution: int, batch: int) -> Optional[str]:
+    """Why this configuration cannot run (missing artifact, size outside its profile), or None."""
+    if subject.mode == "layer":
+        if backend not in LAYER_BACKENDS:
+            return f"--layer-only times the PyTorch module only ({', '.join(LAYER_BACKENDS)})"
+        return None
+    fmt = ARTIFACT_FORMAT.get(backend)
+    if fmt is None:
+        return None
+    try:
+        _, entry = find_artifact(subject.run_dir, fmt, precision)
+    except FileNotFoundError as exc:
+        return str(exc)
+    inputs = entry.get("inputs") or {}
+    max_res = max((inputs.get("height") or [0])[-1], 0) or None
+    max_batch = (inputs.get("batch") or [0])[-1] or None
+    if max_res is not None and resolution > max_res:
+        return f"the {fmt} artifact was exported for up to {max_res} px: re-export with `effvit-export --max-res {resolution}`"
+    if max_batch is not None and batch > max_batch:
+        return f"the {fmt} artifact was exported for batches up to {max_batch}: re-export with `--max-batch {batch}`"
+    return None
+
+
+_CONTEXT = None
+
+
+def _context():
+    """A forkserver that has imported torch, timm and the worker once: each configuration then
+    starts in a fresh process in milliseconds instead of re-importing for seconds."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["effvit_deploy.bench.worker"])
+    return _CONTEXT
+
+
+def run_isolated(config: dict[str, Any], timeout_s: float, memory_cap_bytes: Optional[int] = None) -> dict[str, Any]:
+    """`worker.measure(config)` in a fresh process, killed past the time or memory cap."""
+    cap = memory_cap_bytes or int(0.9 * psutil.virtual_memory().available)
+    with tempfile.TemporaryDirectory(prefix="effvit-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        proc = _context().Process(target=measure_to_file, args=(config, str(out)), daemon=True)
+        proc.start()
+        watched = psutil.Process(proc.pid)
+        start, peak_rss, killed = time.monotonic(), 0, None
+        while proc.is_alive():
+            try:
+                peak_rss = max(peak_rss, watched.memory_info().rss)
+            except psutil.Error:
+                pass
+            if peak_rss > cap:
+                killed = ("oom", f"resident memory {peak_rss / 2**30:.1f} GiB passed the cap of {cap / 2**30:.1f} GiB")
+            elif time.monotonic() - start > timeout_s:
+                killed = ("timeout", f"still running after {timeout_s:.0f} s")
+            if killed:
+                proc.kill()
+                break
+            proc.join(0.05)
+        proc.join()
+        if killed:
+            return {"status": killed[0], "reason": killed[1]}
+        if out.is_file():
+            return json.loads(out.read_text())
+        if proc.exitcode == -signal.SIGKILL:
+            return {"status": "oom", "reason": "killed by SIGKILL (the kernel's out-of-memory killer?)"}
+        return {"status": "error", "reason": f"worker process exited with code {proc.exitcode} (see stderr)"}
+
+
+def _configs(subjects, backends, precisions, batch_sizes, resolutions):
+    for res in sorted(resolutions):
+        for batch in batch_sizes:
+            for subject in subjects:
+                for backend in backends:
+                    for precision in precisions:
+                        yield subject, backend, precision, batch, res
+
+
+def run_benchmark(
+    run_dirs: Sequence[Union[str, Path]],
+    backends: Union[str, Sequence[str]] = "auto",
+    resolutions: Sequence[int] = (224,),
+    batch_sizes: Sequence[int] = (1,),
+    precisions: Sequence[str] = ("fp32",),
+    out_dir: Union[str, Path] = "bench-out",
+    *,
+    layers: Sequence[Subject] = (),
+    warmup: int = 3,
+    repeats: int = 20,
+    max_time_s: Optional[float] = 20.0,
+    timeout_s: float = 600.0,
+    memory_cap_bytes: Optional[int] = None,
+    accuracy: bool = True,
+    accuracy_limit: Optional[int] = None,
+    isolate: bool = True,
+    runner_factory: Optional[Callable[[dict], Runner]] = None,
+    progress: bool = True,
+) -> Path:
+    """Benchmark every configuration and append one row each to out_dir/results.jsonl (+ .csv).
+
+    Args:
+        run_dirs: run directories (model.json, weights, export/ for exported backends).
+        backends: "auto" or names from `effvit_deploy.backends.BACKENDS`; unusable ones are
+            recorded as skipped with the reason.
+        layers: `layer_subject(...)`s for the layer-only scaling study (timed like models).
+        max_time_s: timed-work budget per configuration (at least 3 repeats are always done).
+        timeout_s, memory_cap_bytes: limits of each isolated configuration.
+        isolate: one fresh subprocess per configuration (needed for clean CPU peak memory).
+        runner_factory: in-process only (isolate=False): builds the Runner from a config dict,
+            instead of `load_runner` (tests inject failing runners through it).
+    Returns the results JSONL path.
+    """
+    if runner_factory is not None and isolate:
+        raise ValueError("runner_factory needs isolate=False (a subprocess cannot receive a Python callable)")
+    bad = [r for r in resolutions if r <= 0]
+    if bad or not resolutions or not batch_sizes or not precisions:
+        raise ValueError(f"need positive resolutions and non-empty batch sizes and precisions, got {resolutions}, {batch_sizes}, {precisions}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    use, skipped = resolve_backends(backends)
+    subjects = [model_subject(d) for d in run_dirs] + list(layers)
+    if not subjects:
+        raise ValueError("nothing to benchmark: give run directories, --model, or --layer-only")
+    for subject in subjects:
+        if subject.mode == "model" and any(r % subject.patch for r in resolutions):
+            raise ValueError(f"resolutions {list(resolutions)} must be multiples of {subject.name}'s patch size {subject.patch}")
+    env = environment()
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    sweep = {"sweep_started": stamp, "warmup": warmup, "repeats_max": repeats, "max_time_s": max_time_s}
+    results_path = out_dir / "results.jsonl"
+
+    def base_row(subject: Subject, backend: str, precision: str, batch=None, res=None) -> dict[str, Any]:
+        row = {
+            "mode": subject.mode, "run": subject.name, "model": subject.model, "attention": subject.attention,
+            "backend": backend, "precision": precision, "batch": batch, "resolution": res,
+            "tokens": subject.tokens(res) if res else None, "gflops": subject.gflops(res) if res else None,
+            "params": subject.params, "patch": subject.patch, "train_res": subject.train_res,
+        }
+        return {**row, **sweep}
+
+    skip_rows = [
+        {**base_row(s, b, p), "status": "skipped", "reason": f"backend unavailable: {reason}", "env": env}
+        for b, reason in skipped.items() for s in subjects for p in precisions
+    ]
+    if skip_rows:
+        append_results(out_dir, skip_rows)
+
+    accuracy_cache: dict[tuple, tuple] = {}
+    failed_at: dict[tuple, tuple[str, int]] = {}
+    configs = list(_configs(subjects, use, precisions, batch_sizes, resolutions))
+    bar = tqdm(configs, desc="effvit-bench", unit="config", disable=not progress)
+    for subject, backend, precision, batch, res in bar:
+        bar.set_postfix_str(f"{subject.name} {backend} {precision} b{batch} {res}px")
+        row = base_row(subject, backend, precision, batch, res)
+        key = (subject.name, backend, precision, batch)
+        reason = _precheck(subject, backend, precision, res, batch)
+        if reason is not None:
+            result = {"status": "skipped", "reason": reason}
+        elif key in failed_at:
+            status, at = failed_at[key]
+            result = {"status": "skipped", "reason": f"not run: {status} at {at} px"}
+        else:
+            config = {
+                "mode": subject.mode, "run_dir": str(subject.run_dir) if subject.run_dir else None,
+                "backend": backend, "precision": precision, "batch": batch, "resolution": res,
+                "warmup": warmup, "repeats": repeats, "max_time_s": max_time_s,
+                "attention": subject.attention, "patch": subject.patch,
+                "dim": subject.layer.get("dim"), "heads": subject.layer.get("heads"),
+                "attention_kwargs": subject.layer.get("kwargs", {}),
+            }
+            result = run_isolated(config, timeout_s, memory_cap_bytes) if isolate else measure(config, runner_factory)
+            if result["status"] in RESOURCE_FAILURES:
+                failed_at[key] = (result["status"], res)
+        if subject.mode == "model":
+            acc_key = (subject.name, backend, precision)
+            if acc_key not in accuracy_cache:
+                factory = partial(load_runner, subject.run_dir, backend, precision)
+                if runner_factory is not None:
+                    factory = partial(runner_factory, {"run_dir": str(subject.run_dir), "backend": backend,
+                                                       "precision": precision, "mode": "model"})
+                usable = _precheck(subject, backend, precision, subject.train_res or res, 1) is None
+                accuracy_cache[acc_key] = artifact_accuracy(
+                    subject.run_dir, load_model_card(subject.run_dir), factory, accuracy and usable, accuracy_limit
+                )
+            row["top1"], row["top1_source"] = accuracy_cache[acc_key]
+        row.update(result)
+        row["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        row["env"] = env
+        append_results(out_dir, [row])
+    if not results_path.exists():
+        append_results(out_dir, [])
+    return results_path

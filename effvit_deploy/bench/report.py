@@ -1,0 +1,406 @@
+"""The benchmark report: report.md and report.html (PNG plots embedded) from a results file.
+
+Plots (matplotlib, Agg): latency and peak memory against tokens per image on log-log axes with
+each variant's fitted scaling exponent; speed-up over exact attention; accuracy against latency
+with the Pareto front; the same scaling plots for `--layer-only` rows. Tables: exponents, the
+issue's targets read off the data, crossover resolutions, recommendations, every configuration
+and every failure with its reason. Nothing is typed in by hand: every figure comes from the rows.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..atomic import write_bytes, write_text  # noqa: E402
+from .analysis import crossover, fit_power_law, pareto_front, pick, tokens_to_resolution  # noqa: E402
+from .results import load_results  # noqa: E402
+
+EXACT = "exact"
+LINEAR_VARIANTS = ("linformer", "performer", "nystrom")
+SPEEDUP_TARGETS = {4096: 2.0, 16384: 5.0}  # issue 5: 1024 px and 2048 px at patch 16
+LINEAR_MEMORY_EXPONENT = 1.2  # "memory growing linearly in tokens": fitted slope at most this
+FIT_POINTS = 3
+BUDGETS_MS = (10, 30, 100, 300, 1000, 3000, 10000)
+MEMORY_NOTE = (
+    "Peak memory on CPU is the rise of the process's resident-set high-water mark during warm-up and "
+    "timed calls above its resident set just before them (after imports, model/session load and input "
+    "preparation), each configuration in a fresh process: activations, workspaces and allocator/arena "
+    "growth; not weights, input, interpreter or libraries. On GPU: PyTorch's allocator peak for the "
+    "PyTorch backends, NVML device memory in use (weights and context included) for the others."
+)
+TIMING_NOTE = (
+    "Latency is one forward pass of the whole batch (input already in the backend's format), timed after "
+    "untimed warm-up calls, with the device synchronised; median, p90 and p99 over the timed repeats. "
+    "Throughput = batch / median latency."
+)
+
+Block = tuple  # ("p", text) | ("table", header, rows) | ("img", file, caption)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+    return str(value)
+
+
+def _series(rows: list[dict], mode: str) -> dict[tuple, dict[str, list[dict]]]:
+    """{(backend, precision, batch): {attention: ok rows sorted by tokens}} for one mode."""
+    out: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["mode"] == mode and r["status"] == "ok":
+            out[(r["backend"], r["precision"], r["batch"])][r["attention"]].append(r)
+    for by_att in out.values():
+        for att in by_att:
+            by_att[att].sort(key=lambda r: r["tokens"])
+    return out
+
+
+def _fit(points: list[dict], field: str) -> Optional[float]:
+    xs = [p["tokens"] for p in points if p.get(field)]
+    ys = [p[field] for p in points if p.get(field)]
+    try:
+        return fit_power_law(xs, ys, FIT_POINTS)[0]
+    except ValueError:
+        return None
+
+
+def _order(attentions) -> list[str]:
+    known = [EXACT, *LINEAR_VARIANTS, "atrous"]
+    return sorted(attentions, key=lambda a: (known.index(a) if a in known else len(known), a))
+
+
+def _scaling_plot(series: dict, field: str, ylabel: str, title: str, path: Path, scale: float = 1.0) -> None:
+    keys = sorted(series)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for att in _order(series[key]):
+            pts = [p for p in series[key][att] if p.get(field)]
+            if not pts:
+                continue
+            slope = _fit(pts, field)
+            label = f"{att} (slope {slope:.2f})" if slope is not None else att
+            ax.plot([p["tokens"] for p in pts], [p[field] * scale for p in pts], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens per image")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{key[0]} {key[1]} batch {key[2]}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    write_bytes(path, tmp.read_bytes())
+    tmp.unlink()
+
+
+def _speedup_plot(series: dict, path: Path) -> bool:
+    keys = [k for k in sorted(series) if EXACT in series[k] and len(series[k]) > 1]
+    if not keys:
+        return False
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        exact = {p["tokens"]: p["latency_median_ms"] for p in series[key][EXACT]}
+        for att in _order(series[key]):
+            if att == EXACT:
+                continue
+            pts = [(p["tokens"], exact[p["tokens"]] / p["latency_median_ms"]) for p in series[key][att] if p["tokens"] in exact]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=att)
+        for tokens, target in SPEEDUP_TARGETS.items():
+            ax.plot([tokens], [target], marker="*", color="k", markersize=11, linestyle="none")
+        ax.axhline(1.0, color="grey", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens per image")
+        ax.set_ylabel("speed-up over exact (x)")
+        ax.set_title(f"{key[0]} {key[1]} batch {key[2]}  (stars: targets)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _tradeoff_points(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Per (backend, precision, batch): one row per run at its training resolution, with top-1."""
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["mode"] == "model" and r["status"] == "ok" and r.get("top1") is not None and r["resolution"] == r.get("train_res"):
+            out[(r["backend"], r["precision"], r["batch"])].append(r)
+    return out
+
+
+def _tradeoff_plot(points: dict, path: Path) -> None:
+    keys = sorted(points)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = points[key]
+        lat = [p["latency_median_ms"] for p in pts]
+        acc = [100 * p["top1"] for p in pts]
+        ax.scatter(lat, acc, zorder=3)
+        for p, x, y in zip(pts, lat, acc):
+            ax.annotate(p["run"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front(lat, acc)
+        ax.step([lat[i] for i in front], [acc[i] for i in front], where="post", color="C3", label="Pareto front")
+        ax.scatter([lat[i] for i in front], [acc[i] for i in front], color="C3", zorder=4)
+        ax.set_xscale("log")
+        ax.set_xlabel("median latency (ms)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"{key[0]} {key[1]} batch {key[2]}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _exponent_table(series: dict, mode: str) -> Block:
+    body = []
+    for key in sorted(series):
+        for att in _order(series[key]):
+            pts = series[key][att]
+            used = pts[-FIT_POINTS:]
+            body.append([mode, key[0], key[1], key[2], att, _fmt(_fit(pts, "latency_median_ms")),
+                         _fmt(_fit(pts, "peak_mem_bytes")), f"{used[0]['tokens']}-{used[-1]['tokens']}" if used else "-"])
+    return ("table", ["mode", "backend", "precision", "batch", "attention", "latency exponent", "memory exponent", "fit tokens"], body)
+
+
+def _speedup_table(series: dict) -> Block:
+    tokens = sorted({p["tokens"] for by in series.values() for pts in by.values() for p in pts})
+    body = []
+    for key in sorted(series):
+        exact = {p["tokens"]: p["latency_median_ms"] for p in series[key].get(EXACT, [])}
+        for att in _order(series[key]):
+            if att == EXACT:
+                continue
+            mine = {p["tokens"]: p["latency_median_ms"] for p in series[key][att]}
+            body.append([key[0], key[1], key[2], att] + [
+                f"{exact[t] / mine[t]:.2f}x" if t in exact and t in mine else "-" for t in tokens])
+    return ("table", ["backend", "precision", "batch", "attention"] + [f"{t} tok" for t in tokens], body)
+
+
+def _targets(rows: list[dict], series: dict) -> list[Block]:
+    """Issue 5's targets, each with the measured figure and the shortfall."""
+    body = []
+    for key in sorted(series):
+        if EXACT not in series[key]:
+            continue
+        exact = {p["tokens"]: p for p in series[key][EXACT]}
+        present = {r["attention"] for r in rows if r["mode"] == "model"}
+        for att in [a for a in LINEAR_VARIANTS if a in present]:
+            mine = {p["tokens"]: p for p in series[key].get(att, [])}
+            for tokens, target in SPEEDUP_TARGETS.items():
+                if tokens in mine and tokens in exact:
+                    s = exact[tokens]["latency_median_ms"] / mine[tokens]["latency_median_ms"]
+                    verdict = "met" if s >= target else f"missed by {target / s:.2f}x ({s:.2f}x of {target:g}x)"
+                    body.append([key[0], key[2], att, f"{tokens} tok speed-up >= {target:g}x", f"{s:.2f}x", verdict])
+                else:
+                    why = _why_missing(rows, key, att, tokens)
+                    body.append([key[0], key[2], att, f"{tokens} tok speed-up >= {target:g}x", "-", f"not measured: {why}"])
+            slope = _fit(series[key].get(att, []), "peak_mem_bytes")
+            if slope is not None:
+                verdict = "met" if slope <= LINEAR_MEMORY_EXPONENT else f"missed (slope {slope:.2f} > {LINEAR_MEMORY_EXPONENT})"
+                body.append([key[0], key[2], att, f"memory slope <= {LINEAR_MEMORY_EXPONENT} (linear)", f"{slope:.2f}", verdict])
+    if not body:
+        return [("p", "No exact-attention baseline in these results: the targets cannot be read off.")]
+    return [("table", ["backend", "batch", "attention", "target", "measured", "verdict"], body)]
+
+
+def _why_missing(rows: list[dict], key: tuple, att: str, tokens: int) -> str:
+    reasons = [f"{r['attention']}: {r['status']} ({r['reason']})" for r in rows
+               if (r["backend"], r["precision"], r["batch"]) == key and r["tokens"] == tokens
+               and r["attention"] in (att, EXACT) and r["status"] != "ok" and r["mode"] == "model"]
+    return "; ".join(reasons) or "size not in the sweep"
+
+
+def _crossover_table(series: dict, rows: list[dict]) -> Block:
+    patch = {r["run"]: r.get("patch", 16) for r in rows}
+    body = []
+    for key in sorted(series):
+        if EXACT not in series[key]:
+            continue
+        exact = {p["tokens"]: p["latency_median_ms"] for p in series[key][EXACT]}
+        for att in _order(series[key]):
+            if att == EXACT:
+                continue
+            pts = [p for p in series[key][att] if p["tokens"] in exact]
+            kind, tokens = crossover([p["tokens"] for p in pts], [exact[p["tokens"]] for p in pts],
+                                     [p["latency_median_ms"] for p in pts])
+            p16 = patch.get(pts[0]["run"], 16) if pts else 16
+            text = {"never": "not within the measured sizes",
+                    "below": f"faster from the smallest size measured ({tokens_to_resolution(tokens or 0, p16):.0f} px)",
+                    "at": f"~{tokens_to_resolution(tokens or 0, p16):.0f} px ({tokens or 0:.0f} tokens)"}[kind]
+            body.append([key[0], key[1], key[2], att, text])
+    return ("table", ["backend", "precision", "batch", "attention", "overtakes exact at"], body)
+
+
+def _recommendations(rows: list[dict]) -> list[Block]:
+    ok = [r for r in rows if r["mode"] == "model" and r["status"] == "ok" and r["batch"] == min(
+        (x["batch"] for x in rows if x["mode"] == "model" and x["status"] == "ok"), default=1)]
+    if not ok:
+        return [("p", "No model measurements: no recommendations.")]
+    has_acc = any(r.get("top1") is not None for r in ok)
+    resolutions = sorted({r["resolution"] for r in ok})
+    body = []
+    for res in resolutions:
+        cands = [r for r in ok if r["resolution"] == res]
+        cells = []
+        for budget in BUDGETS_MS:
+            c = pick(cands, budget)
+            cells.append("-" if c is None else f"{c['attention']} ({c['backend']} {c['precision']}, {c['latency_median_ms']:.0f} ms"
+                         + (f", {100 * c['top1']:.1f}%" if c.get("top1") is not None else "") + ")")
+        body.append([f"{res} px"] + cells)
+    note = ("Each cell: the most accurate variant (top-1 on its own backend) whose median latency at batch "
+            f"{ok[0]['batch']} fits the budget, fastest on ties." if has_acc else
+            "Accuracy was not measured (untrained shape-only runs), so each cell shows the fastest variant that "
+            "fits the budget, i.e. whether any does; with trained runs the cell ranks by top-1.")
+    return [("p", note), ("table", ["resolution"] + [f"<= {b} ms" for b in BUDGETS_MS], body)]
+
+
+def _results_table(rows: list[dict]) -> Block:
+    body = []
+    for r in sorted(rows, key=lambda r: (r["mode"], r["backend"], r.get("precision") or "", r.get("batch") or 0,
+                                         r.get("resolution") or 0, r["attention"])):
+        if r["status"] == "skipped" and r.get("resolution") is None:
+            continue
+        mem = r.get("peak_mem_bytes")
+        body.append([r["mode"], r["attention"], r["backend"], r["precision"], _fmt(r["batch"]), _fmt(r["resolution"]),
+                     _fmt(r["tokens"]), _fmt(r.get("gflops")), _fmt(r.get("latency_median_ms")),
+                     _fmt(r.get("latency_p90_ms")), _fmt(r.get("latency_p99_ms")), _fmt(r.get("throughput_ips")),
+                     _fmt(mem / 2**20 if mem is not None else None), _fmt(r.get("repeats_done")),
+                     _fmt(100 * r["top1"] if r.get("top1") is not None else None), r["status"]])
+    return ("table", ["mode", "attention", "backend", "prec", "batch", "px", "tokens", "GFLOPs", "median ms", "p90 ms",
+                      "p99 ms", "img/s", "peak MiB", "repeats", "top-1 %", "status"], body)
+
+
+def _failures(rows: list[dict]) -> list[Block]:
+    bad = {}
+    for r in rows:
+        if r["status"] != "ok":
+            where = f"{r['mode']} {r['attention']} {r['backend']} {r['precision']}" + (
+                f" b{r['batch']} {r['resolution']}px" if r.get("resolution") else "")
+            bad[where] = [where, r["status"], r["reason"]]
+    if not bad:
+        return [("p", "Every configuration ran.")]
+    return [("table", ["configuration", "status", "reason"], list(bad.values()))]
+
+
+def _environment(rows: list[dict]) -> Block:
+    envs = {tuple(sorted(r["env"].items())) for r in rows if r.get("env")}
+    keys = ["cpu_model", "cpu_cores", "cpu_affinity", "memory_gib", "gpu", "gpu_driver", "os", "python", "torch",
+            "timm", "onnxruntime", "tensorrt", "git_commit"]
+    body = [[k] + [_fmt(dict(e).get(k)) for e in envs] for k in keys]
+    sweeps = sorted({(r.get("sweep_started"), r.get("warmup"), r.get("repeats_max"), r.get("max_time_s")) for r in rows})
+    body.append(["sweeps (start, warm-up, max repeats, timed budget s)", "; ".join(map(str, sweeps))])
+    return ("table", ["environment"] + [f"machine {i + 1}" for i in range(len(envs))], body)
+
+
+def _render_md(sections: list[tuple[str, list[Block]]], title: str) -> str:
+    out = [f"# {title}", ""]
+    for heading, blocks in sections:
+        out += [f"## {heading}", ""]
+        for b in blocks:
+            if b[0] == "p":
+                out += [b[1], ""]
+            elif b[0] == "img":
+                out += [f"![{b[2]}]({b[1]})", ""]
+            else:
+                out.append("| " + " | ".join(b[1]) + " |")
+                out.append("|" + "---|" * len(b[1]))
+                out += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in b[2]]
+                out.append("")
+    return "\n".join(out)
+
+
+def _render_html(sections: list[tuple[str, list[Block]]], title: str, out_dir: Path) -> str:
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+           "body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse;font-size:12px}"
+           "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    for heading, blocks in sections:
+        out.append(f"<h2>{e(heading)}</h2>")
+        for b in blocks:
+            if b[0] == "p":
+                out.append(f"<p>{e(b[1])}</p>")
+            elif b[0] == "img":
+                data = base64.b64encode((out_dir / b[1]).read_bytes()).decode()
+                out.append(f"<figure><img alt='{e(b[2])}' src='data:image/png;base64,{data}'><figcaption>{e(b[2])}</figcaption></figure>")
+            else:
+                out.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in b[1]) + "</tr>")
+                out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in b[2]]
+                out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(results_path: Union[str, Path], out_dir: Optional[Union[str, Path]] = None) -> Path:
+    """Write report.md, report.html and the PNG plots for a results file; returns report.md."""
+    results_path = Path(results_path)
+    rows = load_results(results_path)
+    out_dir = Path(out_dir) if out_dir else results_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections: list[tuple[str, list[Block]]] = []
+    sections.append(("Environment and method", [_environment(rows), ("p", TIMING_NOTE), ("p", MEMORY_NOTE)]))
+
+    model = _series(rows, "model")
+    if model:
+        _scaling_plot(model, "latency_median_ms", "median latency (ms)", "End-to-end latency vs tokens per image",
+                      out_dir / "latency_vs_tokens.png")
+        _scaling_plot(model, "peak_mem_bytes", "peak memory (MiB)", "End-to-end peak memory vs tokens per image",
+                      out_dir / "memory_vs_tokens.png", scale=1 / 2**20)
+        blocks: list[Block] = [("img", "latency_vs_tokens.png", "latency vs tokens, log-log, fitted slopes"),
+                               ("img", "memory_vs_tokens.png", "peak memory vs tokens, log-log, fitted slopes")]
+        if _speedup_plot(model, out_dir / "speedup_vs_tokens.png"):
+            blocks.append(("img", "speedup_vs_tokens.png", "speed-up over exact attention"))
+        blocks += [("p", f"Exponents: least-squares slope in log-log over the {FIT_POINTS} largest token counts."),
+                   _exponent_table(model, "model")]
+        sections.append(("Scaling with tokens (whole model)", blocks))
+        sections.append(("Targets (issue 5)", _targets(rows, model)))
+        sections.append(("Speed-up over exact attention", [_speedup_table(model)]))
+        sections.append(("Crossover: where each variant overtakes exact attention", [_crossover_table(model, rows)]))
+    tradeoff = _tradeoff_points(rows)
+    if tradeoff:
+        _tradeoff_plot(tradeoff, out_dir / "accuracy_vs_latency.png")
+        sources = sorted({r["top1_source"] for pts in tradeoff.values() for r in pts})
+        sections.append(("Accuracy vs latency", [("img", "accuracy_vs_latency.png", "accuracy vs latency, Pareto front"),
+                                                 ("p", "Each run at its training resolution. Accuracy source: " + "; ".join(sources))]))
+    elif any(r["mode"] == "model" for r in rows):
+        notes = sorted({r.get("top1_source") or "" for r in rows if r["mode"] == "model"} - {""})
+        sections.append(("Accuracy vs latency", [("p", "No accuracy figures to plot: " + ("; ".join(notes) or "none recorded"))]))
+    if model:
+        sections.append(("Recommendations", _recommendations(rows)))
+    layer = _series(rows, "layer")
+    if layer:
+        _scaling_plot(layer, "latency_median_ms", "median latency (ms)", "One attention layer: latency vs tokens",
+                      out_dir / "layer_latency_vs_tokens.png")
+        _scaling_plot(layer, "peak_mem_bytes", "peak memory (MiB)", "One attention layer: peak memory vs tokens",
+                      out_dir / "layer_memory_vs_tokens.png", scale=1 / 2**20)
+        sections.append(("Scaling with tokens (one attention layer)", [
+            ("img", "layer_latency_vs_tokens.png", "layer latency vs tokens"),
+            ("img", "layer_memory_vs_tokens.png", "layer peak memory vs tokens"),
+            _exponent_table(layer, "layer"), _speedup_table(layer)]))
+    sections.append(("All configurations", [_results_table(rows)]))
+    sections.append(("Skipped and failed configurations", _failures(rows)))
+
+    title = "effvit-bench report"
+    md_path = out_dir / "report.md"
+    write_text(md_path, _render_md(sections, title))
+    write_text(out_dir / "report.html", _render_html(sections, title, out_dir))
+    return md_path

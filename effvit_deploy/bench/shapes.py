@@ -1,0 +1,86 @@
+"""Shape-only subjects: untrained run directories for a timm model x attention variants.
+
+Latency, memory and FLOPs depend on shapes, not weights, so the scaling study needs no trained
+runs: `shape_runs("vit_small_patch16_224", ["exact", ...], cache)` writes one complete run
+per variant (effvit_deploy.runs.write_run; the card's empty `data` marks it untrained, so
+accuracy is reported as not applicable) and exports the ONNX graph when an ONNX Runtime backend
+will read it (effvit_deploy.export.export_run). Existing runs and artifacts are reused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..atomic import write_json, write_text
+from ..attention import ATTENTIONS
+from ..models import build_model
+from ..runs import MODEL_CARD, ModelCard, write_run
+
+log = logging.getLogger(__name__)
+
+
+def parse_attentions(spec: Union[str, Sequence[str]]) -> list[str]:
+    """"all" or a comma list -> attention names, checked against the registry."""
+    names = [a.strip() for a in spec.split(",")] if isinstance(spec, str) else list(spec)
+    if names == ["all"]:
+        return list(ATTENTIONS)
+    unknown = [a for a in names if a not in ATTENTIONS]
+    if unknown:
+        raise ValueError(f"unknown attention(s) {', '.join(unknown)}; valid: all, {', '.join(ATTENTIONS)}")
+    return names
+
+
+def shape_run(model_name: str, attention: str, cache_dir: Union[str, Path], num_classes: int = 1000) -> Path:
+    """An untrained, loadable run of `model_name` with `attention` (seed 0), made once."""
+    run_dir = Path(cache_dir) / f"{model_name}-{attention}"
+    if (run_dir / MODEL_CARD).is_file() and (run_dir / "checkpoints" / "best.safetensors").is_file():
+        return run_dir
+    torch.manual_seed(0)
+    model = build_model(model_name, attention=attention, num_classes=num_classes)
+    card = ModelCard.for_model(model, img_size=int(model.patch_embed.img_size[0]), data={})
+    write_run(run_dir, model, card)
+    return run_dir
+
+
+EXPORT_STAMP = "bench-export.json"
+
+
+def _has_onnx(run_dir: Path, precisions: Sequence[str], max_res: int) -> bool:
+    """True when an earlier `shape_runs` exported these precisions for at least `max_res`."""
+    stamp = run_dir / EXPORT_STAMP
+    if not stamp.is_file() or not (run_dir / "export" / "manifest.json").is_file():
+        return False
+    done = json.loads(stamp.read_text())
+    return set(precisions) <= set(done["precisions"]) and done["max_res"] >= max_res
+
+
+def shape_runs(
+    model_name: str,
+    attentions: Sequence[str],
+    cache_dir: Union[str, Path],
+    *,
+    onnx: bool = False,
+    precisions: Sequence[str] = ("fp32",),
+    min_res: Optional[int] = None,
+    max_res: int = 1024,
+    max_batch: int = 32,
+) -> list[Path]:
+    """One untrained run per attention variant under cache_dir, ONNX-exported when `onnx`."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_text(cache_dir / ".gitignore", "*\n")
+    runs = [shape_run(model_name, a, cache_dir) for a in parse_attentions(attentions)]
+    if onnx:
+        from ..export import export_run
+
+        for run_dir in runs:
+            if not _has_onnx(run_dir, precisions, max_res):
+                log.info("exporting %s to ONNX (max %d px)", run_dir.name, max_res)
+                export_run(run_dir, formats=("onnx",), precisions=tuple(precisions),
+                           min_res=min_res, max_res=max_res, max_batch=max_batch, verify=False, force=True)
+                write_json(run_dir / EXPORT_STAMP, {"precisions": list(precisions), "max_res": max_res})
+    return runs

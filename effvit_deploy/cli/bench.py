@@ -1,0 +1,157 @@
+"""`effvit-bench`: latency, throughput, peak memory and accuracy of runs across backends and
+resolutions, appended to a results file, and a report with plots (effvit_deploy.bench)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+EPILOG = """examples:
+  # trained runs, every usable backend, report in bench-out/
+  effvit-bench runs/digits-exact runs/digits-performer --resolutions 64,128 --batch-sizes 1,8
+  # scaling study without trained runs: untrained ViT-S/16 variants (exported as needed)
+  effvit-bench --model vit_small_patch16_224 --attention all --backends torch,onnxruntime \\
+      --resolutions 224,384,512,768,1024,2048 --warmup 1 --repeats 5 --out benchmarks/results/cpu
+  # one attention layer alone (ViT-S dims) over token counts
+  effvit-bench --layer-only --model vit_small_patch16_224 --attention all --resolutions 224,512,1024,2048
+  # a matrix from YAML (flags override it), or only re-draw the report of a results file
+  effvit-bench --config serve/bench_cpu.yaml
+  effvit-bench --report-only --out benchmarks/results/cpu
+"""
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in str(text).split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="effvit-bench", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="*", type=Path, help="run directories (model.json, weights, export/)")
+    p.add_argument("--config", type=Path, help="YAML benchmark matrix (keys = long options, e.g. serve/bench_cpu.yaml)")
+    p.add_argument("--model", help="timm ViT for shape-only runs (untrained, accuracy not applicable) or --layer-only dims")
+    p.add_argument("--attention", default="all", help="variants for --model / --layer-only: all or a comma list")
+    p.add_argument("--backends", default="auto", help="auto, or a comma list of: torch, torch-compile, onnxruntime, "
+                   "onnxruntime-cuda, onnxruntime-tensorrt, tensorrt, torch-tensorrt")
+    p.add_argument("--resolutions", type=_ints, default=[224, 384, 512, 768, 1024], help="square input sizes (px)")
+    p.add_argument("--batch-sizes", type=_ints, default=[1], help="batch sizes")
+    p.add_argument("--precision", type=_names, default=["fp32"], help="fp32, fp16, bf16 (comma list)")
+    p.add_argument("--out", type=Path, default=Path("bench-out"), help="results and report folder")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration (at most)")
+    p.add_argument("--max-time", type=float, default=20.0, help="timed-work budget per configuration in s (>= 3 repeats)")
+    p.add_argument("--timeout", type=float, default=600.0, help="kill a configuration after this many seconds")
+    p.add_argument("--memory-cap", type=float, help="kill a configuration above this resident memory (GiB); "
+                   "default 90%% of the memory available when it starts")
+    p.add_argument("--layer-only", action="store_true", help="time one attention layer alone over token counts")
+    p.add_argument("--dim", type=int, help="--layer-only width (default: --model's, else 384)")
+    p.add_argument("--heads", type=int, help="--layer-only heads (default: --model's, else 6)")
+    p.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure top-1 of each artifact on its backend (else the training summary's)")
+    p.add_argument("--accuracy-limit", type=int, help="validation images for accuracy (default: all)")
+    p.add_argument("--report-only", action="store_true", help="only (re)write the report of OUT/results.jsonl")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        if not args.config.is_file():
+            parser.error(f"--config {args.config} does not exist")
+        raw: dict[str, Any] = yaml.safe_load(args.config.read_text()) or {}
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(k.replace("-", "_") for k in raw) - known)
+        if unknown:
+            parser.error(f"{args.config}: unknown keys {', '.join(unknown)}; use long option names, e.g. batch_sizes")
+        converters = {"resolutions": _ints, "batch_sizes": _ints, "precision": _names}
+        defaults = {}
+        for key, value in raw.items():
+            key = key.replace("-", "_")
+            if isinstance(value, list):
+                value = ",".join(map(str, value))
+            defaults[key] = converters[key](value) if key in converters else value
+        if "run_dirs" in defaults:
+            defaults["run_dirs"] = [Path(p) for p in _names(defaults["run_dirs"])]
+        if "out" in defaults:
+            defaults["out"] = Path(defaults["out"])
+        parser.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    return args
+
+
+def _layer_dims(args: argparse.Namespace) -> tuple[int, int, int]:
+    from ..bench.layer import VIT_S_DIM, VIT_S_HEADS
+
+    dim, heads, patch = VIT_S_DIM, VIT_S_HEADS, 16
+    if args.model:
+        from ..models import build_model
+
+        import torch
+
+        with torch.device("meta"):
+            model = build_model(args.model, attention="exact")
+        dim, heads = model.embed_dim, model.blocks[0].attn.num_heads
+        patch = int(model.patch_embed.patch_size[0])
+    return args.dim or dim, args.heads or heads, patch
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import layer_subject, run_benchmark, shape_runs, write_report
+    from ..bench.matrix import resolve_backends
+    from ..bench.shapes import parse_attentions
+
+    results = args.out / "results.jsonl"
+    if args.report_only:
+        print(f"report: {write_report(results, args.out)}")
+        return 0
+    run_dirs, layers = list(args.run_dirs), []
+    if args.layer_only:
+        dim, heads, patch = _layer_dims(args)
+        layers = [layer_subject(a, dim, heads, patch) for a in parse_attentions(args.attention)]
+        run_dirs = []
+    elif args.model:
+        backends, _ = resolve_backends(args.backends)
+        run_dirs += shape_runs(
+            args.model, parse_attentions(args.attention), args.out / "cache",
+            onnx=any(b.startswith("onnxruntime") for b in backends), precisions=args.precision,
+            min_res=min(args.resolutions), max_res=max(args.resolutions), max_batch=max(max(args.batch_sizes), 2),
+        )
+    if not run_dirs and not layers:
+        raise ValueError("nothing to benchmark: give RUN_DIR(s), --model NAME, or --layer-only")
+    results = run_benchmark(
+        run_dirs, args.backends, args.resolutions, args.batch_sizes, args.precision, args.out,
+        layers=layers, warmup=args.warmup, repeats=args.repeats, max_time_s=args.max_time,
+        timeout_s=args.timeout, memory_cap_bytes=int(args.memory_cap * 2**30) if args.memory_cap else None,
+        accuracy=args.accuracy, accuracy_limit=args.accuracy_limit, progress=not args.no_progress,
+    )
+    print(f"results: {results}")
+    print(f"report: {write_report(results, args.out)}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"effvit-bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
