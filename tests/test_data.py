@@ -114,6 +114,13 @@ def test_dataspec_round_trip_and_model_card_dict():
     assert DataSpec.from_dict(card_data) == DataSpec("digits")
 
 
+def test_dataspec_from_command_line_value():
+    assert DataSpec.from_arg("digits") == DataSpec("digits")
+    assert DataSpec.from_arg("synthetic") == DataSpec("synthetic")
+    assert DataSpec.from_arg("/data/in100") == DataSpec("folder", root="/data/in100")
+    assert DataSpec.from_arg("folder:rel/dir") == DataSpec("folder", root="rel/dir")
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
@@ -172,9 +179,19 @@ def test_eval_transform_of_a_run_resizes_crops_and_normalises(tmp_path):
 
 def test_build_eval_dataset_from_model_card_fields(tmp_path):
     card = load_model_card(make_tiny_run(tmp_path / "run", "exact"))
-    val, names = build_eval_dataset(card.data, card.img_size, card.mean, card.std, card.interpolation, card.crop_pct)
+    val, names = build_eval_dataset(
+        card.data, card.img_size, card.mean, card.std, card.interpolation, card.crop_pct,
+        class_names=card.class_names,
+    )
     assert names == card.class_names and len(val) == 359
     x, _ = val[0]
     assert x.shape == (3, card.img_size, card.img_size)
     _, ref_val, _ = build_datasets(DataSpec.from_dict(card.data), card.img_size, card.mean, card.std)
     assert torch.equal(x, ref_val[0][0])
+
+
+def test_build_eval_dataset_rejects_a_model_with_other_classes():
+    with pytest.raises(DataError, match=r"missing from the data: \['cat'\]; not in the model: \['9'\]"):
+        build_eval_dataset({"name": "digits"}, 32, HALF, HALF, class_names=[*"012345678", "cat"])
+    with pytest.raises(DataError, match="same classes in another order"):
+        build_eval_dataset({"name": "digits"}, 32, HALF, HALF, class_names=list("9876543210"))

@@ -6,6 +6,7 @@ from typing import Any, Optional, Sequence, Union
 from torch.utils.data import Dataset
 
 from .digits import DigitsDataset
+from .errors import DataError
 from .folder import check_on_bad_image, check_same_classes, open_split
 from .spec import DataSpec
 from .synthetic import SyntheticDataset
@@ -49,15 +50,27 @@ def build_eval_dataset(
     interpolation: str = "bicubic",
     crop_pct: float = 0.875,
     on_bad_image: str = "skip",
+    class_names: Optional[Sequence[str]] = None,
 ) -> tuple[Dataset, list[str]]:
     """(val split with the eval transform, class names): what export, bench and demo evaluate
-    on, from a ModelCard's `data` dict and preprocessing fields. A folder needs only val/."""
+    on, from a ModelCard's `data` dict and preprocessing fields. A folder needs only val/.
+
+    With `class_names` (the card's), a val split whose classes differ is a DataError, since the
+    model's outputs would be scored against the wrong labels."""
     spec = data if isinstance(data, DataSpec) else DataSpec.from_dict(data)
     val_tf = build_transform(img_size, mean, std, interpolation, crop_pct, train=False)
     if spec.name == "folder":
         val = open_split(spec.root, "val", val_tf, on_bad_image)
     else:
         val = _generated(spec, "val", img_size, val_tf)
+    if class_names is not None and list(class_names) != list(val.classes):
+        missing = sorted(set(class_names) - set(val.classes))
+        extra = sorted(set(val.classes) - set(class_names))
+        detail = f"missing from the data: {missing}; not in the model: {extra}" if missing or extra else "same classes in another order"
+        raise DataError(
+            f"the {spec.name} val split's {len(val.classes)} classes do not match the model's "
+            f"{len(class_names)} ({detail}): evaluate on the data the model was trained on"
+        )
     return val, list(val.classes)
 
 

@@ -46,5 +46,13 @@ class DataSpec:
             raise DataError(f"the data block needs a 'name', one of {list(DATASETS)}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    @classmethod
+    def from_arg(cls, text: str) -> "DataSpec":
+        """From a command-line value: a data set name ("digits", "synthetic"), or the path of
+        an ImageFolder directory with train/ and val/ (optionally written "folder:PATH")."""
+        if text in ("digits", "synthetic"):
+            return cls(text)
+        return cls("folder", root=text.removeprefix("folder:"))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
