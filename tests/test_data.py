@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_dataspec_from_command_line_value():
     assert DataSpec.from_arg("digits") == DataSpec("digits")
     assert DataSpec.from_arg("synthetic") == DataSpec("synthetic")
     assert DataSpec.from_arg("/data/in100") == DataSpec("folder", root="/data/in100")
-    assert DataSpec.from_arg("folder:rel/dir") == DataSpec("folder", root="rel/dir")
+    assert DataSpec.from_arg("folder:rel/dir") == DataSpec("folder", root=str(Path.cwd() / "rel" / "dir"))
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,15 @@ def test_check_finds_a_corrupt_file(tmp_path, capsys, workers):
     out = capsys.readouterr().out
     assert f"BAD {root / 'val' / 'a' / 'cut.png'}" in out
     assert "checked 5 images: 1 unreadable, 4 ok; 1 non-image files ignored" in out
+    assert "train: 1 classes, 3 images" in out and "val: 1 classes, 2 images" in out
+
+
+def test_check_reports_a_split_layout_problem(tmp_path, capsys):
+    root = make_folder(tmp_path / "d", {"train": {"a": 1, "b": 1}, "val": {"a": 1}})
+    assert main(["check", str(root), "--json"]) == 1
+    out = capsys.readouterr().out
+    assert "layout: " in out and "in train/ but not val/: ['b']" in out
+    assert '"layout_error"' in out
 
 
 def test_check_on_a_missing_folder_is_a_clear_error(tmp_path, capsys):

@@ -44,6 +44,12 @@ def test_folder_loads_both_splits_with_shared_class_order(tmp_path):
     assert x.shape == (3, 16, 16) and y == 1
 
 
+def test_hidden_folders_are_not_classes(tmp_path):
+    root = make_folder(tmp_path / "d", {"train": {"a": 1, "b": 1, ".ipynb_checkpoints": 1}, "val": {"a": 1, "b": 1}})
+    train, val, names = build(root)
+    assert names == ["a", "b"] and len(train) == 2
+
+
 @pytest.mark.parametrize(
     "layout, message",
     [

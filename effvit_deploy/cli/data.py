@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
-from ..data import DataError, build_imagenet100, find_bad_images, write_digits_folder
+from ..data import DataError, build_imagenet100, describe_folder, find_bad_images, write_digits_folder
 from ..data.imagenet100 import DEFAULT_CLASS_FILE
 
 EPILOG = """examples:
@@ -34,10 +35,19 @@ def _check(args: argparse.Namespace) -> int:
         print(f"BAD {path}: {reason}")
     print(f"checked {report.checked} images: {len(report.bad)} unreadable, "
           f"{report.checked - len(report.bad)} ok; {report.other_files} non-image files ignored")
+    summary = {"checked": report.checked, "bad": [p for p, _ in report.bad], "other_files": report.other_files}
+    layout_ok = True
+    if (Path(args.dir) / "train").is_dir() or (Path(args.dir) / "val").is_dir():
+        try:
+            summary["splits"] = describe_folder(args.dir)
+            for split, s in summary["splits"].items():
+                print(f"{split}: {s['classes']} classes, {s['images']} images")
+        except DataError as exc:
+            print(f"layout: {exc}")
+            summary["layout_error"], layout_ok = str(exc), False
     if args.json:
-        print(json.dumps({"checked": report.checked, "bad": [p for p, _ in report.bad],
-                          "other_files": report.other_files}))
-    return 1 if report.bad else 0
+        print(json.dumps(summary))
+    return 0 if layout_ok and not report.bad else 1
 
 
 def _digits(args: argparse.Namespace) -> int:
@@ -61,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class list, one WordNet ID per line (default: train/imagenet100_classes.txt)")
     s.set_defaults(func=_imagenet100)
 
-    s = sub.add_parser("check", help="list unreadable or truncated images; exit 1 if any",
+    s = sub.add_parser("check", help="list unreadable or truncated images (and, for a train/val folder, check "
+                       "its splits); exit 1 if anything is wrong",
                        epilog="example: effvit-data check /data/imagenet100 --workers 8")
     s.add_argument("dir", help="folder to scan recursively (symlinks followed)")
     s.add_argument("--workers", type=int, default=0, help="decode in this many processes (default: in-process)")

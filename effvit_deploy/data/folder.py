@@ -7,6 +7,7 @@ hours in: with `on_bad_image="skip"` its item is None (a warning names the file)
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -50,6 +51,12 @@ class CheckedImageFolder(ImageFolder):
         check_on_bad_image(on_bad_image)
         super().__init__(str(root), transform=transform, allow_empty=True)
         self.on_bad_image = on_bad_image
+
+    def find_classes(self, directory: Union[str, Path]) -> tuple[list[str], dict[str, int]]:
+        """Class folders, sorted, leaving out hidden ones (`.ipynb_checkpoints`, `.Trash-1000`),
+        which torchvision would otherwise turn into classes."""
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        return classes, {name: i for i, name in enumerate(classes)}
 
     def images_per_class(self) -> dict[str, int]:
         counts = Counter(target for _, target in self.samples)
@@ -107,6 +114,14 @@ def check_same_classes(train: CheckedImageFolder, val: CheckedImageFolder) -> No
             f"the splits of {Path(train.root).parent} hold different classes ({'; '.join(parts)}); "
             "give every class images in both splits or remove it from both"
         )
+
+
+def describe_folder(root: Union[str, Path]) -> dict[str, dict[str, int]]:
+    """{split: {"classes": n, "images": n}} of an ImageFolder data set, after the same checks
+    `build_datasets` makes (both splits present and non-empty, same classes)."""
+    splits = {split: open_split(root, split, None, "skip") for split in ("train", "val")}
+    check_same_classes(splits["train"], splits["val"])
+    return {split: {"classes": len(ds.classes), "images": len(ds)} for split, ds in splits.items()}
 
 
 def collate_skip_bad(batch: Sequence[Optional[tuple[torch.Tensor, int]]]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Optional
 
 from .errors import DataError
@@ -49,10 +50,11 @@ class DataSpec:
     @classmethod
     def from_arg(cls, text: str) -> "DataSpec":
         """From a command-line value: a data set name ("digits", "synthetic"), or the path of
-        an ImageFolder directory with train/ and val/ (optionally written "folder:PATH")."""
+        an ImageFolder directory with train/ and val/ (optionally written "folder:PATH"), made
+        absolute so that a run's ModelCard finds it again from any working directory."""
         if text in ("digits", "synthetic"):
             return cls(text)
-        return cls("folder", root=text.removeprefix("folder:"))
+        return cls("folder", root=str(Path(text.removeprefix("folder:")).expanduser().resolve()))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
