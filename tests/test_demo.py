@@ -259,3 +259,16 @@ def test_browser_classifies_an_example_like_the_backend(server, runs, tmp_path):
         assert max(shown, key=shown.get) == expected[0]
     with Image.open(shot) as image:
         assert image.width >= 1000 and image.height >= 800
+
+
+def test_cli_defaults_are_localhost_no_share_auto_backend(tmp_path, monkeypatch):
+    import effvit_deploy.demo.app as demo_app
+
+    seen = {}
+    monkeypatch.setattr(demo_app, "launch", lambda run_dirs, backend, **kw: seen.update(kw, backend=backend, runs=run_dirs))
+    run = make_tiny_run(tmp_path / "exact", "exact")
+    assert demo_main([str(run)]) == 0
+    assert seen["host"] == "127.0.0.1" and seen["share"] is False and seen["port"] == 7860
+    assert seen["backend"] == "auto" and seen["runs"] == [run]
+    assert demo_main([str(run), "--share", "--host", "0.0.0.0", "--max-pixels", "5000"]) == 0
+    assert seen["share"] is True and seen["host"] == "0.0.0.0" and seen["max_pixels"] == 5000

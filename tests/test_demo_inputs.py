@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageFile
 
 from conftest import make_tiny_run
-from effvit_deploy.backends import load_runner
+from effvit_deploy.backends import BackendUnavailable, load_runner
 from effvit_deploy.data import eval_transform
 from effvit_deploy.demo import InputError, example_images, load_image
 from effvit_deploy.demo.predict import load_variant, resolution_choices
@@ -177,3 +177,13 @@ def test_saliency_maps_have_the_input_size_and_follow_the_image(tiny_run, attent
         assert cls is None
     shown = overlay(to_image(x, variant.card.mean, variant.card.std), heat)
     assert shown.shape == (256, 256, 3) and shown.dtype == np.uint8
+
+
+def test_an_explicit_backend_without_its_artifact_is_refused_with_the_fix(tmp_path):
+    tiny_run = make_tiny_run(tmp_path / "exact", "exact")
+    with pytest.raises(BackendUnavailable, match="effvit-export"):
+        load_variant(tiny_run, "onnxruntime")
+    variant = load_variant(tiny_run, "auto")
+    assert list(variant.runners) == ["torch"] and variant.pick_backend("auto") == "torch"
+    with pytest.raises(BackendUnavailable, match="no onnxruntime model loaded"):
+        variant.pick_backend("onnxruntime")
