@@ -1,0 +1,56 @@
+"""effvit-bench CLI: layer-only sweep end to end, YAML matrices, clear errors for bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from effvit_deploy.bench.results import load_results
+from effvit_deploy.cli.bench import main, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_layer_only_sweep_times_each_layer_and_skips_onnx_with_reason(tmp_path, capsys):
+    rc = main(["--layer-only", "--attention", "exact,nystrom", "--dim", "64", "--heads", "2",
+               "--resolutions", "64,128", "--backends", "torch,onnxruntime", "--out", str(tmp_path),
+               "--warmup", "1", "--repeats", "3", "--no-progress"])
+    assert rc == 0
+    rows = load_results(tmp_path / "results.jsonl")
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {(r["attention"], r["tokens"]) for r in ok} == {(a, t) for a in ("exact", "nystrom") for t in (17, 65)}
+    assert all(r["mode"] == "layer" and r["backend"] == "torch" and r["gflops"] > 0 for r in ok)
+    skipped = [r for r in rows if r["backend"] == "onnxruntime"]
+    assert skipped and all(r["status"] == "skipped" and "PyTorch module" in r["reason"] for r in skipped)
+    report = (tmp_path / "report.md").read_text()
+    assert "layer_latency_vs_tokens.png" in report and (tmp_path / "layer_latency_vs_tokens.png").stat().st_size > 0
+    assert "report:" in capsys.readouterr().out
+
+
+def test_nothing_to_benchmark_is_a_clear_error(tmp_path, capsys):
+    assert main(["--backends", "torch", "--out", str(tmp_path)]) == 2
+    assert "nothing to benchmark" in capsys.readouterr().err
+
+
+def test_bad_values_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["--layer-only", "--resolutions", "0,224"])
+    assert "positive integers" in capsys.readouterr().err
+    assert main(["--layer-only", "--attention", "flash", "--out", "/tmp/never-written"]) == 2
+    assert "unknown attention" in capsys.readouterr().err
+
+
+def test_committed_matrices_parse_and_flags_override_them(tmp_path):
+    args = parse_args(["--config", str(REPO / "serve" / "bench_cpu_vits.yaml"), "--repeats", "2"])
+    assert args.resolutions == [224, 384, 512, 768, 1024, 2048] and args.backends == "torch,onnxruntime"
+    assert args.repeats == 2 and args.accuracy is False and args.model == "vit_small_patch16_224"
+    assert parse_args(["--config", str(REPO / "serve" / "bench_layer_vits.yaml")]).layer_only is True
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resolution: [224]\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(bad)])
+
+
+def test_report_only_redraws_from_an_existing_results_file(tmp_path, capsys):
+    assert main(["--report-only", "--out", str(tmp_path)]) == 2
+    assert "no results file" in capsys.readouterr().err
