@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) benchmarks/approximation_error.py --out benchmarks/results/approximation_error.md
+	$(PY) -m effvit_deploy.pipeline $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
