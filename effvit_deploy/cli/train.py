@@ -1,0 +1,70 @@
+"""effvit-train: fine-tune a ViT with one or every attention mechanism (library: effvit_deploy.train)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from ..attention import ATTENTIONS
+
+EPILOG = """examples:
+  effvit-train --config train/digits.yaml --attention all          # runs/digits-exact, runs/digits-linformer, ...
+  effvit-train --config train/digits.yaml --attention performer epochs=3 optim.lr=1e-3
+  effvit-train --config train/imagenet100_vit_s16.yaml --data /data/imagenet100 --attention nystrom
+  torchrun --nproc_per_node 4 $(which effvit-train) --config train/imagenet100_vit_s16.yaml --data /data/imagenet100
+  effvit-train --config train/digits.yaml --attention exact --resume   # continue a killed run
+
+Overrides are dotted recipe keys with YAML values (model_kwargs.depth=6, aug=null, ema.enabled=true).
+Each run writes OUT/NAME-ATTENTION/: model.json, config.yaml, metrics.jsonl, summary.json, checkpoints/.
+"""
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="effvit-train", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="a recipe YAML, e.g. train/digits.yaml")
+    parser.add_argument(
+        "--attention", default=None,
+        help=f"one of {', '.join(ATTENTIONS)}, a comma list, or all (default: the recipe's attention)",
+    )
+    parser.add_argument("--data", default=None, help="digits, synthetic, or a folder with train/ and val/")
+    parser.add_argument("--out", default="runs", help="parent directory of the run directories (default: runs)")
+    parser.add_argument("--name", default=None, help="run name prefix (default: the recipe file's stem)")
+    parser.add_argument("--resume", action="store_true", help="continue each run from its last complete epoch")
+    parser.add_argument("--redo", action="store_true", help="train again variants whose run is already complete")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. epochs=3 optim.lr=1e-3")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    from ..data import DataError
+    from ..train import load_config, train_all
+    from ..train.distributed import shutdown
+
+    try:
+        attentions = args.attention
+        if attentions is None:
+            attentions = load_config(args.config, args.overrides)["attention"]
+        elif attentions != "all":
+            attentions = [a.strip() for a in attentions.split(",")]
+        runs = train_all(
+            args.config, attentions, args.out, args.overrides, name=args.name, data=args.data,
+            redo=args.redo, resume=args.resume,
+        )
+    except (ValueError, FileNotFoundError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 130
+    finally:
+        shutdown()
+    for run in runs:
+        print(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

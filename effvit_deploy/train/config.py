@@ -1,0 +1,196 @@
+"""Training recipes: a YAML file over the defaults below, then `key=value` overrides.
+
+A recipe may only name keys that exist here (a typo is an error naming the key and its close
+matches), except inside the free-form maps `model_kwargs` (timm model arguments), the
+per-mechanism maps of `attention_kwargs`, and `aug` (timm transform and Mixup arguments,
+checked by the data module). Overrides use dotted paths (`optim.lr=1e-3`) and YAML values
+(`epochs=3`, `aug=null`, `model_kwargs.depth=4`), like detectron2's and timm's configs.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import yaml
+
+from ..attention import ATTENTIONS
+from ..data import DataSpec
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the key and the fix."""
+
+
+DEFAULTS: dict[str, Any] = {
+    "model": "vit_small_patch16_224",
+    "attention": "exact",
+    "pretrained": False,  # false, true (timm hub), or a local weights file
+    "img_size": 224,
+    "model_kwargs": {},  # timm model arguments: depth, embed_dim, num_heads, patch_size, drop_path_rate, ...
+    "attention_kwargs": {name: {} for name in ATTENTIONS},  # per mechanism, used when it is trained
+    # effvit_deploy.data.DataSpec fields (name: digits | synthetic | folder) + the bad-image policy
+    "data": {**DataSpec("digits").to_dict(), "on_bad_image": "skip"},
+    "aug": None,  # null: no augmentation; a map: timm create_transform keys + mixup/cutmix/label_smoothing
+    "epochs": 10,
+    "batch_size": 128,  # global: summed over DDP ranks, per optimizer micro-step
+    "eval_batch_size": None,  # global; default batch_size
+    "accum_steps": 1,
+    "num_workers": 4,
+    "seed": 0,
+    "deterministic": False,
+    "device": "auto",  # auto | cpu | cuda
+    "threads": None,  # CPU threads per process (null: torch's default, split between torchrun's local ranks)
+    "optim": {
+        "opt": "adamw",
+        "lr": 5e-4,
+        "weight_decay": 0.05,
+        "layer_decay": None,
+        "momentum": 0.9,
+        "betas": None,
+        "eps": None,
+    },
+    "sched": {
+        "sched": "cosine",
+        "warmup_epochs": 0,
+        "warmup_lr": 1e-6,
+        "min_lr": 1e-6,
+        "cooldown_epochs": 0,
+    },
+    "clip_grad": None,  # max gradient norm
+    "amp": {"enabled": False, "dtype": "bfloat16"},  # float16 adds a GradScaler (CUDA only)
+    "ema": {"enabled": False, "decay": 0.9998},
+    "compile": False,
+    "log_interval": 50,  # optimizer steps between log lines when stdout is not a terminal
+}
+
+FREE_FORM = ("model_kwargs", "aug")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: PyYAML reads `1e-3` (no dot) as a string, the classic learning-rate typo."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        keys.append(prefix + key)
+        if isinstance(value, dict) and key not in FREE_FORM:
+            keys.extend(_dotted_keys(value, prefix + key + "."))
+    return keys
+
+
+def _unknown_key(path: str, where: str) -> ConfigError:
+    valid = _dotted_keys(DEFAULTS)
+    close = difflib.get_close_matches(path, valid, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    return ConfigError(f"unknown recipe key {path!r} in {where}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _is_free(path: tuple[str, ...]) -> bool:
+    """Inside a free-form map: any key is accepted (checked later by timm or the data module)."""
+    return (path[0] in FREE_FORM and len(path) >= 2) or (path[0] == "attention_kwargs" and len(path) >= 3)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str, path: tuple[str, ...] = ()) -> None:
+    for key, value in update.items():
+        full = (*path, str(key))
+        if full[0] == "attention_kwargs" and len(full) == 2 and key not in ATTENTIONS:
+            raise ConfigError(
+                f"attention_kwargs.{key} in {where}: {key!r} is not a mechanism; use one of {', '.join(ATTENTIONS)}"
+            )
+        if not _is_free(full) and key not in base:
+            raise _unknown_key(".".join(full), where)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, where, full)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr=1e-3` -> (["optim", "lr"], 0.001); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (e.g. optim.lr=1e-3 or epochs=3)")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r} has no key")
+    return key.split("."), read_yaml(raw) if raw else None
+
+
+def _nest(path: list[str], value: Any) -> dict[str, Any]:
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+def load_config(
+    path: Optional[Union[str, Path]] = None,
+    overrides: Iterable[str] = (),
+    attention: Optional[str] = None,
+) -> dict[str, Any]:
+    """The fully resolved config: defaults <- recipe file <- overrides (<- attention)."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {str(path)!r} does not exist (recipes live in train/, e.g. train/digits.yaml)")
+        try:
+            recipe = read_yaml(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
+        if not isinstance(recipe, dict):
+            raise ConfigError(f"recipe {path} must be a YAML mapping of keys to values")
+        _merge(config, recipe, str(path))
+    for text in overrides:
+        keys, value = parse_override(text)
+        _merge(config, _nest(keys, value), f"override {text!r}")
+    if attention is not None:
+        config["attention"] = attention
+    validate(config)
+    return config
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Value checks that need no data or model (those come in `train`, still before training)."""
+    if config["attention"] not in ATTENTIONS:
+        close = difflib.get_close_matches(str(config["attention"]), list(ATTENTIONS), n=2)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown attention {config['attention']!r}.{hint} Valid: {', '.join(ATTENTIONS)} (or all)")
+    for key in ("epochs", "batch_size", "accum_steps", "img_size", "log_interval"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
+    if config["amp"]["dtype"] not in ("bfloat16", "float16"):
+        raise ConfigError(f"amp.dtype must be bfloat16 or float16, got {config['amp']['dtype']!r}")
+    if config["device"] not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {config['device']!r}")
+    if config["data"]["on_bad_image"] not in ("skip", "error"):
+        raise ConfigError(f"data.on_bad_image must be skip or error, got {config['data']['on_bad_image']!r}")
+    if config["aug"] is not None and not isinstance(config["aug"], dict):
+        raise ConfigError("aug must be null (no augmentation) or a mapping of timm augmentation keys")
+
+
+def model_arguments(config: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for `build_model`: timm model arguments + the trained mechanism's own."""
+    return {
+        "img_size": config["img_size"],
+        **config["model_kwargs"],
+        **(config["attention_kwargs"].get(config["attention"]) or {}),
+    }
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False)
