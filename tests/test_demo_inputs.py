@@ -142,13 +142,15 @@ def test_bundled_examples_all_load():
         assert load_image(path).mode == "RGB"
 
 
-def test_resolutions_are_patch_multiples_around_the_training_size(tiny_run):
+def test_resolutions_are_patch_multiples_around_the_training_size(tmp_path):
+    tiny_run = make_tiny_run(tmp_path / "exact", "exact")
     variant = load_variant(tiny_run, "torch")
     choices = resolution_choices([variant.card])
     assert choices == [32, 48, 64, 80, 96, 112, 128]
 
 
-def test_variant_prediction_matches_the_backend_runner(tiny_run):
+def test_variant_prediction_matches_the_backend_runner(tmp_path):
+    tiny_run = make_tiny_run(tmp_path / "nystrom", "nystrom")
     variant = load_variant(tiny_run, "auto")
     image = load_image(example_images()[1])
     x = variant.preprocess(image, 96)
