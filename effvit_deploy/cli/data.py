@@ -57,6 +57,13 @@ def _digits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="effvit-data", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("digits", help="write the bundled digits as an ImageFolder of PNGs",
                        epilog="example: effvit-data digits --out data/digits --img-size 64")
     s.add_argument("--out", required=True, help="output folder (gets train/ and val/)")
-    s.add_argument("--img-size", type=int, default=64, help="image side in pixels (default: 64)")
+    s.add_argument("--img-size", type=_positive_int, default=64, help="image side in pixels (default: 64)")
     s.add_argument("--seed", type=int, default=0, help="split seed (default: 0, the fixed split)")
     s.set_defaults(func=_digits)
     return p
