@@ -137,3 +137,19 @@ def test_digits_command_replaces_its_own_folder_but_nothing_else(tmp_path, capsy
     assert main(["digits", "--out", str(tmp_path / "mine")]) == 2
     assert "is not a digits folder" in capsys.readouterr().err
     assert (tmp_path / "mine" / "thesis.tex").exists()
+
+
+def test_imagenet100_rerun_from_a_moved_imagenet_repoints_links(tmp_path, capsys):
+    old, new, out = fake_imagenet(tmp_path / "old"), fake_imagenet(tmp_path / "new"), tmp_path / "in100"
+    classes = str(class_file(tmp_path))
+    assert main(["imagenet100", "--imagenet", str(old), "--out", str(out), "--classes", classes]) == 0
+    assert main(["imagenet100", "--imagenet", str(new), "--out", str(out), "--classes", classes]) == 0
+    assert "0 created, 0 kept, 6 replaced" in capsys.readouterr().out
+    assert (out / "val" / WNIDS[0]).resolve() == (new / "val" / WNIDS[0]).resolve()
+
+
+def test_imagenet100_never_replaces_a_real_folder(tmp_path, capsys):
+    imagenet, out = fake_imagenet(tmp_path / "imagenet"), tmp_path / "in100"
+    (out / "train" / WNIDS[0]).mkdir(parents=True)
+    rc = main(["imagenet100", "--imagenet", str(imagenet), "--out", str(out), "--classes", str(class_file(tmp_path))])
+    assert rc == 2 and "exists and is not a symlink" in capsys.readouterr().err
