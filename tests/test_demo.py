@@ -214,20 +214,25 @@ def test_twenty_concurrent_requests_are_all_answered_within_the_concurrency_limi
         assert tops[i] == tops[i % len(examples)]
 
 
-def test_onnxruntime_backend_serves_an_exported_run(tmp_path):
+def test_onnxruntime_backend_serves_an_exported_run_and_a_run_without_it_fails_alone(tmp_path):
     export_run = pytest.importorskip("effvit_deploy.export").__dict__.get("export_run")
     if export_run is None:
         pytest.skip("effvit_deploy.export.export_run has not landed")
-    run = make_tiny_run(tmp_path / "exact", "exact")
-    export_run(run, formats=("onnx",), precisions=("fp32",), verify=False)
-    app, url = launch([run], "auto", port=free_port(), block=False)
+    exported = make_tiny_run(tmp_path / "exact", "exact")
+    export_run(exported, formats=("onnx",), precisions=("fp32",), verify=False)
+    plain = make_tiny_run(tmp_path / "performer", "performer")
+    app, url = launch([exported, plain], "auto", port=free_port(), block=False)
     try:
         client = Client(url, verbose=False)
-        auto = columns(classify(client, example_images()[1], saliency=OFF))[0]
-        assert "(onnxruntime, 64 px)" in auto[2]
-        torch_col = columns(classify(client, example_images()[1], backend="torch", saliency=OFF))[0]
-        assert "(torch, 64 px)" in torch_col[2]
-        assert [c["label"] for c in auto[1]["confidences"]] == [c["label"] for c in torch_col[1]["confidences"]]
+        auto = columns(classify(client, example_images()[1], saliency=OFF))
+        assert "(onnxruntime, 64 px)" in auto[0][2] and "(torch, 64 px)" in auto[1][2]
+        on_torch = columns(classify(client, example_images()[1], backend="torch", saliency=OFF))
+        assert [c["label"] for c in auto[0][1]["confidences"]] == [c["label"] for c in on_torch[0][1]["confidences"]]
+        result = classify(client, example_images()[1], backend="onnxruntime", saliency=OFF)
+        ort_exact, ort_performer = columns(result)
+        assert result[0].startswith("1/2 variants answered")
+        assert "(onnxruntime, 64 px)" in ort_exact[2]
+        assert not ort_performer[1] and "failed" in ort_performer[2] and "effvit-export" in ort_performer[2]
     finally:
         app.close()
 

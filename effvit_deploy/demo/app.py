@@ -118,27 +118,27 @@ def build_app(
 
     def classify(payload: Any, resolution: Any, backend_choice: Any, saliency_mode: Any):
         try:
-            image = load_image(_payload_path(payload), max_pixels)
-        except InputError as err:
-            raise gr.Error(str(err), title="Unusable input", print_exception=False) from None
-        try:
-            resolution = int(resolution)
+            size = int(resolution)
         except (TypeError, ValueError):
-            resolution = -1
-        if resolution not in resolutions:
+            size = None
+        if size not in resolutions:
             raise gr.Error(f"resolution must be one of {resolutions} (multiples of the patch size), got {resolution!r}")
         if backend_choice not in backend_choices:
             raise gr.Error(f"backend must be one of {backend_choices}, got {backend_choice!r}")
         if saliency_mode not in sal.MODES:
             raise gr.Error(f"saliency must be one of {list(sal.MODES)}, got {saliency_mode!r}")
+        try:
+            image = load_image(_payload_path(payload), max_pixels)
+        except InputError as err:
+            raise gr.Error(str(err), title="Unusable input", print_exception=False) from None
 
         results: list[tuple[Variant, Optional[Prediction], Any, str]] = []
         for v in variants:
             try:
-                x = v.preprocess(image, resolution)
+                x = v.preprocess(image, size)
                 pred = v.predict(x, backend_choice)
                 overlay, note = _saliency(v, x, pred, saliency_mode)
-                results.append((v, pred, overlay, _info(v, pred, resolution, note)))
+                results.append((v, pred, overlay, _info(v, pred, size, note)))
             except Exception as err:  # one variant failing must not blank the others
                 log.exception("%s failed", v.name)
                 results.append((v, None, None, f"**failed:** {err}"))
@@ -148,7 +148,7 @@ def build_app(
         for v, pred, overlay, info in results:
             outputs += [_header(v, v.name == fastest, v.name in accurate), pred.labels if pred else None, info, overlay]
         ok = len(timed)
-        status = f"{ok}/{len(variants)} variants answered at {resolution} px on {image.width}x{image.height} input."
+        status = f"{ok}/{len(variants)} variants answered at {size} px on {image.width}x{image.height} input."
         if fastest:
             status += f" Fastest: **{fastest}**."
         return [status, *outputs]
