@@ -145,7 +145,14 @@ def train(config: dict[str, Any], run_dir: Union[str, Path], *, resume: bool = F
     """
     config = copy.deepcopy(config)
     validate(config)
-    run_dir = Path(run_dir)
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, Path(run_dir), resume)
+    finally:
+        torch.set_num_threads(threads)  # `threads` applies to this run only
+
+
+def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     env = distributed.setup(config["device"], config["threads"])
     main = env.is_main
