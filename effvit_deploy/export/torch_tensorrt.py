@@ -1,0 +1,83 @@
+"""Torch-TensorRT (dynamo) compilation saved as an exported program, and its runner.
+
+The model is first captured by `torch.export` with the same dynamic batch / patch-multiple
+height and width as the ONNX export (`onnx.dynamic_shapes`), then compiled by
+`torch_tensorrt.dynamo.compile` with a min/opt/max profile and saved with
+`torch_tensorrt.save(..., output_format="exported_program")` (Torch-TensorRT docs, "Saving
+models compiled with Torch-TensorRT"). TensorRT 10 gets fp16/bf16 through
+`enabled_precisions`; TensorRT 11 networks are strongly typed, so there the model itself is
+cast to the precision and compiled with explicit typing.
+
+`torch_tensorrt` is imported only inside these functions.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backends import GPU_INSTALL_HINT, BackendUnavailable, Runner
+from ..runs import ModelCard
+from .onnx import dynamic_shapes
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _torch_trt():
+    try:
+        import torch_tensorrt
+    except ImportError as exc:
+        raise BackendUnavailable(f"Torch-TensorRT is not installed ({exc}): {GPU_INSTALL_HINT}") from None
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("Torch-TensorRT needs an NVIDIA GPU and none is visible")
+    return torch_tensorrt
+
+
+def compile_and_save(model: nn.Module, path: Union[str, Path], precision: str, inputs: dict[str, list[int]]) -> dict[str, Any]:
+    """Compile `model` for the min/opt/max profile in `inputs` and save it at `path`."""
+    torch_tensorrt = _torch_trt()
+    import tensorrt as trt
+
+    dtype = _DTYPES[precision]
+    explicit = int(trt.__version__.split(".")[0]) >= 11
+    in_dtype = dtype if explicit else torch.float32
+    model = model.to(device="cuda", dtype=in_dtype).eval()
+    shapes = [(inputs["batch"][i], 3, inputs["height"][i], inputs["width"][i]) for i in range(3)]
+    example = torch.randn(*shapes[1], device="cuda", dtype=in_dtype)
+    patch = int(model.patch_embed.patch_size[0])
+    dyn = dynamic_shapes(patch, inputs["batch"][2], max(inputs["height"][2], inputs["width"][2]))
+    program = torch.export.export(model, (example,), dynamic_shapes=dyn)
+    spec = torch_tensorrt.Input(min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2], dtype=in_dtype)
+    options: dict[str, Any] = {"inputs": [spec], "enabled_precisions": {dtype}, "min_block_size": 1}
+    if explicit and "use_explicit_typing" in inspect.signature(torch_tensorrt.dynamo.compile).parameters:
+        options = {"inputs": [spec], "use_explicit_typing": True, "min_block_size": 1}
+    compiled = torch_tensorrt.dynamo.compile(program, **options)
+    torch_tensorrt.save(compiled, str(path), output_format="exported_program", arg_inputs=[example])
+    return {
+        "torch_tensorrt_version": torch_tensorrt.__version__,
+        "tensorrt_version": trt.__version__,
+        "gpu": torch.cuda.get_device_name(),
+        "input_dtype": str(in_dtype).replace("torch.", ""),
+    }
+
+
+def load_torch_tensorrt_runner(path: Union[str, Path], entry: dict[str, Any], card: ModelCard, precision: str) -> Runner:
+    """Load a saved Torch-TensorRT exported program and run it on CUDA."""
+    _torch_trt()
+    module = torch.export.load(str(path)).module()
+    in_dtype = getattr(torch, entry.get("input_dtype", "float32"))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x)
+
+    return Runner(
+        "torch-tensorrt", precision, "cuda", card,
+        prepare=lambda b: torch.from_numpy(np.ascontiguousarray(b)).to(device="cuda", dtype=in_dtype),
+        run=run, to_numpy=lambda y: y.float().cpu().numpy(), synchronize=torch.cuda.synchronize,
+        artifact=Path(path),
+    )
