@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence, Union
 import gradio as gr
 import numpy as np
 
+from ..backends import BackendUnavailable
 from . import saliency as sal
 from .inputs import DEFAULT_MAX_PIXELS, InputError, load_image
 from .predict import AUTO, AUTO_ORDER, Prediction, Variant, load_variants, resolution_choices
@@ -139,6 +140,8 @@ def build_app(
                 pred = v.predict(x, backend_choice)
                 overlay, note = _saliency(v, x, pred, saliency_mode)
                 results.append((v, pred, overlay, _info(v, pred, size, note)))
+            except BackendUnavailable as err:
+                results.append((v, None, None, f"**failed:** {err}"))
             except Exception as err:  # one variant failing must not blank the others
                 log.exception("%s failed", v.name)
                 results.append((v, None, None, f"**failed:** {err}"))
