@@ -12,6 +12,7 @@ Safe defaults: `launch` binds to 127.0.0.1 and never opens a public share link u
 from __future__ import annotations
 
 import logging
+import shlex
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -192,6 +193,16 @@ def build_app(
                      preprocess=False, api_name="classify", concurrency_limit=concurrency_limit)
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
     return demo
+
+
+def command(run_dirs: Sequence[Union[str, Path]], backend: str = AUTO, port: int = DEFAULT_PORT) -> str:
+    """The shell command that opens this demo (for a pipeline to print)."""
+    args = ["effvit-demo", *map(str, run_dirs)]
+    if backend != AUTO:
+        args += ["--backend", backend]
+    if port != DEFAULT_PORT:
+        args += ["--port", str(port)]
+    return shlex.join(args)
 
 
 def launch(
