@@ -163,3 +163,25 @@ def test_incomplete_run_needs_resume_and_resume_extends_it(tmp_path, capsys):
     (run / "summary.json").unlink()
     err = _cli_error(capsys, *args, "epochs=3", "optim.lr=0.5", "--resume")
     assert "cannot resume" in err and "optim.lr" in err
+
+
+def test_imagenet_recipe_features_run_on_cpu(tmp_path, capsys):
+    """The fine-tuning recipe's machinery end to end at toy size: local pretrained weights, layer
+    decay, RandAugment + mixup/cutmix + label smoothing, bf16 autocast, accumulation, EMA, clipping."""
+    tiny = dict(img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=3)
+    save_weights(build_model("vit_tiny_patch16_224", num_classes=7, **tiny), tmp_path / "pre.safetensors")
+    overrides = [
+        "model=vit_tiny_patch16_224", f"pretrained={tmp_path / 'pre.safetensors'}", "img_size=32",
+        "model_kwargs={patch_size: 8, depth: 2, embed_dim: 48, num_heads: 3, drop_path_rate: 0.1}",
+        "data={name: synthetic, num_classes: 5, train_size: 64, val_size: 16}", "epochs=2", "batch_size=16",
+        "accum_steps=2", "num_workers=0", "device=cpu", "ema.enabled=true", "clip_grad=1.0", "log_interval=1",
+    ]
+    config = load_config(DIGITS.parent / "imagenet100_vit_s16.yaml", overrides, attention="linformer")
+    config["attention_kwargs"]["linformer"] = {"proj_len": 8}
+    run = train(config, tmp_path / "run")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]  # 4 micro-batches per epoch, 2 per optimizer step
+    assert all(r["train_loss"] == r["train_loss"] and r["train_loss"] > 0 for r in records)  # finite
+    out = capsys.readouterr().out
+    assert "[linformer] epoch 2/2 step 4/4 loss" in out and "img/s" in out and "eta" in out  # not a TTY
+    assert json.loads((run / "summary.json").read_text())["ema"] is True
