@@ -33,7 +33,7 @@ from . import distributed
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .config import ConfigError, dump_config, load_config, model_arguments, validate
 from .engine import build_trainer, evaluate, train_one_epoch
-from .metrics import Progress, append_jsonl, peak_memory, read_jsonl
+from .metrics import Progress, append_jsonl, peak_memory, read_jsonl, reset_peak_memory
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -211,6 +211,7 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
     distributed.barrier(env)
 
     # 3. Epochs.
+    reset_peak_memory(env.device)
     epochs = config["epochs"]
     for epoch in range(start_epoch, epochs):
         sampler.set_epoch(epoch)
