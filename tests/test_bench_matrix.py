@@ -14,6 +14,7 @@ from effvit_deploy.bench.accuracy import NOT_APPLICABLE
 from effvit_deploy.bench.matrix import resolve_backends
 from effvit_deploy.bench.results import load_results
 from effvit_deploy.bench.shapes import shape_run
+from effvit_deploy.bench.worker import classify_error
 from effvit_deploy.export import export_run
 
 from conftest import make_tiny_run
@@ -100,11 +101,10 @@ def test_missing_artifact_is_skipped_with_the_export_command(tmp_path):
     assert rows[0]["status"] == "skipped" and "effvit-export" in rows[0]["reason"]
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError, MemoryError])
-def test_out_of_memory_is_recorded_and_the_sweep_continues(runs, tmp_path, error):
+def test_out_of_memory_is_recorded_and_the_sweep_continues(runs, tmp_path):
     def runner_factory(config):
         if config["resolution"] == 48 and "exact" in config["run_dir"]:
-            raise error("simulated: could not allocate 64 GiB")
+            raise torch.OutOfMemoryError("simulated: could not allocate 64 GiB")
         return load_runner(config["run_dir"], config["backend"], config["precision"])
 
     path = run_benchmark(runs, ["torch"], [32, 48, 64], [1], ["fp32"], tmp_path, accuracy=False,
@@ -114,6 +114,15 @@ def test_out_of_memory_is_recorded_and_the_sweep_continues(runs, tmp_path, error
     assert status[("exact", 48)][0] == "oom" and "simulated" in status[("exact", 48)][1]
     assert status[("exact", 64)] == ("skipped", "not run: oom at 48 px")
     assert all(status[("performer", r)][0] == "ok" for r in (32, 48, 64))
+
+
+@pytest.mark.parametrize("exc, status", [
+    (MemoryError(), "oom"), (RuntimeError("[ONNXRuntimeError] : 6 : Failed to allocate memory for 1 GB"), "oom"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), "oom"),
+    (FileNotFoundError("no onnx artifact"), "skipped"), (ValueError("shape mismatch"), "error"),
+])
+def test_errors_are_classified(exc, status):
+    assert classify_error(exc) == status
 
 
 @pytest.mark.parametrize("limits, status", [({"memory_cap_bytes": 1}, "oom"), ({"timeout_s": 0.0}, "timeout")])

@@ -97,7 +97,8 @@ def _scaling_plot(series: dict, field: str, ylabel: str, title: str, path: Path,
         ax.set_ylabel(ylabel)
         ax.set_title(f"{key[0]} {key[1]} batch {key[2]}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
@@ -133,7 +134,8 @@ def _speedup_plot(series: dict, path: Path) -> bool:
         ax.set_ylabel("speed-up over exact (x)")
         ax.set_title(f"{key[0]} {key[1]} batch {key[2]}  (stars: targets)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
     return True
@@ -166,7 +168,8 @@ def _tradeoff_plot(points: dict, path: Path) -> None:
         ax.set_ylabel("top-1 (%)")
         ax.set_title(f"{key[0]} {key[1]} batch {key[2]}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 

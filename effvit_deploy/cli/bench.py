@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="kill a configuration after this many seconds")
     p.add_argument("--memory-cap", type=float, help="kill a configuration above this resident memory (GiB); "
                    "default 90%% of the memory available when it starts")
+    p.add_argument("--spin-wait", action="store_true", help="keep OpenMP/ONNX Runtime busy-waiting threads "
+                   "(fastest on a dedicated machine; the default waits passively, robust on a shared one)")
     p.add_argument("--layer-only", action="store_true", help="time one attention layer alone over token counts")
     p.add_argument("--dim", type=int, help="--layer-only width (default: --model's, else 384)")
     p.add_argument("--heads", type=int, help="--layer-only heads (default: --model's, else 6)")
@@ -137,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         run_dirs, args.backends, args.resolutions, args.batch_sizes, args.precision, args.out,
         layers=layers, warmup=args.warmup, repeats=args.repeats, max_time_s=args.max_time,
         timeout_s=args.timeout, memory_cap_bytes=int(args.memory_cap * 2**30) if args.memory_cap else None,
-        accuracy=args.accuracy, accuracy_limit=args.accuracy_limit, progress=not args.no_progress,
+        accuracy=args.accuracy, accuracy_limit=args.accuracy_limit, spin_wait=args.spin_wait,
+        progress=not args.no_progress,
     )
     print(f"results: {results}")
     print(f"report: {write_report(results, args.out)}")
