@@ -18,6 +18,7 @@ from effvit_deploy.data import BadImageWarning, write_digits_folder
 from effvit_deploy.flops import count_params
 from effvit_deploy.runs import load_run, save_weights
 from effvit_deploy.train import ConfigError, load_config, train, train_all
+from effvit_deploy.train.metrics import Progress
 from effvit_deploy.train.run import SUMMARY_FIELDS
 
 DIGITS = Path(__file__).resolve().parents[1] / "train" / "digits.yaml"
@@ -185,3 +186,23 @@ def test_imagenet_recipe_features_run_on_cpu(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[linformer] epoch 2/2 step 4/4 loss" in out and "img/s" in out and "eta" in out  # not a TTY
     assert json.loads((run / "summary.json").read_text())["ema"] is True
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal(capsys):
+    progress = Progress(4, "[exact] epoch 1/1", enabled=True, log_interval=50, tty=True)
+    for step in range(1, 5):
+        if progress.due(step):
+            progress.update(step, step * 8, loss=1.5, lr=1e-3)
+    progress.close()
+    captured = capsys.readouterr()
+    assert "loss=1.5" in captured.err and "img/s" in captured.err and captured.out == ""
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_amp_run_learns(dtype, tmp_path):
+    config = load_config(DIGITS, FAST + ["device=cuda", "amp.enabled=true", f"amp.dtype={dtype}"], attention="performer")
+    summary = json.loads((train(config, tmp_path / dtype) / "summary.json").read_text())
+    assert summary["top1"] >= 0.4 and summary["peak_mem_kind"] == "cuda_max_allocated"
+    assert summary["device"].startswith("cuda")

@@ -109,6 +109,8 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(fields, refresh=False)
             self.bar.update(step - self.bar.n)
+            if step == self.total:
+                self.bar.refresh()
         else:
             eta = elapsed / step * (self.total - step) if step else 0.0
             text = " ".join(f"{k} {v}" for k, v in fields.items())
