@@ -67,7 +67,7 @@ def measure(attention: str, sizes: list[int], repeats: dict[int, int], threads: 
             return session.run(None, feed)[0]
 
         max_abs = float(np.abs(run_torch().numpy() - run_ort()).max())
-        for _ in range(2 if size >= 512 else 5):
+        for _ in range(1 if size >= 512 else 5):
             run_torch(), run_ort()
         times: dict[str, list[float]] = {"torch": [], "onnxruntime": []}
         for _ in range(repeats[size]):
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attentions", default=",".join(sorted(ATTENTIONS)))
     parser.add_argument("--sizes", default="224,1024")
-    parser.add_argument("--repeats", default="30,4", help="repeats per size, in --sizes order")
+    parser.add_argument("--repeats", default="25,3", help="repeats per size, in --sizes order")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/onnx_vs_torch.md"))
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from conftest import TINY_IMG, make_tiny_run, tiny_model
+from conftest import make_tiny_run, tiny_model
 from effvit_deploy import ATTENTIONS
 from effvit_deploy.backends import backend_status, find_artifact, load_runner
 from effvit_deploy.cli.export import main as export_main
@@ -21,6 +21,16 @@ from effvit_deploy.export import run as run_module
 from effvit_deploy.runs import ModelCard, load_run, write_run
 
 SIZES = [(224, 224), (384, 384), (224, 336)]
+DIGITS_IMG = 32  # 2x2 patch grid: trains to ~0.9 val top-1 in a few seconds
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning threads run ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +167,7 @@ def test_bad_options_are_refused_by_name(exported, capsys):
 
 # --- reduced precisions on a model that has actually learned the digits -----------------------
 
-def _train_on_digits(model: torch.nn.Module, card: ModelCard, epochs: int = 6) -> None:
+def _train_on_digits(model: torch.nn.Module, card: ModelCard, epochs: int = 5) -> None:
     from torch.utils.data import DataLoader
 
     from effvit_deploy.data import DigitsDataset, build_transform
@@ -167,7 +177,7 @@ def _train_on_digits(model: torch.nn.Module, card: ModelCard, epochs: int = 6) -
     x = torch.stack([data[i][0] for i in range(len(data))])
     y = torch.as_tensor(data.labels)
     torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     model.train()
     for _ in range(epochs):
         for xb, yb in DataLoader(list(zip(x, y)), batch_size=64, shuffle=True):
@@ -181,20 +191,20 @@ def _train_on_digits(model: torch.nn.Module, card: ModelCard, epochs: int = 6) -
 @pytest.fixture(scope="module")
 def trained_export(tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("trained") / "digits-exact"
-    model = tiny_model("exact")
-    card = ModelCard.for_model(model, img_size=TINY_IMG, class_names=[str(i) for i in range(10)],
+    model = tiny_model("exact", img_size=DIGITS_IMG)
+    card = ModelCard.for_model(model, img_size=DIGITS_IMG, class_names=[str(i) for i in range(10)],
                                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                               data={"name": "digits", "root": None, "img_size": TINY_IMG})
+                               data={"name": "digits", "root": None, "img_size": DIGITS_IMG})
     _train_on_digits(model, card)
     write_run(run_dir, model, card)
-    return run_dir, export_run(run_dir, precisions=("fp32", "fp16"), int8=True, max_res=256, max_batch=4)
+    return run_dir, export_run(run_dir, precisions=("fp32", "fp16"), int8=True, max_res=128, max_batch=4)
 
 
 def test_trained_model_is_accurate_in_every_onnx_precision(trained_export):
     _, trained_export = trained_export
     entries = {a["precision"]: a for a in trained_export["artifacts"]}
     assert set(entries) == {"fp32", "fp16", "int8"}
-    assert trained_export["torch_val_top1"] >= 0.8
+    assert trained_export["torch_val_top1"] >= 0.8  # chance is 0.1
     assert entries["fp32"]["accuracy"]["n"] == 359
     assert entries["fp32"]["accuracy"]["top1_agreement_vs_torch"] == 1.0
     assert entries["fp16"]["accuracy"]["top1_agreement_vs_torch"] >= 0.99
