@@ -31,7 +31,7 @@ from ..models import build_model
 from ..runs import SUMMARY, ModelCard, load_summary, save_model_card, save_weights
 from . import distributed
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
-from .config import ConfigError, dump_config, load_config, model_arguments, validate
+from .config import ConfigError, dump_config, load_config, model_arguments, read_yaml, validate
 from .engine import build_trainer, evaluate, train_one_epoch
 from .metrics import Progress, append_jsonl, peak_memory, read_jsonl, reset_peak_memory
 
@@ -160,9 +160,7 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
     # 1. Everything that can be wrong, before any training.
     state = load_state(ckpt_dir) if resume else None
     if resume and state is not None and (run_dir / CONFIG_FILE).is_file():
-        import yaml
-
-        _check_resumable(yaml.safe_load((run_dir / CONFIG_FILE).read_text()), config, run_dir)
+        _check_resumable(read_yaml((run_dir / CONFIG_FILE).read_text()), config, run_dir)
     if not resume and ((ckpt_dir / "last_state.pt").is_file() or (run_dir / SUMMARY).is_file()):
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, or pick another --name/--out")
     pretrained_cfg = check_resolution(config)
@@ -195,6 +193,7 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         trainer.load_state_dict(state["trainer"])
         start_epoch, best_top1 = int(state["epoch"]) + 1, float(state["best_top1"])
         set_rng_state(state["rng"])
+        sampler.seed = int(state["data_order"]["sampler_seed"])
         if main:
             print(f"resuming {run_dir} after epoch {start_epoch} (step {trainer.step})", flush=True)
     elif resume and main:
