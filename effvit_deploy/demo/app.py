@@ -69,10 +69,14 @@ def _percent(value: Optional[float]) -> str:
 
 def _info(variant: Variant, pred: Prediction, resolution: int, note: str = "") -> str:
     run_gflops = variant.summary.get("gflops")
-    run_part = f" (run: {float(run_gflops):.3g} at {variant.card.img_size} px)" if run_gflops is not None else ""
+    if run_gflops is not None and resolution == variant.card.img_size:
+        flops = f"GFLOPs: {float(run_gflops):.3g} at {resolution} px (run)"
+    else:
+        run_part = f" (run: {float(run_gflops):.3g} at {variant.card.img_size} px)" if run_gflops is not None else ""
+        flops = f"GFLOPs: {variant.gflops(resolution):.3g} at {resolution} px{run_part}"
     lines = [
         f"**latency: {pred.latency_ms:.2f} ms** ({pred.backend}, {resolution} px)",
-        f"GFLOPs: {variant.gflops(resolution):.3g} at {resolution} px{run_part}",
+        flops,
         f"top-1 (run): {_percent(variant.top1)}",
     ]
     if note:
