@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from effvit_deploy import build_model
-from effvit_deploy.approximation import DEFAULT_MECHANISMS, block_errors, render_table, validation_images
+from effvit_deploy.approximation import block_errors, default_mechanisms, render_table, validation_images
 from effvit_deploy.atomic import write_json, write_text
 from effvit_deploy.bench.results import environment
 from effvit_deploy.runs import ModelCard, load_run
@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if card.attention != "exact":
         parser.error(f"{args.run} uses {card.attention} attention; the reference must be an exact run")
 
+    mechanisms = default_mechanisms(card.img_size // card.patch_size)
     rows = []
     for resolution in (int(r) for r in args.resolutions.split(",")):
         images = validation_images(data, card, resolution, args.images)
-        rows += block_errors(model, images, DEFAULT_MECHANISMS)
+        rows += block_errors(model, images, mechanisms)
 
     env = environment()
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])

@@ -31,19 +31,23 @@ class Mechanism:
         return f"{self.attention}({args})"
 
 
-DEFAULT_MECHANISMS = (
-    Mechanism("linformer", {"proj_len": 16}),
-    Mechanism("linformer", {"proj_len": 64}),
-    Mechanism("performer", {"num_features": 64}),
-    Mechanism("performer", {"num_features": 256}),
-    Mechanism("performer", {"num_features": 1024}),
-    Mechanism("nystrom", {"landmarks": 16, "conv_kernel": 0}),
-    Mechanism("nystrom", {"landmarks": 32, "conv_kernel": 0}),
-    Mechanism("nystrom", {"landmarks": 64, "conv_kernel": 0}),
-    Mechanism("atrous", {"window_size": 4, "dilations": (1, 2, 3)}),
-    Mechanism("atrous", {"window_size": 7, "dilations": (1, 2, 3)}),
-    Mechanism("atrous", {"window_size": 7, "dilations": (1,)}),
-)
+def default_mechanisms(grid: int) -> list[Mechanism]:
+    """Budgets to compare on a model trained on a grid x grid patch grid (14 for ViT-S/16 at 224).
+
+    Linformer and atrous budgets scale with the grid and end at their exact limit (a full-rank
+    projection, one window over the whole training grid); Performer and Nystrom use the
+    paper-sized budgets, which fit any sequence (landmarks are capped at the token count).
+    """
+    cells = grid * grid
+    mechanisms = [
+        *(Mechanism("linformer", {"proj_len": p}) for p in sorted({max(1, cells // 16), max(1, cells // 4), cells})),
+        *(Mechanism("performer", {"num_features": m}) for m in (64, 256, 1024)),
+        *(Mechanism("nystrom", {"landmarks": m, "conv_kernel": 0}) for m in (16, 32, 64)),
+        Mechanism("atrous", {"window_size": max(2, grid // 4), "dilations": (1, 2, 3)}),
+        Mechanism("atrous", {"window_size": max(2, grid // 2), "dilations": (1, 2, 3)}),
+        Mechanism("atrous", {"window_size": grid, "dilations": (1,)}),
+    ]
+    return list({m.label: m for m in mechanisms}.values())
 
 
 def _swap(exact: TimmAttention, mechanism: Mechanism, train_grid: tuple[int, int]) -> TimmAttention:

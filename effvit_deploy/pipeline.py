@@ -70,21 +70,13 @@ def _bench(runs: list[Path], report_dir: Path, resolutions: list[int], redo: boo
 
 
 def _approximation_error(exact_run: Path, report_dir: Path, resolutions: list[int]) -> Path:
-    from .approximation import DEFAULT_MECHANISMS, Mechanism, block_errors, render_table, validation_images
+    from .approximation import block_errors, default_mechanisms, render_table, validation_images
     from .atomic import write_json, write_text
     from .bench.results import environment
     from .runs import load_run
 
     model, card = load_run(exact_run)
-    grid = card.img_size // card.patch_size
-    # budgets sized for the digits grid, plus the ViT-S/16 defaults where they fit
-    mechanisms = [
-        Mechanism("linformer", {"proj_len": grid * grid // 4}),
-        Mechanism("linformer", {"proj_len": grid * grid}),
-        *[m for m in DEFAULT_MECHANISMS if m.attention in ("performer", "nystrom")],
-        Mechanism("atrous", {"window_size": 2, "dilations": (1, 2)}),
-        Mechanism("atrous", {"window_size": grid, "dilations": (1,)}),
-    ]
+    mechanisms = default_mechanisms(card.img_size // card.patch_size)
     rows = []
     for resolution in resolutions:
         rows += block_errors(model, validation_images(card.data, card, resolution, 32), mechanisms)
