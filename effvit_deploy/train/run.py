@@ -176,10 +176,18 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         spec, img_size, **norm, aug=config["aug"], on_bad_image=config["data"]["on_bad_image"]
     )
     seed_everything(config["seed"], config["deterministic"])
-    net = build_model(
-        config["model"], attention=config["attention"], num_classes=len(class_names),
-        pretrained=config["pretrained"], **model_arguments(config),
-    )
+    try:
+        net = build_model(
+            config["model"], attention=config["attention"], num_classes=len(class_names),
+            pretrained=config["pretrained"], **model_arguments(config),
+        )
+    except OSError as exc:
+        if config["pretrained"] is not True:
+            raise
+        raise ConfigError(
+            f"cannot fetch timm's pretrained weights for {config['model']} ({exc}); offline, download them "
+            "elsewhere and pass pretrained=/path/to/weights.safetensors"
+        ) from None
     gflops = count_flops(net, img_size) / 1e9
     params = count_params(net)
     net.to(env.device)
