@@ -121,34 +121,45 @@ def _check_tensorrt(targets: list[Path]) -> int:
     return 1 if failed else 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    targets = [Path(r) for r in args.runs]
+def _export(target: Path, opts: dict[str, Any]) -> int:
+    """Export one run; 0 on success, else the exit code of its error (printed, no traceback)."""
     try:
-        onnx_files = [t for t in targets if t.suffix == ".onnx"]
-        if onnx_files and not args.check_tensorrt:
-            raise ValueError(f"{onnx_files[0]} is an ONNX file: pass run directories, or add --check-tensorrt to check it")
-        opts = _options(args)
-        for target in targets:
-            if target.suffix == ".onnx":
-                if not target.is_file():
-                    raise FileNotFoundError(f"{target} does not exist")
-                continue
-            manifest = export_run(target, **opts)
-            print_table(manifest)
-        if args.check_tensorrt:
-            return _check_tensorrt(targets)
+        print_table(export_run(target, **opts))
     except ExportUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except (ParityError, TensorRTIncompatible) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {target}: {exc}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    targets = [Path(r) for r in args.runs]
+    try:
+        opts = _options(args)
+        for target in targets:
+            if target.suffix == ".onnx" and not args.check_tensorrt:
+                raise ValueError(f"{target} is an ONNX file: pass run directories, or add --check-tensorrt to check it")
+            if target.suffix == ".onnx" and not target.is_file():
+                raise FileNotFoundError(f"{target} does not exist")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    code = 0
+    for target in targets:
+        if target.suffix != ".onnx":
+            code = max(code, _export(target, opts))
+            if code == 3:  # the toolchain is missing: every other run would fail the same way
+                return code
+    if args.check_tensorrt and code == 0:
+        code = _check_tensorrt(targets)
+    return code
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ import numpy as np
 
 from ..atomic import atomic_path, write_json
 from ..backends import MANIFEST, BackendUnavailable, backend_status
-from ..runs import ModelCard, load_run, run_name, weights_path
+from ..runs import ModelCard, load_model_card, load_run, run_name, weights_path
 from .onnx import DEFAULT_OPSET, export_onnx, graph_info, make_tensorrt_friendly, slim_onnx
 from .precision import convert_fp16, quantize_int8
-from .trt_compat import check_tensorrt_compat
+from .trt_compat import check_tensorrt_compat, require_tensorrt_compat
 from .verify import Reference, build_reference, check_accuracy, check_parity, parity_resolutions
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,15 @@ class _Exporter:
         return self._reference
 
     def source(self, fmt: str, precision: str) -> dict[str, Any]:
-        return {"weights_sha256": self.weights_sha256, "format": fmt, "precision": precision,
-                "inputs": self.inputs, "opset": self.opset, "verified": self.verify}
+        """What an artifact depends on; a GPU artifact also on the GPU and its TensorRT build."""
+        source = {"weights_sha256": self.weights_sha256, "format": fmt, "precision": precision,
+                  "inputs": self.inputs, "opset": self.opset, "verified": self.verify}
+        if fmt != "onnx":
+            import torch
+
+            source["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+            source["toolchain"] = tool_versions("tensorrt", "torch_tensorrt")
+        return source
 
     def reusable(self, fmt: str, precision: str) -> Optional[dict[str, Any]]:
         entry = self.entries.get((fmt, precision))
@@ -248,6 +255,7 @@ class _Exporter:
 
         onnx_entry = self.entries[("onnx", "fp16" if precision == "fp16" else "fp32")]
         onnx_path = self.export_dir / onnx_entry["path"]
+        require_tensorrt_compat(onnx_path)
         final = self.export_dir / trt_export.engine_filename(precision)
         label = f"TensorRT {precision} ({run_name(self.run_dir)})"
         with atomic_path(final) as tmp:
@@ -324,10 +332,12 @@ def export_run(
     for bad options and ParityError when an artifact fails verification.
     """
     run_dir = Path(run_dir)
+    formats = formats.split(",") if isinstance(formats, str) else formats
+    precisions = precisions.split(",") if isinstance(precisions, str) else precisions
     plan = _plan(formats, precisions, int8)
     _check_available({fmt for fmt, _ in plan})
-    exporter = _Exporter(run_dir, {}, opset, verify, force, eval_limit)
-    exporter.inputs = _resolve_profile(exporter.card, min_res, opt_res, max_res, max_batch)
+    inputs = _resolve_profile(load_model_card(run_dir), min_res, opt_res, max_res, max_batch)
+    exporter = _Exporter(run_dir, inputs, opset, verify, force, eval_limit)
     for fmt, precision in plan:
         exporter.build(fmt, precision)
     manifest = exporter.write_manifest()
