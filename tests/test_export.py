@@ -232,6 +232,16 @@ def test_plan_builds_the_onnx_graph_each_engine_precision_needs():
     assert run_module._plan(["onnx"], ["fp32"], int8=True) == [("onnx", "fp32"), ("onnx", "int8")]
 
 
+@pytest.mark.parametrize("profile", [(64, 64, 1024), (224, 384, 1024), (224, 224, 512)])
+def test_parity_uses_three_sizes_in_range_one_of_them_non_square(profile):
+    from effvit_deploy.export.verify import parity_resolutions
+
+    sizes = parity_resolutions(*profile, patch=16)
+    lo, _, hi = profile
+    assert len(sizes) >= 3 and any(h != w for h, w in sizes)
+    assert all(lo <= s <= hi and s % 16 == 0 for hw in sizes for s in hw)
+
+
 def test_ort_tensorrt_options_cover_every_dynamic_dimension(tmp_path):
     from effvit_deploy.export.tensorrt import ort_tensorrt_provider_options
 

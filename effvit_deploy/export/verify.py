@@ -47,14 +47,19 @@ def round_to_patch(size: float, patch: int) -> int:
 
 
 def parity_resolutions(min_res: int, opt_res: int, max_res: int, patch: int) -> list[tuple[int, int]]:
-    """(H, W) sizes verified: min and opt squares and a non-square size inside [min, max]."""
+    """(H, W) sizes verified: min and opt squares, a non-square size inside [min, max], and a
+    larger square when opt == min, so at least three sizes whenever the range allows it."""
     wide = min(max_res, round_to_patch(1.5 * min_res, patch))
     if wide == min_res:
         wide = min(max_res, min_res + patch)
     sizes = [(min_res, min_res), (opt_res, opt_res), (min_res, wide)]
-    if wide == min_res:  # min == max: a one-size profile has no non-square size in range
-        log.warning("profile %d..%d has no non-square size; parity is checked at %d only", min_res, max_res, min_res)
-    return list(dict.fromkeys(sizes))
+    if opt_res == min_res:
+        big = min(max_res, round_to_patch(2 * min_res, patch))
+        sizes.append((big, big))
+    sizes = list(dict.fromkeys(sizes))
+    if len(sizes) < 3:
+        log.warning("profile %d..%d is too narrow for three sizes; parity is checked at %s", min_res, max_res, sizes)
+    return sizes
 
 
 @dataclass
