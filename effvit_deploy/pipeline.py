@@ -15,7 +15,6 @@ command that opens the Gradio demo on these models.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -100,7 +99,9 @@ def run(out: Path, redo: bool, resolutions: list[int], recipe: Path = RECIPE) ->
     exact = next(r for r in runs if r.name.endswith("-exact"))
     errors = _stage(4, "approximation error vs exact attention",
                     lambda: _approximation_error(exact, report_dir, resolutions[:3]))
-    demo = "effvit-demo " + " ".join(shlex.quote(str(r)) for r in runs)
+    from .demo import command
+
+    demo = command(runs)
     print(f"\nAll done in {time.monotonic() - start:.0f} s.")
     print(f"  runs:                 {out}/")
     print(f"  benchmark report:     {report} (and {report.with_suffix('.html')})")
