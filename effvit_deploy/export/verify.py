@@ -118,7 +118,7 @@ def build_reference(
         return ref
     try:
         ref.val_images, ref.val_labels = load_validation(card, eval_limit, eval_size)
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, TypeError, OSError) as exc:
         ref.val_note = f"validation set unavailable: {exc}"
         log.warning("%s; accuracy is not recorded", ref.val_note)
         return ref
