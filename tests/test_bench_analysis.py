@@ -95,3 +95,14 @@ def test_pareto_front_and_pick():
     no_acc = [{**r, "top1": None} for r in rows]
     assert pick(no_acc, 25)["attention"] == "a"
     assert math.isclose(pick(rows, 1000)["top1"], 0.85)
+
+
+def test_report_keeps_the_latest_measurement_of_a_rerun_configuration():
+    from effvit_deploy.bench.report import latest_rows
+
+    base = {"mode": "model", "run": "r", "backend": "torch", "precision": "fp32", "batch": 1, "env": {"cpu_model": "x"}}
+    rows = [{**base, "resolution": 224, "latency_median_ms": 5.0}, {**base, "resolution": 384, "latency_median_ms": 9.0},
+            {**base, "resolution": 224, "latency_median_ms": 4.0}]
+    kept, superseded = latest_rows(rows)
+    assert superseded == 1
+    assert sorted((r["resolution"], r["latency_median_ms"]) for r in kept) == [(224, 4.0), (384, 9.0)]
