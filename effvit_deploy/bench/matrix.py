@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import psutil
-import torch
 from tqdm import tqdm
 
 from ..backends import BACKENDS, Runner, backend_status, find_artifact, load_runner
