@@ -25,7 +25,9 @@ from .base import TimmAttention
 def segment_means(x: torch.Tensor, segments) -> torch.Tensor:
     """Means of x [..., N, d] over `segments` contiguous, near-equal segments of N -> [..., m, d]."""
     n = x.shape[-2]
-    segment_of_token = torch.arange(n, device=x.device) * segments // n
+    # truncating division: both operands are non-negative, and floor division would export a
+    # sign test (a boolean Equal) that TensorRT cannot parse
+    segment_of_token = torch.div(torch.arange(n, device=x.device) * segments, n, rounding_mode="trunc")
     one_hot = segment_of_token.unsqueeze(0) == torch.arange(segments, device=x.device).unsqueeze(1)
     weights = one_hot.to(x.dtype)
     weights = weights / weights.sum(dim=-1, keepdim=True)
