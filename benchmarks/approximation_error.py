@@ -19,7 +19,7 @@ import torch
 from effvit_deploy import build_model
 from effvit_deploy.approximation import block_errors, default_mechanisms, render_table, validation_images
 from effvit_deploy.atomic import write_json, write_text
-from effvit_deploy.bench.results import environment
+from effvit_deploy.environment import environment
 from effvit_deploy.runs import ModelCard, load_run
 
 

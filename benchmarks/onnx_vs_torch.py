@@ -28,7 +28,7 @@ import torch
 
 from effvit_deploy import ATTENTIONS, build_model
 from effvit_deploy.atomic import write_json, write_text
-from effvit_deploy.bench.results import environment
+from effvit_deploy.environment import environment
 from effvit_deploy.export.onnx import export_onnx, make_tensorrt_friendly, slim_onnx
 
 MODEL = "vit_small_patch16_224"

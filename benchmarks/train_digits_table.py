@@ -8,9 +8,6 @@ Every figure is read from runs/NAME-ATTENTION/summary.json and config.yaml; noth
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import yaml
 
 from effvit_deploy.attention import ATTENTIONS
 from effvit_deploy.atomic import write_text
+from effvit_deploy.environment import environment
 from effvit_deploy.runs import load_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +34,7 @@ def table(runs: Path, name: str) -> str:
             f"{summary['images_per_s']:.0f} | {summary['peak_mem_bytes'] / 2**20:.0f} | {summary['gflops'] * 1e3:.2f} | "
             f"{summary['params'] / 1e3:.1f} | {summary['best_epoch'] + 1}/{summary['epochs']} |"
         )
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    env = environment()
     mk = config["model_kwargs"]
     return "\n".join([
         "# Digits: every attention variant trained from scratch",
@@ -46,8 +43,8 @@ def table(runs: Path, name: str) -> str:
         f"width {mk.get('embed_dim')}, patch {mk.get('patch_size')} at {config['img_size']} px "
         f"({(config['img_size'] // mk.get('patch_size', 16)) ** 2} patch tokens), {config['epochs']} epochs, batch "
         f"{config['batch_size']}, {config['optim']['opt']} lr {config['optim']['lr']}, on the bundled scikit-learn "
-        f"digits (val split). Machine: {cpu}, {os.cpu_count()} cores, {config['threads'] or 'default'} torch "
-        f"thread(s), shared with other jobs. Commit {commit}, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC.",
+        f"digits (val split). Machine: {env['cpu_model']}, {env['cpu_cores']} cores, {config['threads'] or 'default'} torch "
+        f"thread(s), shared with other jobs. Commit {env['git_commit']}, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC.",
         "",
         "| attention | top-1 | top-5 | s/epoch | train img/s | peak mem (MiB) | MFLOPs/img | params (k) | best epoch |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
-import platform
 import random
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -32,6 +29,7 @@ from effvit_deploy import build_model
 from effvit_deploy.atomic import write_json, write_text
 from effvit_deploy.train import load_config
 from effvit_deploy.train.distributed import DistEnv
+from effvit_deploy.environment import environment
 from effvit_deploy.train.engine import build_trainer, train_one_epoch
 from effvit_deploy.train.metrics import Progress
 
@@ -40,11 +38,10 @@ LIMIT = 0.05
 
 
 def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    env = environment()
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "timm": timm.__version__, "commit": commit, "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "cpu": env["cpu_model"], "cores": env["cpu_cores"], "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "timm": timm.__version__, "commit": env["git_commit"], "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
 
 

@@ -134,7 +134,7 @@ def render_table(rows: list[dict], label: str, command: str, env: dict[str, Any]
     lines = [
         "# Approximation error vs exact attention",
         "",
-        f"Relative error ||approx - exact|| / ||exact|| of each block's attention output, on the model's own",
+        "Relative error ||approx - exact|| / ||exact|| of each block's attention output, on the model's own",
         f"activations (the input each block's attention receives), mean over blocks. Source: {label}.",
         f"Command: `{command}` at commit {env.get('git_commit')}, CPU: {env.get('cpu_model')}, torch {torch.__version__}.",
         "n/a: the budget does not fit that sequence (e.g. a projection longer than the training grid).",

@@ -71,7 +71,7 @@ def _bench(runs: list[Path], report_dir: Path, resolutions: list[int], redo: boo
 def _approximation_error(exact_run: Path, report_dir: Path, resolutions: list[int]) -> Path:
     from .approximation import block_errors, default_mechanisms, render_table, validation_images
     from .atomic import write_json, write_text
-    from .bench.results import environment
+    from .environment import environment
     from .runs import load_run
 
     model, card = load_run(exact_run)

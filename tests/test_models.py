@@ -8,7 +8,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import TINY_ATTENTION_KWARGS, TINY_MODEL, tiny_model
+from conftest import TINY_MODEL, tiny_model
 from effvit_deploy import ATTENTIONS, build_model
 from effvit_deploy.flops import count_flops
 

@@ -30,7 +30,8 @@ from ..flops import count_flops, count_params
 from ..runs import load_model_card, run_name
 from .accuracy import artifact_accuracy
 from .layer import LAYER_BACKENDS, VIT_S_DIM, VIT_S_HEADS, build_layer, layer_flops, tokens_for
-from .results import append_results, environment
+from ..environment import environment
+from .results import append_results
 from .worker import measure, measure_to_file
 
 ARTIFACT_FORMAT = {"onnxruntime": "onnx", "onnxruntime-cuda": "onnx", "onnxruntime-tensorrt": "onnx",

@@ -47,7 +47,8 @@ def expected_device(backend: str) -> str:
 
 
 def _model_runner(config: dict[str, Any]) -> Runner:
-    return load_runner(config["run_dir"], config["backend"], config["precision"])
+    return load_runner(config["run_dir"], config["backend"], config["precision"],
+                       spin_wait=config.get("spin_wait", True))
 
 
 def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Runner]] = None) -> dict[str, Any]:
@@ -81,32 +82,8 @@ def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Ru
     return result
 
 
-def ort_passive_waiting() -> None:
-    """Make every ONNX Runtime session created in this process wait passively for work.
-
-    ONNX Runtime's intra-op threads spin while idle by default; on a machine shared with other
-    jobs a spinning thread holds a core the next operator's threads need, and ViT-S/16 at 224 px
-    measured 5-6x slower here (130 ms passive vs 800 ms spinning, 2 threads, loaded 2-core
-    machine). `backends.load_runner` takes no session options, so inside a benchmark worker
-    process (never the caller's) the `SessionOptions` class it instantiates is replaced by one
-    with `session.intra_op.allow_spinning = 0` (onnxruntime docs, "Thread management").
-    """
-    import onnxruntime as ort
-
-    base = ort.SessionOptions
-
-    class PassiveSessionOptions(base):
-        def __init__(self) -> None:
-            super().__init__()
-            self.add_session_config_entry("session.intra_op.allow_spinning", "0")
-
-    ort.SessionOptions = PassiveSessionOptions
-
-
 def measure_to_file(config: dict[str, Any], path: str) -> None:
     """Process target: measure and write the result atomically (the parent reads it back)."""
-    if not config.get("spin_wait", True) and config["backend"].startswith("onnxruntime"):
-        ort_passive_waiting()
     write_json(path, measure(config))
 
 
