@@ -203,7 +203,7 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         sampler.seed = int(state["data_order"]["sampler_seed"])
         if main:
             print(f"resuming {run_dir} after epoch {start_epoch} (step {trainer.step})", flush=True)
-    elif resume and main:
+    elif resume and main and (run_dir / "checkpoints").is_dir():
         print(f"{run_dir} has no complete epoch to resume from: starting it from scratch", flush=True)
 
     if main:
