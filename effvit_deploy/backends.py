@@ -16,6 +16,7 @@ GPU packages are imported lazily; `backend_status` says why a backend cannot run
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -42,6 +43,17 @@ GPU_INSTALL_HINT = "install the GPU runtime on an NVIDIA machine: pip install 'e
 
 class BackendUnavailable(RuntimeError):
     """A backend cannot run on this machine; the message says why and how to fix it."""
+
+
+def import_gpu_package(module: str, label: str) -> Any:
+    """Import a GPU-only package lazily, or raise BackendUnavailable saying what is missing."""
+    try:
+        package = importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailable(f"{label} is not installed ({exc}): {GPU_INSTALL_HINT}") from None
+    if not torch.cuda.is_available():
+        raise BackendUnavailable(f"{label} needs an NVIDIA GPU and none is visible (torch.cuda.is_available() is False)")
+    return package
 
 
 def _ort_providers() -> list[str]:

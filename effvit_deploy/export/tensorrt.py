@@ -27,20 +27,10 @@ import numpy as np
 import torch
 
 from ..atomic import write_bytes
-from ..backends import GPU_INSTALL_HINT, BackendUnavailable, Runner
+from ..backends import BackendUnavailable, Runner, import_gpu_package
 from ..runs import ModelCard
 from .onnx import INPUT_NAME
 from .trt_compat import TensorRTIncompatible
-
-
-def _trt():
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailable(f"TensorRT is not installed ({exc}): {GPU_INSTALL_HINT}") from None
-    if not torch.cuda.is_available():
-        raise BackendUnavailable("TensorRT needs an NVIDIA GPU and none is visible (torch.cuda.is_available() is False)")
-    return trt
 
 
 def trt_major(trt) -> int:
@@ -53,12 +43,12 @@ def gpu_slug() -> str:
 
 
 def engine_filename(precision: str) -> str:
-    trt = _trt()
+    trt = import_gpu_package("tensorrt", "TensorRT")
     return f"model.{precision}.{gpu_slug()}.trt{trt.__version__}.engine"
 
 
 def timing_cache_path(cache_dir: Union[str, Path], precision: str) -> Path:
-    trt = _trt()
+    trt = import_gpu_package("tensorrt", "TensorRT")
     return Path(cache_dir) / f"timing.{gpu_slug()}.cuda{torch.version.cuda}.trt{trt.__version__}.{precision}.cache"
 
 
@@ -71,7 +61,7 @@ def build_engine(
     cache_dir: Union[str, Path],
 ) -> dict[str, Any]:
     """Build and serialise an engine for `precision` with one min/opt/max profile; returns its facts."""
-    trt = _trt()
+    trt = import_gpu_package("tensorrt", "TensorRT")
     major = trt_major(trt)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -122,7 +112,7 @@ _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bf
 
 def load_engine_runner(path: Union[str, Path], entry: dict[str, Any], card: ModelCard, precision: str) -> Runner:
     """Deserialise an engine and run it with torch CUDA tensors as bindings (execute_async_v3)."""
-    trt = _trt()
+    trt = import_gpu_package("tensorrt", "TensorRT")
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(Path(path).read_bytes())
     if engine is None:

@@ -20,26 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backends import GPU_INSTALL_HINT, BackendUnavailable, Runner
+from ..backends import Runner, import_gpu_package
 from ..runs import ModelCard
 from .onnx import dynamic_shapes
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _torch_trt():
-    try:
-        import torch_tensorrt
-    except ImportError as exc:
-        raise BackendUnavailable(f"Torch-TensorRT is not installed ({exc}): {GPU_INSTALL_HINT}") from None
-    if not torch.cuda.is_available():
-        raise BackendUnavailable("Torch-TensorRT needs an NVIDIA GPU and none is visible")
-    return torch_tensorrt
-
-
 def compile_and_save(model: nn.Module, path: Union[str, Path], precision: str, inputs: dict[str, list[int]]) -> dict[str, Any]:
     """Compile `model` for the min/opt/max profile in `inputs` and save it at `path`."""
-    torch_tensorrt = _torch_trt()
+    torch_tensorrt = import_gpu_package("torch_tensorrt", "Torch-TensorRT")
     import tensorrt as trt
 
     dtype = _DTYPES[precision]
@@ -67,7 +57,7 @@ def compile_and_save(model: nn.Module, path: Union[str, Path], precision: str, i
 
 def load_torch_tensorrt_runner(path: Union[str, Path], entry: dict[str, Any], card: ModelCard, precision: str) -> Runner:
     """Load a saved Torch-TensorRT exported program and run it on CUDA."""
-    _torch_trt()
+    import_gpu_package("torch_tensorrt", "Torch-TensorRT")
     module = torch.export.load(str(path)).module()
     in_dtype = getattr(torch, entry.get("input_dtype", "float32"))
 
