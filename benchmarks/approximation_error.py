@@ -17,9 +17,7 @@ from pathlib import Path
 import torch
 
 from effvit_deploy import build_model
-from effvit_deploy.approximation import block_errors, default_mechanisms, render_table, validation_images
-from effvit_deploy.atomic import write_json, write_text
-from effvit_deploy.environment import environment
+from effvit_deploy.approximation import error_table
 from effvit_deploy.runs import ModelCard, load_run
 
 
@@ -48,20 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     if card.attention != "exact":
         parser.error(f"{args.run} uses {card.attention} attention; the reference must be an exact run")
 
-    mechanisms = default_mechanisms(card.img_size // card.patch_size)
-    rows = []
-    for resolution in (int(r) for r in args.resolutions.split(",")):
-        images = validation_images(data, card, resolution, args.images)
-        rows += block_errors(model, images, mechanisms)
-
-    env = environment()
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    write_json(args.out.with_suffix(".json"), {"source": label, "command": command, "environment": env, "rows": rows})
-    write_text(args.out, render_table(rows, label, command, env))
+    resolutions = [int(r) for r in args.resolutions.split(",")]
+    error_table(model, card, data, resolutions, args.out, label, command, images=args.images)
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 0
-
-
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ pretrained model sees the moment its attention is swapped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -119,6 +120,31 @@ def validation_images(data: dict, card: ModelCard, resolution: int, count: int) 
     step = max(1, len(dataset) // count)
     return torch.stack([dataset[i][0] for i in range(0, step * count, step)][:count])
 
+
+
+def error_table(
+    model: nn.Module,
+    card: ModelCard,
+    data: dict,
+    resolutions: Iterable[int],
+    out: Path,
+    label: str,
+    command: str,
+    images: int = 32,
+) -> Path:
+    """Measure `default_mechanisms` against the exact `model` at each resolution on `images`
+    validation images of `data`; write `out` (markdown) and its .json twin, with the environment."""
+    from .atomic import write_json, write_text
+    from .environment import environment
+
+    mechanisms = default_mechanisms(card.img_size // card.patch_size)
+    rows = []
+    for resolution in resolutions:
+        rows += block_errors(model, validation_images(data, card, resolution, images), mechanisms)
+    env = environment()
+    write_json(out.with_suffix(".json"), {"source": label, "command": command, "environment": env, "rows": rows})
+    write_text(out, render_table(rows, label, command, env))
+    return out
 
 
 def render_table(rows: list[dict], label: str, command: str, env: dict[str, Any]) -> str:

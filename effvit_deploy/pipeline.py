@@ -69,23 +69,13 @@ def _bench(runs: list[Path], report_dir: Path, resolutions: list[int], redo: boo
 
 
 def _approximation_error(exact_run: Path, report_dir: Path, resolutions: list[int]) -> Path:
-    from .approximation import block_errors, default_mechanisms, render_table, validation_images
-    from .atomic import write_json, write_text
-    from .environment import environment
+    from .approximation import error_table
     from .runs import load_run
 
     model, card = load_run(exact_run)
-    mechanisms = default_mechanisms(card.img_size // card.patch_size)
-    rows = []
-    for resolution in resolutions:
-        rows += block_errors(model, validation_images(card.data, card, resolution, 32), mechanisms)
-    env = environment()
     label = f"run {exact_run.name} ({card.model}, trained on {card.data.get('name')})"
-    command = "python -m effvit_deploy.pipeline"
-    out = report_dir / "approximation_error.md"
-    write_json(out.with_suffix(".json"), {"source": label, "command": command, "environment": env, "rows": rows})
-    write_text(out, render_table(rows, label, command, env))
-    return out
+    return error_table(model, card, card.data, resolutions, report_dir / "approximation_error.md",
+                       label, "python -m effvit_deploy.pipeline")
 
 
 def run(out: Path, redo: bool, resolutions: list[int], recipe: Path = RECIPE) -> dict[str, Path]:
