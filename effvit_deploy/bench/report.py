@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..atomic import write_bytes, write_text  # noqa: E402
+from ..atomic import atomic_path, write_text  # noqa: E402
 from .analysis import crossover, fit_power_law, pareto_front, pick, tokens_to_resolution  # noqa: E402
 from .results import load_results  # noqa: E402
 
@@ -82,8 +82,8 @@ def _order(attentions) -> list[str]:
 
 def _scaling_plot(series: dict, field: str, ylabel: str, title: str, path: Path, scale: float = 1.0) -> None:
     keys = sorted(series)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    fig, axes = _panels(len(keys))
+    for ax, key in zip(axes, keys):
         for att in _order(series[key]):
             pts = [p for p in series[key][att] if p.get(field)]
             if not pts:
@@ -91,33 +91,44 @@ def _scaling_plot(series: dict, field: str, ylabel: str, title: str, path: Path,
             slope = _fit(pts, field)
             label = f"{att} (slope {slope:.2f})" if slope is not None else att
             ax.plot([p["tokens"] for p in pts], [p[field] * scale for p in pts], marker="o", label=label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("tokens per image")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{key[0]} {key[1]} batch {key[2]}")
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        _style(ax, key, "tokens per image", ylabel)
     fig.suptitle(title)
-    fig.tight_layout()
     _save(fig, path)
 
 
+def _panels(count: int):
+    """A figure with `count` side-by-side panels (one per backend/precision/batch)."""
+    fig, axes = plt.subplots(1, count, figsize=(5.2 * count, 4.2), squeeze=False)
+    return fig, axes[0]
+
+
+def _style(ax, key: tuple, xlabel: str, ylabel: str, log_y: bool = True, title_suffix: str = "") -> None:
+    """Log-scaled axes, labels, the panel's (backend, precision, batch) title, grid and legend."""
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{key[0]} {key[1]} batch {key[2]}{title_suffix}")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
 def _save(fig, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    """Lay out and write the PNG atomically."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    write_bytes(path, tmp.read_bytes())
-    tmp.unlink()
 
 
 def _speedup_plot(series: dict, path: Path) -> bool:
     keys = [k for k in sorted(series) if EXACT in series[k] and len(series[k]) > 1]
     if not keys:
         return False
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    fig, axes = _panels(len(keys))
+    for ax, key in zip(axes, keys):
         exact = {p["tokens"]: p["latency_median_ms"] for p in series[key][EXACT]}
         for att in _order(series[key]):
             if att == EXACT:
@@ -129,15 +140,7 @@ def _speedup_plot(series: dict, path: Path) -> bool:
         for res, target in SPEEDUP_TARGETS.items():
             ax.plot([1 + (res // patch) ** 2], [target], marker="*", color="k", markersize=11, linestyle="none")
         ax.axhline(1.0, color="grey", linewidth=1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("tokens per image")
-        ax.set_ylabel("speed-up over exact (x)")
-        ax.set_title(f"{key[0]} {key[1]} batch {key[2]}  (stars: targets)")
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
+        _style(ax, key, "tokens per image", "speed-up over exact (x)", title_suffix="  (stars: targets)")
     _save(fig, path)
     return True
 
@@ -153,8 +156,8 @@ def _tradeoff_points(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 def _tradeoff_plot(points: dict, path: Path) -> None:
     keys = sorted(points)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    fig, axes = _panels(len(keys))
+    for ax, key in zip(axes, keys):
         pts = points[key]
         lat = [p["latency_median_ms"] for p in pts]
         acc = [100 * p["top1"] for p in pts]
@@ -164,14 +167,7 @@ def _tradeoff_plot(points: dict, path: Path) -> None:
         front = pareto_front(lat, acc)
         ax.step([lat[i] for i in front], [acc[i] for i in front], where="post", color="C3", label="Pareto front")
         ax.scatter([lat[i] for i in front], [acc[i] for i in front], color="C3", zorder=4)
-        ax.set_xscale("log")
-        ax.set_xlabel("median latency (ms)")
-        ax.set_ylabel("top-1 (%)")
-        ax.set_title(f"{key[0]} {key[1]} batch {key[2]}")
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
+        _style(ax, key, "median latency (ms)", "top-1 (%)", log_y=False)
     _save(fig, path)
 
 
