@@ -21,7 +21,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -156,9 +156,20 @@ def _torch_runner(run_dir, backend: str, precision: str, device: str) -> Runner:
     )
 
 
-def _ort_runner(run_dir, backend: str, precision: str, device: str, spin_wait: bool) -> Runner:
+def ort_session(path: Union[str, Path], providers: Sequence[Any] = ("CPUExecutionProvider",),
+                spin_wait: bool = True, quiet: bool = False):
+    """An ONNX Runtime session; `spin_wait=False` makes idle intra-op threads wait passively."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    if quiet:
+        options.log_severity_level = 3
+    if not spin_wait:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=list(providers))
+
+
+def _ort_runner(run_dir, backend: str, precision: str, device: str, spin_wait: bool) -> Runner:
     path, entry = find_artifact(run_dir, "onnx", precision)
     providers: list[Any] = ["CPUExecutionProvider"]
     if backend == "onnxruntime-cuda":
@@ -171,10 +182,7 @@ def _ort_runner(run_dir, backend: str, precision: str, device: str, spin_wait: b
             "CUDAExecutionProvider",
             "CPUExecutionProvider",
         ]
-    options = ort.SessionOptions()
-    if not spin_wait:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    session = ort_session(path, providers, spin_wait)
     input_name = session.get_inputs()[0].name
     input_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
     card = load_model_card(run_dir)

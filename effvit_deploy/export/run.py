@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from ..atomic import atomic_path, write_json
-from ..backends import MANIFEST, BackendUnavailable, backend_status
+from ..backends import MANIFEST, BackendUnavailable, backend_status, ort_session
 from ..runs import ModelCard, load_model_card, load_run, run_name, weights_path
 from .onnx import DEFAULT_OPSET, export_onnx, graph_info, make_tensorrt_friendly, slim_onnx
 from .precision import convert_fp16, quantize_int8
@@ -67,12 +67,7 @@ def sha256(path: Union[str, Path]) -> str:
 
 def ort_predict(path: Union[str, Path]) -> Callable[[np.ndarray], np.ndarray]:
     """float32 NCHW -> float32 logits through ONNX Runtime's CPU provider."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # verification, not timing
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, spin_wait=False, quiet=True)  # verification, not timing
     name = session.get_inputs()[0].name
     return lambda x: np.asarray(session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0], dtype=np.float32)
 
