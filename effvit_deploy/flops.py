@@ -28,19 +28,23 @@ _register_cpu_sdpa()
 
 
 @torch.no_grad()
-def count_flops(model: nn.Module, height: int = 224, width: int | None = None) -> int:
-    """Forward FLOPs (a multiply-add counts 2) for one image of height x width, batch 1."""
-    width = width or height
-    param = next(model.parameters())
-    x = torch.zeros(1, 3, height, width, device=param.device, dtype=param.dtype)
-    was_training = model.training
-    model.eval()
+def forward_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """Forward FLOPs (a multiply-add counts 2) of `module(*inputs)`, run in eval mode."""
+    was_training = module.training
+    module.eval()
     try:
         with FlopCounterMode(display=False) as counter:
-            model(x)
+            module(*inputs)
     finally:
-        model.train(was_training)
+        module.train(was_training)
     return int(counter.get_total_flops())
+
+
+def count_flops(model: nn.Module, height: int = 224, width: int | None = None) -> int:
+    """Forward FLOPs for one image of height x width, batch 1."""
+    param = next(model.parameters())
+    x = torch.zeros(1, 3, height, width or height, device=param.device, dtype=param.dtype)
+    return forward_flops(model, x)
 
 
 def count_params(model: nn.Module) -> int:

@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from .. import flops as _flops  # noqa: F401  (registers the CPU SDPA FLOP formula)
+from ..flops import forward_flops
 from ..attention import ATTENTIONS
 from ..backends import BackendUnavailable, Runner
 
@@ -42,10 +41,7 @@ def layer_input(batch: int, resolution: int, patch: int, dim: int) -> np.ndarray
 def layer_flops(layer: nn.Module, resolution: int, patch: int, dim: int) -> int:
     """Forward FLOPs of the layer for one image's tokens."""
     layer.grid = (resolution // patch, resolution // patch)
-    x = torch.zeros(1, tokens_for(resolution, patch), dim)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        layer(x)
-    return int(counter.get_total_flops())
+    return forward_flops(layer, torch.zeros(1, tokens_for(resolution, patch), dim))
 
 
 def load_layer_runner(config: dict[str, Any]) -> Runner:
