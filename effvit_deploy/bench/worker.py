@@ -19,7 +19,7 @@ import torch
 from ..atomic import write_json
 from ..backends import BackendUnavailable, Runner, load_runner
 from .harness import latency_stats, time_runner
-from .layer import layer_input, load_layer_runner
+from .layer import LAYER_BACKENDS, layer_input, load_layer_runner, module_runner
 from .memory import memory_probe
 
 OOM_MESSAGES = ("out of memory", "failed to allocate", "bad_alloc", "cannot allocate memory")
@@ -47,8 +47,13 @@ def expected_device(backend: str) -> str:
 
 
 def _model_runner(config: dict[str, Any]) -> Runner:
+    """The run's artifact on its backend; the attention-free bound's module in PyTorch."""
+    if config.get("bound") and config["backend"] in LAYER_BACKENDS:
+        from .bound import load_bound_model
+
+        return module_runner(load_bound_model(config["run_dir"]), config["backend"], config["precision"])
     return load_runner(config["run_dir"], config["backend"], config["precision"],
-                       spin_wait=config.get("spin_wait", True))
+                       spin_wait=config.get("thread_policy", "default") == "default")
 
 
 def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Runner]] = None) -> dict[str, Any]:
@@ -59,7 +64,8 @@ def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Ru
     batch, res = config["batch"], config["resolution"]
     probe = memory_probe(config["backend"], expected_device(config["backend"]))
     result: dict[str, Any] = {"mem_method": probe.method, "mem_note": probe.note, "threads": torch.get_num_threads(),
-                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "") or "runtime default",
+                              "thread_policy": config.get("thread_policy", "default")}
     try:
         probe.before_load()
         runner = factory(config)

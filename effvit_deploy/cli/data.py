@@ -34,9 +34,13 @@ def _check(args: argparse.Namespace) -> int:
     report = find_bad_images(args.dir, workers=args.workers, progress=sys.stderr.isatty())
     for path, reason in report.bad:
         print(f"BAD {path}: {reason}")
+    for path, change in report.converted:
+        print(f"CONVERTED {path}: {change}")
     print(f"checked {report.checked} images: {len(report.bad)} unreadable, "
-          f"{report.checked - len(report.bad)} ok; {report.other_files} non-image files ignored")
-    summary = {"checked": report.checked, "bad": [p for p, _ in report.bad], "other_files": report.other_files}
+          f"{report.checked - len(report.bad)} ok; {report.other_files} non-image files ignored; "
+          f"{len(report.converted)} converted on load (CONVERTED lines: what training and the demo both do)")
+    summary = {"checked": report.checked, "bad": [p for p, _ in report.bad],
+               "converted": dict(report.converted), "other_files": report.other_files}
     layout_ok = True
     if (Path(args.dir) / "train").is_dir() or (Path(args.dir) / "val").is_dir():
         try:

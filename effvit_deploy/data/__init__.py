@@ -12,7 +12,8 @@ from .cluttered import ClutteredDigits
 from .datasets import build_datasets, build_eval_dataset
 from .digits import DigitsDataset, digits_split, write_digits_folder, write_folder
 from .errors import BadImageError, DataError
-from .folder import BadImageWarning, CheckedImageFolder, collate_skip_bad, describe_folder, load_rgb
+from .decode import decode_rgb, load_rgb
+from .folder import BadImageWarning, CheckedImageFolder, collate_skip_bad, describe_folder
 from .imagenet100 import build_imagenet100, read_class_list
 from .check import find_bad_images
 from .spec import DATASETS, GENERATED, DataSpec
@@ -22,6 +23,6 @@ from .transforms import build_transform, eval_transform
 __all__ = [
     "DATASETS", "GENERATED", "BadImageError", "BadImageWarning", "CheckedImageFolder", "ClutteredDigits", "DataError", "DataSpec",
     "DigitsDataset", "SyntheticDataset", "build_datasets", "build_eval_dataset",
-    "build_imagenet100", "build_transform", "collate_skip_bad", "describe_folder", "digits_split", "eval_transform",
+    "build_imagenet100", "build_transform", "collate_skip_bad", "decode_rgb", "describe_folder", "digits_split", "eval_transform",
     "find_bad_images", "load_rgb", "read_class_list", "write_digits_folder", "write_folder",
 ]
