@@ -2,8 +2,8 @@
 
 The "cluttered MNIST" construction of Jaderberg et al. 2015 (Spatial Transformer Networks,
 arXiv:1506.02025, section 4.1) made from scikit-learn's bundled digits, so it runs offline: each
-image is a canvas with one whole digit (the label) at a random position and scale, over
-fragments cropped from other digits. The object covers a few percent of the image, so at 128 px
+image is a canvas with one whole digit (the label) at a random position and scale, among
+fragments cropped from other digits (placed around it, not over it). The object covers a few percent of the image, so at 128 px
 and up a ViT must attend across hundreds to thousands of patch tokens to find it, the regime
 where efficient attention mechanisms differ.
 
@@ -28,9 +28,11 @@ from torch.utils.data import Dataset
 from .digits import CLASS_NAMES, digits_split, load_digits_uint8
 
 SPLIT_IDS = {"train": 0, "val": 1}
-DIGIT_SCALE = (0.28, 0.38)  # side of the labelled digit, as a fraction of the canvas side
-FRAGMENTS = (3, 6)  # clutter pieces per image (inclusive range)
+DIGIT_SCALE = (0.40, 0.55)  # side of the labelled digit, as a fraction of the canvas side
+FRAGMENTS = (2, 4)  # clutter pieces per image (inclusive range)
 FRAGMENT_PIXELS = 4  # a fragment is a 4x4 crop of an 8x8 source digit
+PLACEMENT_TRIES = 20  # a fragment that finds no free place is left out
+MARGIN = 0.07  # the digit stays inside timm's default centre crop (crop_pct 0.875 keeps [0.0625, 0.9375])
 
 
 @dataclass(frozen=True)
@@ -86,17 +88,19 @@ class ClutteredDigits(Dataset):
             raise IndexError(f"index {i} out of range for {self.length} images")
         rng = np.random.RandomState([self.seed, SPLIT_IDS[self.split], i])
         side = rng.uniform(*DIGIT_SCALE)
-        pixel = side / 8
+        pixel, frag = side / 8, FRAGMENT_PIXELS * side / 8
+        dx, dy = rng.uniform(MARGIN, 1 - MARGIN - side, size=2)
         pieces = []
         for _ in range(rng.randint(FRAGMENTS[0], FRAGMENTS[1] + 1)):
             other = int(self.pool[rng.randint(len(self.pool))])
             r, c = rng.randint(0, 8 - FRAGMENT_PIXELS + 1, size=2)
-            frag = FRAGMENT_PIXELS * pixel
-            x, y = rng.uniform(0, 1 - frag, size=2)
-            pieces.append(Piece(other, (int(r), int(r) + FRAGMENT_PIXELS), (int(c), int(c) + FRAGMENT_PIXELS),
-                                float(x), float(y), pixel))
-        x, y = rng.uniform(0, 1 - side, size=2)
-        pieces.append(Piece(int(self.pool[i % len(self.pool)]), (0, 8), (0, 8), float(x), float(y), pixel))
+            for _try in range(PLACEMENT_TRIES):  # clutter around the digit, not over it
+                x, y = rng.uniform(0, 1 - frag, size=2)
+                if x + frag <= dx or x >= dx + side or y + frag <= dy or y >= dy + side:
+                    pieces.append(Piece(other, (int(r), int(r) + FRAGMENT_PIXELS), (int(c), int(c) + FRAGMENT_PIXELS),
+                                        float(x), float(y), pixel))
+                    break
+        pieces.append(Piece(int(self.pool[i % len(self.pool)]), (0, 8), (0, 8), float(dx), float(dy), pixel))
         return pieces
 
     def sources(self, i: int) -> set[int]:
