@@ -18,14 +18,12 @@ NOT_APPLICABLE = "not applicable: untrained shape-only run (no data set)"
 
 
 def measure_accuracy(runner: Runner, card: ModelCard, limit: Optional[int] = None, batch_size: int = 16) -> float:
-    """Top-1 of `runner` over the first `limit` validation images (all when None)."""
+    """Top-1 of `runner` over the validation subset of `limit` images (`data.subset`; all when None)."""
     import torch
 
-    from ..data import build_eval_dataset, collate_skip_bad
+    from ..data import collate_skip_bad, subset
 
-    dataset, _ = build_eval_dataset(card.data, card.img_size, card.mean, card.std, card.interpolation, card.crop_pct)
-    if limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    dataset = subset.validation_subset(card, limit)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                                          collate_fn=collate_skip_bad)
     correct = total = 0

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..flops import forward_flops
 from ..attention import ATTENTIONS
-from ..backends import BackendUnavailable, Runner
+from ..backends import TORCH_DTYPES, BackendUnavailable, Runner
 
 LAYER_BACKENDS = ("torch", "torch-compile")
 VIT_S_DIM, VIT_S_HEADS = 384, 6
@@ -53,7 +53,7 @@ def load_layer_runner(config: dict[str, Any]) -> Runner:
             f"(use {', '.join(LAYER_BACKENDS)})"
         )
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = TORCH_DTYPES[precision]
     layer = build_layer(config["attention"], config["dim"], config["heads"], **config.get("attention_kwargs", {}))
     grid = config["resolution"] // config["patch"]
     layer.grid = (grid, grid)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import psutil
 from tqdm import tqdm
 
-from ..backends import BACKENDS, Runner, backend_status, find_artifact, load_runner
+from ..backends import BACKENDS, Runner, backend_status, find_artifact, get_backend, load_runner
 from ..flops import count_flops, count_params
 from ..runs import load_model_card, run_name
 from .accuracy import artifact_accuracy
@@ -34,8 +34,6 @@ from ..environment import environment
 from .results import append_results
 from .worker import measure, measure_to_file
 
-ARTIFACT_FORMAT = {"onnxruntime": "onnx", "onnxruntime-cuda": "onnx", "onnxruntime-tensorrt": "onnx",
-                   "tensorrt": "tensorrt", "torch-tensorrt": "torch-tensorrt"}
 RESOURCE_FAILURES = ("oom", "timeout")
 
 
@@ -118,7 +116,7 @@ def _precheck(subject: Subject, backend: str, precision: str, resolution: int, b
         if backend not in LAYER_BACKENDS:
             return f"--layer-only times the PyTorch module only ({', '.join(LAYER_BACKENDS)})"
         return None
-    fmt = ARTIFACT_FORMAT.get(backend)
+    fmt = get_backend(backend).artifact
     if fmt is None:
         return None
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_json
-from ..backends import BackendUnavailable, Runner, load_runner
+from ..backends import BackendUnavailable, Runner, ThreadPolicy, backend_device, load_runner
 from .harness import latency_stats, time_runner
 from .layer import layer_input, load_layer_runner
 from .memory import memory_probe
@@ -37,18 +37,9 @@ def classify_error(exc: BaseException) -> str:
     return "error"
 
 
-def expected_device(backend: str) -> str:
-    """The device `load_runner` will pick, known before loading (the memory probe needs it)."""
-    if backend == "onnxruntime":
-        return "cpu"
-    if backend in ("torch", "torch-compile"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda"
-
-
 def _model_runner(config: dict[str, Any]) -> Runner:
-    return load_runner(config["run_dir"], config["backend"], config["precision"],
-                       spin_wait=config.get("spin_wait", True))
+    policy = ThreadPolicy(threads=config.get("threads"), passive=not config.get("spin_wait", True))
+    return load_runner(config["run_dir"], config["backend"], config["precision"], policy=policy)
 
 
 def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Runner]] = None) -> dict[str, Any]:
@@ -57,12 +48,13 @@ def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Ru
     layer = config["mode"] == "layer"
     factory = runner_factory or (load_layer_runner if layer else _model_runner)
     batch, res = config["batch"], config["resolution"]
-    probe = memory_probe(config["backend"], expected_device(config["backend"]))
+    probe = memory_probe(config["backend"], backend_device(config["backend"]))
     result: dict[str, Any] = {"mem_method": probe.method, "mem_note": probe.note, "threads": torch.get_num_threads(),
                               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
     try:
         probe.before_load()
         runner = factory(config)
+        result["thread_policy"] = runner.threads
         if layer:
             x = layer_input(batch, res, config["patch"], config["dim"])
         else:

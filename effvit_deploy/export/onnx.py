@@ -2,7 +2,7 @@
 
 Height and width are declared as multiples of the patch size (`patch * Dim`), so one graph
 serves every resolution in range, square or not; the legacy TorchScript exporter would bake
-the training-size position embedding in (shared/DESIGN.md, pitfalls).
+the training-size position embedding in.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from torch import nn
 from torch.export import Dim
 
 from ..atomic import atomic_path
+from ..backends.onnxruntime import INPUT_NAME
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
 

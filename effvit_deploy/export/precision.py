@@ -2,7 +2,7 @@
 
 fp16: ONNX Runtime's float16 converter (`onnxruntime.transformers.float16`, the same logic as
 onnxconverter-common), with LayerNormalization, Softmax, Exp and the reductions kept in fp32 (an
-fp16 LayerNorm overflows and wrecks ViT accuracy in TensorRT: shared/DESIGN.md, pitfalls). For
+fp16 LayerNorm overflows and wrecks ViT accuracy in TensorRT). For
 mechanisms whose PyTorch code runs its attention math with autocast disabled (Performer's
 positive random features, Nystrom's iterative pseudo-inverse), every node directly inside those
 attention modules stays fp32 too, so the fp16 graph computes what `torch.autocast` would.

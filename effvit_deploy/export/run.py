@@ -1,7 +1,7 @@
 """`export_run`: every requested artifact of one run directory, verified, listed in manifest.json.
 
     runs/NAME/export/
-      manifest.json          run info + one entry per artifact (shared/DESIGN.md, "Artifacts")
+      manifest.json          run info + one entry per artifact (docs/ARCHITECTURE.md, "Run directory")
       model.onnx             fp32, dynamic batch/H/W, TensorRT-friendly rewrites, onnxslim'd when exact
       model.fp16.onnx        fp16 weights/activations, LayerNorm/softmax/exp in fp32, fp32 I/O
       model.int8.onnx        dynamic int8 quantisation (CPU)
@@ -27,7 +27,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from ..atomic import atomic_path, write_json
-from ..backends import MANIFEST, BackendUnavailable, backend_status, ort_session
+from ..backends import MANIFEST, BackendUnavailable, ThreadPolicy, backend_status, ort_session
+from ..backends.tensorrt import load_engine_runner
+from ..backends.torch_tensorrt import load_torch_tensorrt_runner
 from ..runs import ModelCard, load_model_card, load_run, run_name, weights_path
 from .onnx import DEFAULT_OPSET, export_onnx, graph_info, make_tensorrt_friendly, slim_onnx
 from .precision import convert_fp16, quantize_int8
@@ -67,7 +69,7 @@ def sha256(path: Union[str, Path]) -> str:
 
 def ort_predict(path: Union[str, Path]) -> Callable[[np.ndarray], np.ndarray]:
     """float32 NCHW -> float32 logits through ONNX Runtime's CPU provider."""
-    session = ort_session(path, spin_wait=False, quiet=True)  # verification, not timing
+    session = ort_session(path, policy=ThreadPolicy(passive=True), quiet=True)  # verification, not timing
     name = session.get_inputs()[0].name
     return lambda x: np.asarray(session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0], dtype=np.float32)
 
@@ -256,7 +258,7 @@ class _Exporter:
         with atomic_path(final) as tmp:
             info = trt_export.build_engine(onnx_path, tmp, precision, self.inputs, self.export_dir / "trt_cache")
             entry = {"format": "tensorrt", "precision": precision, "inputs": self.inputs, **info}
-            runner = trt_export.load_engine_runner(tmp, entry, self.card, precision)
+            runner = load_engine_runner(tmp, entry, self.card, precision)
             extra = {**info, **self.verify_artifact(runner, precision, label),
                      "onnx": onnx_entry["path"], "tool_versions": tool_versions("tensorrt")}
             entry = self.record("tensorrt", precision, final, tmp, extra)
@@ -270,7 +272,7 @@ class _Exporter:
         with atomic_path(final) as tmp:
             info = tt_export.compile_and_save(self.model, tmp, precision, self.inputs)
             entry = {"format": "torch-tensorrt", "precision": precision, "inputs": self.inputs, **info}
-            runner = tt_export.load_torch_tensorrt_runner(tmp, entry, self.card, precision)
+            runner = load_torch_tensorrt_runner(tmp, entry, self.card, precision)
             extra = {**info, **self.verify_artifact(runner, precision, label),
                      "tool_versions": tool_versions("tensorrt", "torch_tensorrt")}
             entry = self.record("torch-tensorrt", precision, final, tmp, extra)

@@ -87,16 +87,13 @@ def _torch_logits(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.n
 
 
 def load_validation(card: ModelCard, limit: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `limit` validation images (float32 NCHW at `size`) and labels, in dataset order."""
-    from torch.utils.data import DataLoader, Subset
+    """The validation subset of `limit` images (`data.subset`), float32 NCHW at `size`, and labels."""
+    from torch.utils.data import DataLoader
 
-    from ..data import build_eval_dataset, collate_skip_bad
+    from ..data import collate_skip_bad, subset
 
-    dataset, _ = build_eval_dataset(card.data, card.img_size, card.mean, card.std, card.interpolation, card.crop_pct)
-    if limit and len(dataset) > limit:
-        dataset = Subset(dataset, np.linspace(0, len(dataset) - 1, limit).astype(int).tolist())
     images, labels = [], []
-    for x, y, _ in DataLoader(dataset, batch_size=64, collate_fn=collate_skip_bad):
+    for x, y, _ in DataLoader(subset.validation_subset(card, limit), batch_size=64, collate_fn=collate_skip_bad):
         if len(x):
             images.append(x)
             labels.append(y)
