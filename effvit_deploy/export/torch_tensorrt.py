@@ -23,6 +23,7 @@ from torch import nn
 from ..backends import TORCH_DTYPES, import_gpu_package, profile_shapes
 from ..backends.tensorrt import trt_major
 from .onnx import dynamic_shapes
+from .resample import portable_resampling
 
 
 def compile_and_save(model: nn.Module, path: Union[str, Path], precision: str, inputs: dict[str, list[int]]) -> dict[str, Any]:
@@ -38,7 +39,8 @@ def compile_and_save(model: nn.Module, path: Union[str, Path], precision: str, i
     example = torch.randn(*shapes[1], device="cuda", dtype=in_dtype)
     patch = int(model.patch_embed.patch_size[0])
     dyn = dynamic_shapes(patch, inputs["batch"][2], max(inputs["height"][2], inputs["width"][2]))
-    program = torch.export.export(model, (example,), dynamic_shapes=dyn)
+    with portable_resampling():
+        program = torch.export.export(model, (example,), dynamic_shapes=dyn)
     spec = torch_tensorrt.Input(min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2], dtype=in_dtype)
     options: dict[str, Any] = {"inputs": [spec], "enabled_precisions": {dtype}, "min_block_size": 1}
     if explicit and "use_explicit_typing" in inspect.signature(torch_tensorrt.dynamo.compile).parameters:
