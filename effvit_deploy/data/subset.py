@@ -22,14 +22,15 @@ def subset_indices(total: int, limit: Optional[int]) -> list[int]:
 
 
 def validation_subset(card: Any, limit: Optional[int], img_size: Optional[int] = None,
-                      crop_pct: Optional[float] = None) -> Subset:
+                      crop_pct: Optional[float] = None, split: str = "val") -> Subset:
     """The run's validation split (card's data set and preprocessing, optionally at another size
-    or crop) restricted to `subset_indices(len, limit)`."""
+    or crop) restricted to `subset_indices(len, limit)`. `split="train"`: the same rule over the
+    training images with the eval transform (int8 calibration)."""
     from .datasets import build_eval_dataset
 
     dataset, _ = build_eval_dataset(
         card.data, img_size or card.img_size, card.mean, card.std, card.interpolation,
-        card.crop_pct if crop_pct is None else crop_pct,
+        card.crop_pct if crop_pct is None else crop_pct, split=split,
     )
     return Subset(dataset, subset_indices(len(dataset), limit))
 
