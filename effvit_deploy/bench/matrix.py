@@ -293,7 +293,7 @@ def run_benchmark(
     use, skipped = resolve_backends(backends)
     run_dirs = [Path(d) for d in run_dirs]
     if bound and run_dirs:
-        onnx = any(ARTIFACT_FORMAT.get(b) == "onnx" for b in use)
+        onnx = any(get_backend(b).artifact == "onnx" for b in use)
         run_dirs += bound_subjects([d for d in run_dirs if not is_bound_run(d)], out_dir / "cache", onnx,
                                    resolutions, max(batch_sizes))
     subjects = [model_subject(d) for d in dict.fromkeys(run_dirs)] + list(layers)

@@ -69,7 +69,7 @@ def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Ru
     try:
         probe.before_load()
         runner = factory(config)
-        result["thread_policy"] = runner.threads
+        result["runtime_threads"] = runner.threads
         if layer:
             x = layer_input(batch, res, config["patch"], config["dim"])
         else:
