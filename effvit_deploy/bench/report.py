@@ -234,8 +234,9 @@ def _bound_table(series: dict) -> list[Block]:
                 if mine is None:
                     continue
                 v = mine["latency_median_ms"]
+                check = "bound not the fastest: within timing noise, re-measure" if b > min(e, v) else ""
                 body.append([key[0], key[1], key[2], res, exact[res]["tokens"], att, f"{e / v:.2f}x", f"{e / b:.2f}x",
-                             f"{100 * b / v:.0f}%", f"{v / b:.2f}x"])
+                             f"{100 * b / v:.0f}%", f"{v / b:.2f}x", check])
     if not body:
         return [("p", "No attention-free bound next to exact attention in these results (run with --bound).")]
     note = ("The attention-free bound is the same model with token mixing replaced by a no-op (each token keeps its "
@@ -243,7 +244,7 @@ def _bound_table(series: dict) -> list[Block]:
             "can make the model faster than it. Largest possible = exact / bound; achieved = the variant's speed-up "
             "as a fraction of it (= bound / variant); the last column is the variant's latency over the bound's.")
     return [("p", note), ("table", ["backend", "precision", "batch", "px", "tokens", "attention", "speed-up over exact",
-                                    "largest possible", "achieved", "latency / bound"], body)]
+                                    "largest possible", "achieved", "latency / bound", "check"], body)]
 
 
 def _targets(rows: list[dict], series: dict, targets: dict[int, float]) -> list[Block]:
