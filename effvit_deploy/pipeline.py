@@ -272,7 +272,7 @@ def _write_study(s: Study, source: Path, runs: list[Path], evals: dict, command:
 
 def run(out: Path, redo: bool, resolutions: list[int], eval_resolutions: Optional[list[int]] = None,
         pretrain_recipe: Path = PRETRAIN_RECIPE, recipe: Path = RECIPE, eval_limit: int = 200,
-        bench_limit: int = 48, command: str = "python -m effvit_deploy.pipeline") -> dict[str, Path]:
+        bench_limit: int = 32, command: str = "python -m effvit_deploy.pipeline") -> dict[str, Path]:
     """All stages; returns where the study table, report, runs and error table are."""
     s = Study(out, redo, resolutions, eval_resolutions or resolutions[:1] + [r for r in resolutions[1:] if r <= 2 * resolutions[0]],
               pretrain_recipe, recipe, eval_limit, bench_limit)
@@ -312,7 +312,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--pretrain-recipe", type=Path, default=PRETRAIN_RECIPE, help="recipe of the exact source model")
     parser.add_argument("--recipe", type=Path, default=RECIPE, help="fine-tuning recipe (every mechanism)")
     parser.add_argument("--eval-limit", type=int, default=200, help="val images for the accuracy-vs-resolution table")
-    parser.add_argument("--bench-limit", type=int, default=48, help="val images per benchmarked cell's top-1")
+    parser.add_argument("--bench-limit", type=int, default=32, help="val images per benchmarked cell's top-1")
     args = parser.parse_args(argv)
     try:
         run(args.out, args.redo, _sizes(args.resolutions), _sizes(args.eval_resolutions), args.pretrain_recipe,
