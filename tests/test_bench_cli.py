@@ -54,3 +54,18 @@ def test_committed_matrices_parse_and_flags_override_them(tmp_path):
 def test_report_only_redraws_from_an_existing_results_file(tmp_path, capsys):
     assert main(["--report-only", "--out", str(tmp_path)]) == 2
     assert "no results file" in capsys.readouterr().err
+
+
+def test_report_goals_and_thread_policy_are_user_options(tmp_path):
+    args = parse_args(["--layer-only", "--speedup-target", "1024:2,2048:5", "--budgets", "30,100",
+                       "--thread-policy", "passive", "--no-bound"])
+    assert args.speedup_target == {1024: 2.0, 2048: 5.0} and args.budgets == [30.0, 100.0]
+    assert args.thread_policy == "passive" and args.bound is False
+    defaults = parse_args(["--layer-only"])
+    assert defaults.speedup_target == {} and defaults.thread_policy == "default" and defaults.bound is True
+    config = tmp_path / "goals.yaml"
+    config.write_text("layer_only: true\nspeedup_target: {1024: 2}\nbudgets: [50]\n")
+    assert parse_args(["--config", str(config)]).speedup_target == {1024: 2.0}
+    for bad in (["--speedup-target", "1024"], ["--thread-policy", "busy"], ["--budgets", "-1"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--layer-only", *bad])

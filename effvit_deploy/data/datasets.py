@@ -5,6 +5,7 @@ from typing import Any, Optional, Sequence, Union
 
 from torch.utils.data import Dataset
 
+from .cluttered import ClutteredDigits
 from .digits import DigitsDataset
 from .errors import DataError
 from .folder import check_on_bad_image, check_same_classes, open_split
@@ -80,4 +81,6 @@ def _generated(spec: DataSpec, split: str, img_size: int, transform) -> Dataset:
     if spec.name == "digits":
         return DigitsDataset(split, img_size, transform=transform, seed=spec.seed)
     length = spec.train_size if split == "train" else spec.val_size
+    if spec.name == "cluttered":
+        return ClutteredDigits(split, length, img_size, seed=spec.seed, transform=transform)
     return SyntheticDataset(split, length, spec.num_classes, img_size, seed=spec.seed, transform=transform)
