@@ -1,6 +1,7 @@
 """Calibrated static int8 vs dynamic int8 vs fp32 on the CPU backends: accuracy and latency.
 
     python benchmarks/int8.py accuracy runs/digits-*          # export + top-1 of each artifact
+    python benchmarks/int8.py prepare                         # ViT-S/16 artifacts (untimed, slow)
     flock /tmp/effvit-timing.lock python benchmarks/int8.py latency --rounds 2 --repeats 25
 
 accuracy: exports each run with `effvit-export --formats onnx,openvino --int8` (fp32, dynamic
@@ -61,6 +62,7 @@ def accuracy(run_dirs: list[Path], out: Path) -> None:
                          "agreement": acc.get("top1_agreement_vs_torch"), "n": acc.get("n")})
     env = environment()
     lines = _header("int8 accuracy on the digits runs", env) + [
+        "The runs are the main job's digits models (`effvit-train --config train/digits.yaml --attention all`).",
         "Top-1 on the validation set of each run, per artifact, and its delta to PyTorch fp32 in points",
         "(static int8: calibrated on 64 training images, weight MatMul/Gemm/Conv inputs int8; LayerNorm, Softmax, GELU float).",
         "", "| run | format | precision | top-1 | PyTorch fp32 | delta (points) | agreement | images |",
@@ -104,6 +106,7 @@ def latency(out: Path, rounds: int, warmup: int, repeats: int, workdir: Path) ->
     run = workdir / "vits-exact"
     if not (run / "export" / "manifest.json").is_file():
         run = _make_vits_run(workdir)
+    artifacts = json.loads((run / "export" / "manifest.json").read_text())["artifacts"]
     samples: dict[tuple[str, str], list[float]] = {c: [] for c in CONFIGS}
     threads: dict[tuple[str, str], dict] = {}
     for _ in range(rounds):
@@ -130,7 +133,11 @@ def latency(out: Path, rounds: int, warmup: int, repeats: int, workdir: Path) ->
         "| backend | precision | median ms | spread | speed-up vs fp32 | runs |", "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {r['backend']} | {r['precision']} | {r['median_ms']:.1f} | {r['spread']:.2f} | "
               f"{r['speedup_vs_fp32']:.2f}x | {r['n']} |" for r in rows]
-    write_json(out.with_suffix(".json"), {"command": _command(), "environment": env, "rows": rows})
+    lines += ["", "Parity of these artifacts vs PyTorch fp32 (relative max logit error; seeded noise, synthetic images for static int8):", ""]
+    lines += [f"- {a['format']} {a['precision']}: " + ", ".join(f"{k} {v['rel']:.1e}" for k, v in (a.get("parity") or {}).items()
+                                                       if k != "tolerance") for a in artifacts]
+    write_json(out.with_suffix(".json"), {"command": _command(), "environment": env, "rows": rows,
+                                          "parity": {f"{a['format']}/{a['precision']}": a.get("parity") for a in artifacts}})
     write_text(out, "\n".join(lines) + "\n")
 
 
@@ -139,6 +146,8 @@ def main() -> int:
     sub = p.add_subparsers(dest="mode", required=True)
     a = sub.add_parser("accuracy")
     a.add_argument("runs", nargs="+", type=Path)
+    prep = sub.add_parser("prepare")
+    prep.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "effvit-int8-bench")
     lat = sub.add_parser("latency")
     lat.add_argument("--rounds", type=int, default=2)
     lat.add_argument("--warmup", type=int, default=5)
@@ -150,6 +159,8 @@ def main() -> int:
     args = p.parse_args()
     if args.mode == "accuracy":
         accuracy(args.runs, RESULTS / "int8_accuracy.md")
+    elif args.mode == "prepare":
+        print(_make_vits_run(args.workdir))
     elif args.mode == "latency":
         latency(RESULTS / "int8_latency.md", args.rounds, args.warmup, args.repeats, args.workdir)
     else:
