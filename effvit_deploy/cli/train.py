@@ -34,7 +34,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue each run from its last complete epoch")
     parser.add_argument("--redo", action="store_true", help="train again variants whose run is already complete")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. epochs=3 optim.lr=1e-3")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may follow options: --out runs epochs=3
 
 
 def main(argv: Optional[list[str]] = None) -> int:
