@@ -1,11 +1,11 @@
 """effvit-train: fine-tune a ViT with one or every attention mechanism (library: effvit_deploy.train)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional
 
 from ..attention import ATTENTIONS
+from .errors import Parser, run_cli
 
 EPILOG = """examples:
   effvit-train --config train/digits.yaml --attention all          # runs/digits-exact, runs/digits-linformer, ...
@@ -19,10 +19,8 @@ Each run writes OUT/NAME-ATTENTION/: model.json, config.yaml, metrics.jsonl, sum
 """
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="effvit-train", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(argv: Optional[list[str]] = None):
+    parser = Parser(prog="effvit-train", description=__doc__, epilog=EPILOG)
     parser.add_argument("--config", required=True, help="a recipe YAML, e.g. train/digits.yaml")
     parser.add_argument(
         "--attention", default=None,
@@ -39,7 +37,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    from ..data import DataError
+    return run_cli("effvit-train", lambda: _train(args), args.debug)
+
+
+def _train(args) -> int:
     from ..train import load_config, train_all
     from ..train.distributed import shutdown
 
@@ -53,11 +54,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.config, attentions, args.out, args.overrides, name=args.name, data=args.data,
             redo=args.redo, resume=args.resume,
         )
-    except (ValueError, FileNotFoundError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("interrupted: continue with --resume", file=sys.stderr)
+        print("effvit-train: interrupted: continue with --resume", file=sys.stderr)
         return 130
     finally:
         shutdown()
