@@ -117,7 +117,7 @@ def _check_tensorrt(targets: list[Path]) -> int:
         graphs = [target] if target.suffix == ".onnx" else sorted((target / "export").glob("model*.onnx"))
         graphs = [g for g in graphs if not g.name.endswith(".int8.onnx")]
         if not graphs:
-            print(f"error: {target} has no ONNX graph to check: run `effvit-export {target}` first", file=sys.stderr)
+            print(f"effvit-export: error: {target} has no ONNX graph to check: run `effvit-export {target}` first", file=sys.stderr)
             failed += 1
         for graph in graphs:
             report = check_tensorrt_compat(graph)
