@@ -261,6 +261,12 @@ def load_weights(
             f"weights in {label} do not fit {model_name} (check depth/embed_dim/patch size): "
             + "; ".join(mismatched)
         )
+    if not to_load:
+        unused = ", ".join(report.unused[:3]) + (", ..." if len(report.unused) > 3 else "")
+        raise ValueError(
+            f"weights in {label} share no tensor with {model_name} (it holds {len(state)}: {unused}): "
+            "pass the weights of a timm ViT of this architecture"
+        )
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     report.new = sorted(k for k in own if k not in state)

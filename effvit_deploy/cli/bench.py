@@ -143,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
             onnx=any(b.startswith("onnxruntime") for b in backends), precisions=args.precision,
             min_res=min(args.resolutions), max_res=max(args.resolutions), max_batch=max(max(args.batch_sizes), 2),
         )
+    not_runs = [str(d) for d in args.run_dirs if not (d / "model.json").is_file()]
+    if not_runs:
+        raise FileNotFoundError(f"not training run directories (no model.json): {', '.join(not_runs)}; "
+                                "make them with effvit-train, or benchmark untrained variants with --model")
     if not run_dirs and not layers:
         raise ValueError("nothing to benchmark: give RUN_DIR(s), --model NAME, or --layer-only")
     before = len(load_results(args.out / RESULTS_JSONL)) if (args.out / RESULTS_JSONL).is_file() else 0
