@@ -75,3 +75,18 @@ def test_a_sweep_where_nothing_could_run_exits_non_zero(tmp_path, capsys):
     assert rc == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("effvit-bench: error: none of the 1 configurations ran") and "\n" not in err
+
+
+def test_report_goals_and_thread_policy_are_user_options(tmp_path):
+    args = parse_args(["--layer-only", "--speedup-target", "1024:2,2048:5", "--budgets", "30,100",
+                       "--thread-policy", "passive", "--no-bound"])
+    assert args.speedup_target == {1024: 2.0, 2048: 5.0} and args.budgets == [30.0, 100.0]
+    assert args.thread_policy == "passive" and args.bound is False
+    defaults = parse_args(["--layer-only"])
+    assert defaults.speedup_target == {} and defaults.thread_policy == "default" and defaults.bound is True
+    config = tmp_path / "goals.yaml"
+    config.write_text("layer_only: true\nspeedup_target: {1024: 2}\nbudgets: [50]\n")
+    assert parse_args(["--config", str(config)]).speedup_target == {1024: 2.0}
+    for bad in (["--speedup-target", "1024"], ["--thread-policy", "busy"], ["--budgets", "-1"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--layer-only", *bad])

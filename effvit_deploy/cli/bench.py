@@ -35,6 +35,28 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _targets(text: str) -> dict[int, float]:
+    """"1024:2,2048:5" -> {1024: 2.0, 2048: 5.0} (resolution px -> speed-up over exact)."""
+    try:
+        pairs = [item.split(":") for item in str(text).split(",") if item.strip()]
+        targets = {int(px): float(x) for px, x in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PX:SPEEDUP pairs like 1024:2,2048:5, got {text!r}") from None
+    if not targets or min(targets) <= 0 or min(targets.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive PX:SPEEDUP pairs, got {text!r}")
+    return targets
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in str(text).split(",") if v.strip()]
 
@@ -57,8 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="kill a configuration after this many seconds")
     p.add_argument("--memory-cap", type=float, help="kill a configuration above this resident memory (GiB); "
                    "default 90%% of the memory available when it starts")
-    p.add_argument("--spin-wait", action="store_true", help="keep OpenMP/ONNX Runtime busy-waiting threads "
-                   "(fastest on a dedicated machine; the default waits passively, robust on a shared one)")
+    p.add_argument("--thread-policy", choices=("default", "passive"), default="default",
+                   help="default: each runtime's own thread settings (idle threads spin: fastest on a dedicated "
+                   "machine); passive: idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ONNX Runtime no spinning), "
+                   "robust on a host shared with other jobs. Recorded in every row")
+    p.add_argument("--bound", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time each model with attention replaced by a no-op token mixer (the attention-free "
+                   "bound: the largest speed-up any mechanism could reach)")
+    p.add_argument("--budgets", type=_floats, help="latency budgets (ms) of the recommendation table, "
+                   "e.g. 30,100,1000 (default: 10,30,100,300,1000,3000,10000)")
+    p.add_argument("--speedup-target", type=_targets, default={}, metavar="PX:X,...",
+                   help="your own speed-up goals to check in the report, e.g. 1024:2,2048:5 (none by default)")
     p.add_argument("--layer-only", action="store_true", help="time one attention layer alone over token counts")
     p.add_argument("--dim", type=int, help="--layer-only width (default: --model's, else 384)")
     p.add_argument("--heads", type=int, help="--layer-only heads (default: --model's, else 6)")
@@ -86,12 +117,15 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         unknown = sorted(set(k.replace("-", "_") for k in raw) - known)
         if unknown:
             parser.error(f"{args.config}: unknown keys {', '.join(unknown)}; use long option names, e.g. batch_sizes")
-        converters = {"resolutions": _ints, "batch_sizes": _ints, "precision": _names}
+        converters = {"resolutions": _ints, "batch_sizes": _ints, "precision": _names, "budgets": _floats,
+                      "speedup_target": _targets}
         defaults = {}
         for key, value in raw.items():
             key = key.replace("-", "_")
             if isinstance(value, list):
                 value = ",".join(map(str, value))
+            elif isinstance(value, dict):
+                value = ",".join(f"{k}:{v}" for k, v in value.items())
             try:
                 defaults[key] = converters[key](value) if key in converters else value
             except argparse.ArgumentTypeError as exc:
@@ -121,6 +155,13 @@ def _layer_dims(args: argparse.Namespace) -> tuple[int, int, int]:
     return args.dim or dim, args.heads or heads, patch
 
 
+def _report_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {"speedup_targets": args.speedup_target}
+    if args.budgets:
+        options["budgets_ms"] = tuple(args.budgets)
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     from ..bench import layer_subject, run_benchmark, shape_runs, write_report
     from ..bench.matrix import resolve_backends
@@ -129,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = args.out / "results.jsonl"
     if args.report_only:
-        print(f"report: {write_report(results, args.out)}")
+        print(f"report: {write_report(results, args.out, **_report_options(args))}")
         return 0
     run_dirs, layers = list(args.run_dirs), []
     if args.layer_only:
@@ -154,11 +195,11 @@ def run(args: argparse.Namespace) -> int:
         run_dirs, args.backends, args.resolutions, args.batch_sizes, args.precision, args.out,
         layers=layers, warmup=args.warmup, repeats=args.repeats, max_time_s=args.max_time,
         timeout_s=args.timeout, memory_cap_bytes=int(args.memory_cap * 2**30) if args.memory_cap else None,
-        accuracy=args.accuracy, accuracy_limit=args.accuracy_limit, spin_wait=args.spin_wait,
-        progress=not args.no_progress,
+        accuracy=args.accuracy, accuracy_limit=args.accuracy_limit, thread_policy=args.thread_policy,
+        bound=args.bound, progress=not args.no_progress,
     )
     print(f"results: {results}")
-    print(f"report: {write_report(results, args.out)}")
+    print(f"report: {write_report(results, args.out, **_report_options(args))}")
     rows = load_results(results)[before:]
     if rows and not any(r["status"] == "ok" for r in rows):
         first = rows[0]

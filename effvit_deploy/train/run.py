@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..atomic import remove_stale_temps, write_json, write_text
 from ..attention import ATTENTIONS
-from ..data import DataSpec, build_datasets, collate_skip_bad
+from ..data import GENERATED, DataSpec, build_datasets, collate_skip_bad
 from ..flops import count_flops, count_params
 from ..models import build_model
 from ..runs import SUMMARY, ModelCard, load_summary, save_model_card, save_weights
@@ -33,9 +33,11 @@ from . import distributed
 from .checkpoint import PREVIOUS_FILE, STATE_FILE, load_state, quarantine, rng_state, save_state, set_rng_state
 from .config import ConfigError, dump_config, load_config, model_arguments, validate
 from .engine import build_trainer, evaluate, train_one_epoch
+from .init_from import init_from_run
 from .metrics import Progress, append_jsonl, peak_memory, read_jsonl, reset_peak_memory
 
 CONFIG_FILE = "config.yaml"
+INIT_FILE = "init_from.json"  # what init_from loaded and the swapped model's accuracy before fine-tuning
 METRICS_FILE = "metrics.jsonl"
 # Keys that may change when a run is resumed; any other difference is refused.
 RESUMABLE_CHANGES = ("epochs", "log_interval", "num_workers", "compile")
@@ -223,6 +225,9 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
             f"cannot fetch timm's pretrained weights for {config['model']} ({exc}); offline, download them "
             "elsewhere and pass pretrained=/path/to/weights.safetensors"
         ) from None
+    init = init_from_run(net, config["init_from"]) if config["init_from"] else None
+    if init is not None and main:
+        print(f"[{config['attention']}] init_from: {init.summary()}", flush=True)
     gflops = count_flops(net, img_size) / 1e9
     params = count_params(net)
     net.to(env.device)
@@ -245,6 +250,13 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
     elif resume and main and (run_dir / "checkpoints").is_dir():
         print(f"{run_dir} has no complete epoch to resume from: starting it from scratch", flush=True)
 
+    if init is not None and (state is None or not (run_dir / INIT_FILE).is_file()):
+        zero_shot = evaluate(trainer.eval_model, val_loader, env, trainer.autocast)
+        if main:
+            print(f"[{config['attention']}] epoch 0 (zero-shot swap) top1 {zero_shot['top1']:.4f} "
+                  f"top5 {zero_shot['top5']:.4f}", flush=True)
+            write_json(run_dir / INIT_FILE, {**init.to_dict(), "zero_shot_top1": zero_shot["top1"],
+                                             "zero_shot_top5": zero_shot["top5"]})
     if main:
         kept = [r for r in read_jsonl(run_dir / METRICS_FILE) if r["epoch"] < start_epoch]
         write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
@@ -297,6 +309,9 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
             "img_size": img_size, "num_classes": len(class_names), "device": str(env.device),
             "world_size": env.world_size, "ema": bool(config["ema"]["enabled"]),
         }
+        if init is not None:
+            record = json.loads((run_dir / INIT_FILE).read_text())
+            static.update(init_from=record, zero_shot_top1=record["zero_shot_top1"], zero_shot_top5=record["zero_shot_top5"])
         write_json(run_dir / SUMMARY, summarise(read_jsonl(run_dir / METRICS_FILE), static))
     distributed.barrier(env)
     return run_dir
@@ -348,8 +363,8 @@ def train_all(
 
 
 def with_data(config: dict[str, Any], data: Optional[str]) -> dict[str, Any]:
-    """Apply `--data digits|synthetic|PATH` to a config (a path becomes an absolute folder root)."""
-    if data in ("digits", "synthetic"):
+    """Apply `--data digits|cluttered|synthetic|PATH` to a config (a path becomes an absolute folder root)."""
+    if data in GENERATED:
         config["data"].update(name=data, root=None)
     elif data is not None:
         config["data"].update(name="folder", root=str(Path(data).expanduser().resolve()))
