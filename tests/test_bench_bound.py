@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from effvit_deploy.bench.bound import NoTokenMixing, bound_run, load_bound_model, remove_token_mixing
@@ -37,6 +38,7 @@ def test_bound_keeps_the_projections_and_removes_exactly_the_attention_flops():
         assert count_flops(tiny_model("exact"), res) - count_flops(bound, res) == attention_core
 
 
+@pytest.mark.slow
 def test_bound_run_exports_a_graph_that_matches_pytorch(tmp_path):
     run = make_tiny_run(tmp_path / "exact", "exact")
     bound = bound_run(run, tmp_path / "cache", onnx=True, min_res=32, max_res=64)

@@ -35,6 +35,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(runs, tmp_path):
     out = tmp_path / "bench"
     path = run_benchmark(runs, ["torch", "onnxruntime"], [32, 64], [1], ["fp32"], out,
