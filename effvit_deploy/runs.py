@@ -1,4 +1,4 @@
-"""The run directory contract between stages (shared/DESIGN.md, "Artifacts").
+"""The run directory contract between stages (docs/ARCHITECTURE.md, "Run directory").
 
     runs/NAME/
       model.json          ModelCard: how to rebuild the model and feed it (written by train)

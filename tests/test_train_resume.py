@@ -44,7 +44,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     victim.wait()
     assert victim.returncode == -signal.SIGKILL, "".join(seen[-20:])
     run = tmp_path / "killed" / "k-performer"
-    assert load_state(run / "checkpoints")["epoch"] == 0 and not (run / "summary.json").exists()
+    assert load_state(run / "checkpoints").state["epoch"] == 0 and not (run / "summary.json").exists()
 
     resumed = _effvit_train(tmp_path / "killed", "--resume")
     out, _ = resumed.communicate(timeout=600)
@@ -54,7 +54,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     assert reference.returncode == 0, ref_out
 
     ref_run = tmp_path / "ref" / "k-performer"
-    ref_state, state = load_state(ref_run / "checkpoints"), load_state(run / "checkpoints")
+    ref_state, state = load_state(ref_run / "checkpoints").state, load_state(run / "checkpoints").state
     assert state["trainer"]["step"] == ref_state["trainer"]["step"]
     for key, value in ref_state["trainer"]["model"].items():
         assert torch.equal(value, state["trainer"]["model"][key]), key

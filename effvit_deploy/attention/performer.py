@@ -11,9 +11,15 @@ lucidrains/performer-pytorch.
   redraws them every `redraw_interval` optimizer steps during training from a seed derived from
   the step, so every DDP rank and a resumed run draw the same features. Attention dropout does
   not apply: there is no attention matrix to drop from.
-- Numerical stability: the per-query maximum and the per-(sample, head) key maximum are
-  subtracted inside the exponent (they cancel in the normalisation), and the feature map and
-  the two contractions run in float32 under autocast, so fp16/bf16 give no overflow.
+- Numerical stability: features are computed in float32 even under autocast, and every shift
+  below is a constant that cancels between numerator and normaliser, so the maths is the
+  paper's. Keys: the per-(sample, head) maximum of w^T k - |k|^2 / 2 is subtracted, so the
+  largest key feature is exactly 1. Queries: exp(-|q|^2 / 2) is a per-query constant that
+  cancels, so it is left out (in fp32 it underflows to zero for |q| above ~34 at head dim 32,
+  which returned all-zero rows), and each query's features are shifted by the maximum over
+  features of w^T q + log S_f, where S_f is feature f's sum over keys: the normaliser
+  sum_f phi_q(f) S_f is then >= 1 for every query at any norm, so no row is zero, infinite or
+  clamped, and rows of ordinary norm are unchanged up to rounding.
 """
 from __future__ import annotations
 
@@ -48,7 +54,6 @@ class PerformerAttention(TimmAttention):
         num_features: int = 256,
         redraw_interval: int = 1000,
         feature_seed: int = 0,
-        eps: float = 1e-20,
         **kwargs,
     ) -> None:
         super().__init__(dim, num_heads, **kwargs)
@@ -57,7 +62,6 @@ class PerformerAttention(TimmAttention):
         self.num_features = num_features
         self.redraw_interval = redraw_interval
         self.feature_seed = feature_seed
-        self.eps = eps
         features = orthogonal_gaussian(num_features, self.head_dim, self._generator(0))
         self.register_buffer("features", features.to(device=kwargs.get("device")))
 
@@ -70,25 +74,20 @@ class PerformerAttention(TimmAttention):
         fresh = orthogonal_gaussian(self.num_features, self.head_dim, self._generator(step))
         self.features.copy_(fresh)
 
-    def _feature_map(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
-        x = x * self.head_dim**-0.25
-        proj = torch.matmul(x, self.features.to(x.dtype).t())
-        diag = (x * x).sum(-1, keepdim=True) / 2
-        if is_query:
-            shift = proj.amax(dim=-1, keepdim=True)
-        else:
-            shift = proj.amax(dim=(-1, -2), keepdim=True)
-        return torch.exp(proj - diag - shift.detach()) / math.sqrt(self.num_features)
+    def _projection(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(x * self.head_dim**-0.25, self.features.to(x.dtype).t())
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out_dtype = v.dtype
         with torch.autocast(device_type=q.device.type, enabled=False):
             q, k, v = q.float(), k.float(), v.float()
-            phi_q = self._feature_map(q, is_query=True)
-            phi_k = self._feature_map(k, is_query=False)
-            kv = torch.matmul(phi_k.transpose(-1, -2), v)
-            normaliser = torch.matmul(phi_q, phi_k.sum(dim=-2, keepdim=True).transpose(-1, -2))
-            out = torch.matmul(phi_q, kv) / normaliser.clamp_min(self.eps)
+            key_logits = self._projection(k) - (k * k).sum(-1, keepdim=True) * (self.head_dim**-0.5 / 2)
+            phi_k = torch.exp(key_logits - key_logits.amax(dim=(-1, -2), keepdim=True).detach())
+            key_mass = phi_k.sum(dim=-2, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+            values = torch.matmul(phi_k.transpose(-1, -2), v) / key_mass.transpose(-1, -2)
+            query_logits = self._projection(q) + key_mass.log()
+            phi_q = torch.exp(query_logits - query_logits.amax(dim=-1, keepdim=True).detach())
+            out = torch.matmul(phi_q, values) / phi_q.sum(dim=-1, keepdim=True)
         return out.to(out_dtype)
 
 

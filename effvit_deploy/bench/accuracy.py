@@ -23,16 +23,13 @@ BOUND_NOT_APPLICABLE = "not applicable: the attention-free bound is a latency re
 
 def measure_accuracy(runner: Runner, card: ModelCard, limit: Optional[int] = None, batch_size: int = 16,
                      resolution: Optional[int] = None) -> tuple[float, int]:
-    """(top-1, images scored) of `runner` over the first `limit` validation images (all when
-    None), preprocessed for `resolution` px (default: the training resolution)."""
+    """(top-1, images scored) of `runner` over the validation subset of `limit` images
+    (`data.subset`; all when None), preprocessed for `resolution` px (default: the training resolution)."""
     import torch
 
-    from ..data import build_eval_dataset, collate_skip_bad
+    from ..data import collate_skip_bad, subset
 
-    size = resolution or card.img_size
-    dataset, _ = build_eval_dataset(card.data, size, card.mean, card.std, card.interpolation, card.crop_pct)
-    if limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    dataset = subset.validation_subset(card, limit, img_size=resolution)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                                          collate_fn=collate_skip_bad)
     correct = total = 0

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..flops import forward_flops
 from ..attention import ATTENTIONS
-from ..backends import BackendUnavailable, Runner
+from ..backends import TORCH_DTYPES, BackendUnavailable, Runner
 
 LAYER_BACKENDS = ("torch", "torch-compile")
 VIT_S_DIM, VIT_S_HEADS = 384, 6
@@ -63,7 +63,7 @@ def module_runner(module: nn.Module, backend: str, precision: str) -> Runner:
     on the GPU when there is one: the layer-only study and the attention-free bound time modules
     that have no artifact of their own."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = TORCH_DTYPES[precision]
     module = module.to(device=device, dtype=dtype)
     forward = torch.compile(module) if backend == "torch-compile" else module
 

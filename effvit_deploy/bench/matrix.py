@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import psutil
 from tqdm import tqdm
 
-from ..backends import BACKENDS, Runner, backend_status, find_artifact, load_runner
+from ..backends import BACKENDS, Runner, backend_status, find_artifact, get_backend, load_runner
 from ..flops import count_flops, count_params
 from ..runs import load_model_card, run_name
 from .accuracy import BOUND_NOT_APPLICABLE, artifact_accuracy
@@ -32,12 +32,9 @@ from .bound import BOUND, bound_run, is_bound_run, load_bound_model
 from .layer import LAYER_BACKENDS, VIT_S_DIM, VIT_S_HEADS, build_layer, layer_flops, tokens_for
 from ..environment import environment
 from .results import append_results
-from .worker import measure, measure_to_file
+from .worker import THREAD_POLICIES, measure, measure_to_file, thread_policy_of
 
-ARTIFACT_FORMAT = {"onnxruntime": "onnx", "onnxruntime-cuda": "onnx", "onnxruntime-tensorrt": "onnx",
-                   "tensorrt": "tensorrt", "torch-tensorrt": "torch-tensorrt"}
 RESOURCE_FAILURES = ("oom", "timeout")
-THREAD_POLICIES = ("default", "passive")
 
 
 @dataclass
@@ -137,7 +134,7 @@ def _precheck(subject: Subject, backend: str, precision: str, resolution: int, b
         if backend not in LAYER_BACKENDS:
             return f"--layer-only times the PyTorch module only ({', '.join(LAYER_BACKENDS)})"
         return None
-    fmt = ARTIFACT_FORMAT.get(backend)
+    fmt = get_backend(backend).artifact
     if fmt is None:
         return None
     try:
@@ -225,7 +222,7 @@ def _accuracy(subject: Subject, backend: str, precision: str, res: int, enabled:
                 runners[key] = runner_factory({"run_dir": str(subject.run_dir), "backend": backend,
                                                "precision": precision, "mode": "model"})
             else:
-                runners[key] = load_runner(subject.run_dir, backend, precision, spin_wait=thread_policy == "default")
+                runners[key] = load_runner(subject.run_dir, backend, precision, policy=thread_policy_of(thread_policy))
         return runners[key]
 
     return artifact_accuracy(subject.run_dir, load_model_card(subject.run_dir), factory, enabled, limit, res)
@@ -296,7 +293,7 @@ def run_benchmark(
     use, skipped = resolve_backends(backends)
     run_dirs = [Path(d) for d in run_dirs]
     if bound and run_dirs:
-        onnx = any(ARTIFACT_FORMAT.get(b) == "onnx" for b in use)
+        onnx = any(get_backend(b).artifact == "onnx" for b in use)
         run_dirs += bound_subjects([d for d in run_dirs if not is_bound_run(d)], out_dir / "cache", onnx,
                                    resolutions, max(batch_sizes))
     subjects = [model_subject(d) for d in dict.fromkeys(run_dirs)] + list(layers)

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML export profile (keys as the long options, e.g. formats: [onnx]); flags override it")
     p.add_argument("--formats", type=_csv, help=f"comma list of {', '.join(FORMATS)} (default: onnx)")
     p.add_argument("--precision", type=_csv, help="comma list of fp32, fp16, bf16 (default: fp32)")
-    p.add_argument("--int8", action="store_true", default=None, help="also an int8 dynamic-quantised ONNX (CPU)")
+    p.add_argument("--int8", action="store_true", default=None, help="also int8 ONNX graphs (CPU): dynamic, and static QDQ calibrated on the run's training images")
     p.add_argument("--min-res", type=int, help="smallest input side (default: the run's training size)")
     p.add_argument("--opt-res", type=int, help="side TensorRT optimises for (default: min-res)")
     p.add_argument("--max-res", type=int, help="largest input side (default: 1024)")
@@ -110,7 +110,7 @@ def _check_tensorrt(targets: list[Path]) -> int:
     failed = 0
     for target in targets:
         graphs = [target] if target.suffix == ".onnx" else sorted((target / "export").glob("model*.onnx"))
-        graphs = [g for g in graphs if not g.name.endswith(".int8.onnx")]
+        graphs = [g for g in graphs if ".int8" not in g.name]
         if not graphs:
             print(f"error: {target} has no ONNX graph to check: run `effvit-export {target}` first", file=sys.stderr)
             failed += 1

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "model": "vit_small_patch16_224",
     "attention": "exact",
     "pretrained": False,  # false, true (timm hub), or a local weights file
+    "init_from": None,  # a finished run directory: start from its weights with this run's attention
     "img_size": 224,
     "model_kwargs": {},  # timm model arguments: depth, embed_dim, num_heads, patch_size, drop_path_rate, ...
     "attention_kwargs": {name: {} for name in ATTENTIONS},  # per mechanism, used when it is trained
@@ -179,6 +180,11 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"device must be auto, cpu or cuda, got {config['device']!r}")
     if config["data"]["on_bad_image"] not in ("skip", "error"):
         raise ConfigError(f"data.on_bad_image must be skip or error, got {config['data']['on_bad_image']!r}")
+    if config["init_from"] is not None and (not isinstance(config["init_from"], str) or config["pretrained"]):
+        raise ConfigError(
+            f"init_from must be one run directory (a string) and excludes pretrained=, got init_from="
+            f"{config['init_from']!r} with pretrained={config['pretrained']!r}"
+        )
     if config["aug"] is not None and not isinstance(config["aug"], dict):
         raise ConfigError("aug must be null (no augmentation) or a mapping of timm augmentation keys")
 
