@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="effvit-int8-"))
-    exact = shape_runs(MODEL, ["exact"], args.cache, onnx=True, min_res=224, max_res=1024, max_batch=2)[0]
+    exact = shape_runs(MODEL, ["exact"], args.cache, formats=("onnx",), min_res=224, max_res=1024, max_batch=2)[0]
     fp32 = exact / "export" / "model.onnx"
     subjects: dict[str, dict[str, Path]] = {f"{MODEL} (random weights)": {"fp32": fp32}}
     quantize_int8(fp32, tmp / "vits.int8.onnx")

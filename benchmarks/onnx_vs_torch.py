@@ -272,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     repeats = dict(zip(sizes, (int(r) for r in args.repeats.split(","))))
     attentions, runtimes = args.attentions.split(","), args.runtimes.split(",")
     variants = [a for a in attentions if a != BOUND]
-    runs = dict(zip(variants, shape_runs(MODEL, variants, args.cache, onnx=True, min_res=min(sizes), max_res=max(sizes), max_batch=2)))
+    runs = dict(zip(variants, shape_runs(MODEL, variants, args.cache, formats=("onnx",), min_res=min(sizes), max_res=max(sizes), max_batch=2)))
     if BOUND in attentions:
         exact = runs["exact"] if "exact" in runs else shape_runs(MODEL, ["exact"], args.cache)[0]
-        runs[BOUND] = bound_run(exact, args.cache, onnx=True, min_res=min(sizes), max_res=max(sizes), max_batch=2)
+        runs[BOUND] = bound_run(exact, args.cache, formats=("onnx",), min_res=min(sizes), max_res=max(sizes), max_batch=2)
     tmp = Path(tempfile.mkdtemp(prefix="effvit-runtimes-"))
     notes: dict[str, str] = {}
     optimized: dict[str, Path] = {}
