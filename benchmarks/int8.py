@@ -1,172 +1,153 @@
-"""Calibrated static int8 vs dynamic int8 vs fp32 on the CPU backends: accuracy and latency.
+"""INT8 against fp32 on CPU: latency (each runtime alone in its own process) and top-1.
 
-    python benchmarks/int8.py accuracy runs/digits-*          # export + top-1 of each artifact
-    python benchmarks/int8.py prepare                         # ViT-S/16 artifacts (untimed, slow)
-    flock /tmp/effvit-timing.lock python benchmarks/int8.py latency --rounds 2 --repeats 25
+    flock /tmp/effvit-timing.lock python benchmarks/int8.py runs/digits-exact runs/digits-nystrom ...
 
-accuracy: exports each run with `effvit-export --formats onnx,openvino --int8` (fp32, dynamic
-int8, static int8 calibrated on the run's training images, OpenVINO fp32 and static int8), and
-reads from the manifest each artifact's top-1 on the validation set and its delta to PyTorch fp32.
+Latency: ViT-S/16 exact at 224 px, batch 1 (random weights, the shape run `effvit-bench --model`
+exports), fp32 against dynamic INT8 (`quantize_dynamic`) and calibrated static QDQ INT8
+(`export.precision.quantize_static_int8`: weight MatMul/Gemm/Conv in int8, LayerNorm, Softmax and
+GELU in float) on ONNX Runtime, and fp32 against the static INT8 graph on OpenVINO (which runs
+the QDQ MatMuls in int8). The shape run has no images, so its static graph is calibrated on
+random images: latency depends on the graph, not on the calibration ranges. The trained runs
+given as arguments are timed the same way at 224 px on their own exported artifacts.
 
-latency: ViT-S/16 at 224 px, batch 1, random weights (latency does not depend on them; the
-static graph is calibrated on synthetic images). Every (backend, precision) is timed in its own
-fresh process (`--one`), in interleaved rounds, with each runtime's default thread policy;
-reported: median, spread ((p90 - p10) / median) and the speed-up over the same runtime's fp32,
-all from one run. Writes benchmarks/results/int8_{accuracy,latency}.{md,json} with command,
-machine and git commit.
+Top-1: the trained runs' export manifests (`effvit-export RUN --int8` scores fp32, int8 and
+int8-static on the same validation subset and records the delta). Timing as in
+benchmarks/onnx_vs_torch.py: one fresh process per (runtime, graph), round-robin rounds, median
+over all calls. Writes benchmarks/results/int8.md and .json (command, machine, commit, date).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from effvit_deploy.atomic import write_json, write_text
-from effvit_deploy.environment import environment
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from onnx_vs_torch import MODEL, _stats, run_job  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
-PRECISIONS = ("fp32", "int8", "int8-static")
-CONFIGS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("onnxruntime", "int8-static"),
-           ("openvino", "fp32"), ("openvino", "int8-static")]
+VARIANTS = (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("onnxruntime", "int8-static"),
+            ("openvino", "fp32"), ("openvino", "int8-static"))
 
 
-def _command() -> str:
-    return "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+def _graphs_of_run(run_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    onnx = {e["precision"]: run_dir / "export" / e["path"] for e in manifest["artifacts"] if e["format"] == "onnx"}
+    top1 = {f"{e['format']} {e['precision']}": (e.get("accuracy") or {}) for e in manifest["artifacts"]
+            if e["format"] in ("onnx", "openvino")}
+    return onnx, {"torch_val_top1": manifest.get("torch_val_top1"), "artifacts": top1,
+                  "formats": sorted({f"{e['format']}/{e['precision']}" for e in manifest["artifacts"]})}
 
 
-def _header(title: str, env: dict) -> list[str]:
-    return [f"# {title}", "", f"Command: `{_command()}`", "",
-            f"Machine: {env['cpu_model']}, {env['cpu_cores']} cores (shared with other jobs), "
-            f"{env['memory_gib']} GiB; no GPU. Commit {env['git_commit']}, "
-            f"onnxruntime {env.get('onnxruntime')}, openvino {env.get('openvino')}, torch {env['torch']}.",
-            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", type=Path, help="trained runs exported with `effvit-export RUN --int8`")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--passive", action="store_true", help="idle threads sleep (shared hosts)")
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/results/cpu-bound-2026-11-25/cache"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8.md"))
+    args = parser.parse_args(argv)
 
+    from effvit_deploy.atomic import write_json, write_text
+    from effvit_deploy.bench.shapes import shape_runs
+    from effvit_deploy.environment import environment
+    from effvit_deploy.export.onnx import INPUT_NAME
+    from effvit_deploy.export.precision import quantize_int8, quantize_static_int8
 
-def accuracy(run_dirs: list[Path], out: Path) -> None:
-    from effvit_deploy.export import export_run
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="effvit-int8-"))
+    exact = shape_runs(MODEL, ["exact"], args.cache, formats=("onnx",), min_res=224, max_res=1024, max_batch=2)[0]
+    fp32 = exact / "export" / "model.onnx"
+    subjects: dict[str, dict[str, Path]] = {f"{MODEL} (random weights)": {"fp32": fp32}}
+    quantize_int8(fp32, tmp / "vits.int8.onnx")
+    calibration = np.random.default_rng(0).standard_normal((16, 3, 224, 224), dtype=np.float32)
+    quantize_static_int8(fp32, tmp / "vits.int8-static.onnx", calibration, INPUT_NAME)
+    subjects[f"{MODEL} (random weights)"].update({"int8": tmp / "vits.int8.onnx", "int8-static": tmp / "vits.int8-static.onnx"})
+    accuracy = {}
+    for run in args.runs:
+        subjects[run.name], accuracy[run.name] = _graphs_of_run(run)
+
+    jobs = []
+    for name, graphs in subjects.items():
+        for runtime, precision in VARIANTS:
+            if precision in graphs:
+                jobs.append({"what": "model", "runtime": runtime, "subject": name, "precision": precision,
+                             "size": args.size, "threads": args.threads, "onnx": str(graphs[precision]),
+                             "run_dir": "", "tmp": str(tmp), "warmup": 3, "repeats": args.repeats, "passive": args.passive})
+    times: dict[tuple, list[float]] = {}
+    errors: dict[tuple, str] = {}
+    for rnd in range(args.rounds):
+        for job in jobs:
+            key = (job["subject"], job["runtime"], job["precision"])
+            got = run_job(job)
+            if "error" in got:
+                errors[key] = got["error"]
+                print(f"round {rnd + 1}: {key} failed: {got['error']}", flush=True)
+                continue
+            times.setdefault(key, []).extend(got["times_s"])
+            print(f"round {rnd + 1}: {key} median {np.median(times[key]) * 1e3:.1f} ms", flush=True)
 
     rows = []
-    for run in run_dirs:
-        manifest = export_run(run, formats=("onnx", "openvino"), precisions=("fp32",), int8=True, max_res=64)
-        for a in manifest["artifacts"]:
-            acc = a.get("accuracy") or {}
-            rows.append({"run": manifest["run"], "attention": manifest["attention"], "format": a["format"],
-                         "precision": a["precision"], "top1": acc.get("top1"), "torch_top1": acc.get("torch_top1"),
-                         "delta_points": None if acc.get("top1") is None else 100 * acc["top1_delta_vs_torch"],
-                         "agreement": acc.get("top1_agreement_vs_torch"), "n": acc.get("n")})
+    for (subject, runtime, precision), t in times.items():
+        st = _stats(t)
+        base = times.get((subject, runtime, "fp32"))
+        rows.append({"subject": subject, "runtime": runtime, "precision": precision, **st,
+                     "speedup_vs_fp32": (_stats(base)["median_ms"] / st["median_ms"]) if base else None})
+    rows += [{"subject": s, "runtime": r, "precision": p, "error": e} for (s, r, p), e in errors.items()]
     env = environment()
-    lines = _header("int8 accuracy on the digits runs", env) + [
-        "The runs are the main job's digits models (`effvit-train --config train/digits.yaml --attention all`).",
-        "Top-1 on the validation set of each run, per artifact, and its delta to PyTorch fp32 in points",
-        "(static int8: calibrated on 64 training images, weight MatMul/Gemm/Conv inputs int8; LayerNorm, Softmax, GELU float).",
-        "", "| run | format | precision | top-1 | PyTorch fp32 | delta (points) | agreement | images |",
-        "|---|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['run']} | {r['format']} | {r['precision']} | {r['top1']:.4f} | {r['torch_top1']:.4f} | "
-              f"{r['delta_points']:+.2f} | {r['agreement']:.4f} | {r['n']} |" for r in rows if r["top1"] is not None]
-    write_json(out.with_suffix(".json"), {"command": _command(), "environment": env, "rows": rows})
-    write_text(out, "\n".join(lines) + "\n")
-
-
-def _time_one(run: Path, backend: str, precision: str, warmup: int, repeats: int) -> dict:
-    from effvit_deploy.backends import load_runner
-
-    runner = load_runner(run, backend, precision)
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
-    feed = runner.prepare(x)
-    for _ in range(warmup):
-        runner.run(feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner.run(feed)
-        times.append(time.perf_counter() - start)
-    return {"times_ms": [t * 1e3 for t in times], "threads": runner.threads}
-
-
-def _make_vits_run(root: Path) -> Path:
-    from effvit_deploy import build_model
-    from effvit_deploy.export import export_run
-    from effvit_deploy.runs import ModelCard, write_run
-
-    model = build_model("vit_small_patch16_224", attention="exact", num_classes=10)
-    data = {"name": "synthetic", "num_classes": 10, "train_size": 64, "val_size": 16, "seed": 0}
-    card = ModelCard.for_model(model, img_size=224, class_names=[str(i) for i in range(10)], data=data)
-    run = write_run(root / "vits-exact", model, card, {"attention": "exact"})
-    export_run(run, formats=("onnx", "openvino"), precisions=("fp32",), int8=True, max_res=224, max_batch=1, eval_limit=0)
-    return run
-
-
-def latency(out: Path, rounds: int, warmup: int, repeats: int, workdir: Path) -> None:
-    run = workdir / "vits-exact"
-    if not (run / "export" / "manifest.json").is_file():
-        run = _make_vits_run(workdir)
-    artifacts = json.loads((run / "export" / "manifest.json").read_text())["artifacts"]
-    samples: dict[tuple[str, str], list[float]] = {c: [] for c in CONFIGS}
-    threads: dict[tuple[str, str], dict] = {}
-    for _ in range(rounds):
-        for backend, precision in CONFIGS:
-            proc = subprocess.run([sys.executable, __file__, "one", str(run), backend, precision, str(warmup), str(repeats)],
-                                  capture_output=True, text=True, check=True)
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            samples[(backend, precision)] += result["times_ms"]
-            threads[(backend, precision)] = result["threads"]
-    rows = []
-    for (backend, precision), ms in samples.items():
-        a = np.asarray(ms)
-        p10, median, p90 = np.percentile(a, [10, 50, 90])
-        rows.append({"backend": backend, "precision": precision, "median_ms": float(median),
-                     "spread": float((p90 - p10) / median), "n": len(ms), "threads": threads[(backend, precision)]})
-    fp32 = {r["backend"]: r["median_ms"] for r in rows if r["precision"] == "fp32"}
-    for r in rows:
-        r["speedup_vs_fp32"] = fp32[r["backend"]] / r["median_ms"]
-    env = environment()
-    lines = _header("int8 latency, ViT-S/16, 224 px, batch 1", env) + [
-        f"Each configuration in its own process, {rounds} interleaved rounds x {repeats} runs after {warmup} warm-up;",
-        "each runtime's default thread policy (ONNX Runtime: one thread per physical core, spinning; OpenVINO:",
-        "LATENCY hint). Speed-up: the same runtime's fp32 median / this median.", "",
-        "| backend | precision | median ms | spread | speed-up vs fp32 | runs |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['backend']} | {r['precision']} | {r['median_ms']:.1f} | {r['spread']:.2f} | "
-              f"{r['speedup_vs_fp32']:.2f}x | {r['n']} |" for r in rows]
-    lines += ["", "Parity of these artifacts vs PyTorch fp32 (relative max logit error; seeded noise, synthetic images for static int8):", ""]
-    lines += [f"- {a['format']} {a['precision']}: " + ", ".join(f"{k} {v['rel']:.1e}" for k, v in (a.get("parity") or {}).items()
-                                                       if k != "tolerance") for a in artifacts]
-    write_json(out.with_suffix(".json"), {"command": _command(), "environment": env, "rows": rows,
-                                          "parity": {f"{a['format']}/{a['precision']}": a.get("parity") for a in artifacts}})
-    write_text(out, "\n".join(lines) + "\n")
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="mode", required=True)
-    a = sub.add_parser("accuracy")
-    a.add_argument("runs", nargs="+", type=Path)
-    prep = sub.add_parser("prepare")
-    prep.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "effvit-int8-bench")
-    lat = sub.add_parser("latency")
-    lat.add_argument("--rounds", type=int, default=2)
-    lat.add_argument("--warmup", type=int, default=5)
-    lat.add_argument("--repeats", type=int, default=25)
-    lat.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "effvit-int8-bench")
-    one = sub.add_parser("one")
-    for name in ("run", "backend", "precision", "warmup", "repeats"):
-        one.add_argument(name)
-    args = p.parse_args()
-    if args.mode == "accuracy":
-        accuracy(args.runs, RESULTS / "int8_accuracy.md")
-    elif args.mode == "prepare":
-        print(_make_vits_run(args.workdir))
-    elif args.mode == "latency":
-        latency(RESULTS / "int8_latency.md", args.rounds, args.warmup, args.repeats, args.workdir)
-    else:
-        print(json.dumps(_time_one(Path(args.run), args.backend, args.precision, int(args.warmup), int(args.repeats))))
+    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    result = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "total_s": time.perf_counter() - started, "size": args.size, "threads": args.threads,
+              "thread_policy": "passive" if args.passive else "each runtime's default", "rounds": args.rounds,
+              "repeats": args.repeats, "environment": env, "rows": rows, "accuracy": accuracy}
+    write_json(args.out.with_suffix(".json"), result)
+    write_text(args.out, render(result))
+    print(f"wrote {args.out} in {result['total_s'] / 60:.1f} min")
     return 0
 
 
+def render(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [
+        "# INT8 against fp32 on CPU: latency and top-1", "",
+        f"Measured {result['date']} on a shared machine ({env.get('cpu_model')}, {env.get('cpu_affinity')} usable cores; other "
+        "jobs were running on it: compare within this file). "
+        f"torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}; git commit {env.get('git_commit')}.",
+        f"Command: `{result['command']}` ({result['total_s'] / 60:.1f} min). {result['size']} px, batch 1, "
+        f"{result['threads']} threads, thread policy: {result['thread_policy']}; {result['rounds']} round-robin rounds x "
+        f"{result['repeats']} timed calls, one fresh process per runtime, graph and round; spread = (p90 - p10) / median.",
+        "", "## Latency", "",
+        "| subject | runtime | precision | median ms | spread | speed-up over fp32 (same runtime) |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['subject']} | {r['runtime']} | {r['precision']} | failed: {r['error'][:100]} | | |")
+        else:
+            sp = f"{r['speedup_vs_fp32']:.2f}x" if r["speedup_vs_fp32"] else "-"
+            lines.append(f"| {r['subject']} | {r['runtime']} | {r['precision']} | {r['median_ms']:.1f} | {r['spread']:.2f} | {sp} |")
+    if result["accuracy"]:
+        lines += ["", "## Top-1 (export manifests: each artifact on the same validation subset)", "",
+                  "| run | PyTorch fp32 | artifact | top-1 | delta vs PyTorch (points) | images |", "|---|---|---|---|---|---|"]
+        for run, acc in result["accuracy"].items():
+            for precision, a in acc["artifacts"].items():
+                if a.get("top1") is None:
+                    continue
+                ref = acc["torch_val_top1"]
+                delta = f"{100 * (a['top1'] - ref):+.1f}" if ref is not None else "-"
+                lines.append(f"| {run} | {_pct(ref)} | {precision} | {_pct(a['top1'])} | {delta} | {a.get('images', '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
