@@ -115,12 +115,14 @@ def block_errors(model: nn.Module, images: torch.Tensor, mechanisms: Iterable[Me
 
 
 def validation_images(data: dict, card: ModelCard, resolution: int, count: int) -> torch.Tensor:
-    """`count` validation images of `data`, preprocessed as `card` says, at `resolution`."""
-    from .data import build_eval_dataset
+    """The validation subset of `count` images of `data` (`data.subset`), preprocessed as `card`
+    says, at `resolution` without cropping."""
+    from dataclasses import replace
 
-    dataset, _ = build_eval_dataset(data, resolution, card.mean, card.std, card.interpolation, crop_pct=1.0)
-    step = max(1, len(dataset) // count)
-    return torch.stack([dataset[i][0] for i in range(0, step * count, step)][:count])
+    from .data import subset
+
+    images = subset.validation_subset(replace(card, data=data), count, img_size=resolution, crop_pct=1.0)
+    return torch.stack([images[i][0] for i in range(len(images))])
 
 
 

@@ -2,7 +2,7 @@
 
 PyTorch counts matmuls, convolutions and the CUDA SDPA kernels, but gives the CPU fused
 kernel (`aten._scaled_dot_product_flash_attention_for_cpu`) no formula, so on CPU exact
-attention would look free. We register PyTorch's own SDPA formula for it (shared/DESIGN.md).
+attention would look free. We register PyTorch's own SDPA formula for it.
 """
 from __future__ import annotations
 

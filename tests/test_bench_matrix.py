@@ -19,7 +19,7 @@ from effvit_deploy.export import export_run
 
 from conftest import make_tiny_run
 
-FAST = {"warmup": 1, "repeats": 3, "progress": False}
+FAST = {"warmup": 1, "repeats": 3, "progress": False, "bound": False}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -35,14 +35,18 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(runs, tmp_path):
     out = tmp_path / "bench"
     path = run_benchmark(runs, ["torch", "onnxruntime"], [32, 64], [1], ["fp32"], out,
-                         accuracy_limit=16, **FAST)
+                         accuracy_limit=16, **{**FAST, "bound": True})
     rows = load_results(path)
-    assert len(rows) == 8
+    assert len(rows) == 12
     assert {(r["attention"], r["backend"], r["resolution"]) for r in rows} == {
-        (a, b, res) for a in ("exact", "performer") for b in ("torch", "onnxruntime") for res in (32, 64)}
+        (a, b, res) for a in ("exact", "performer", "attention-free") for b in ("torch", "onnxruntime") for res in (32, 64)}
+    bound = [r for r in rows if r["attention"] == "attention-free"]
+    assert all(r["status"] == "ok" and r["top1"] is None and "latency reference" in r["top1_source"] for r in bound)
+    rows = [r for r in rows if r["attention"] != "attention-free"]
     for r in rows:
         assert r["status"] == "ok", r["reason"]
         assert 0 < r["latency_median_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"]
@@ -51,14 +55,15 @@ def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(r
         assert r["gflops"] > 0 and r["params"] > 0
         assert r["peak_mem_bytes"] > 0 and r["mem_method"] == "cpu-rss-peak"
         assert 0.0 <= r["top1"] <= 1.0 and r["top1_source"] == "measured on this backend"
+        assert r["top1_resolution"] == r["resolution"] and r["top1_images"] == 16
+        assert r["thread_policy"] == "default" and r["omp_wait_policy"]
         assert r["env"]["cpu_model"] and r["env"]["torch"] == torch.__version__.split("+")[0]
         assert "hostname" not in json.dumps(r["env"]).lower()
     by = {(r["attention"], r["backend"], r["resolution"]): r for r in rows}
     assert by[("exact", "torch", 64)]["gflops"] > by[("exact", "torch", 32)]["gflops"]
-    assert by[("exact", "torch", 32)]["top1"] == by[("exact", "torch", 64)]["top1"], "one accuracy per artifact"
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 8 and {"latency_p99_ms", "peak_mem_bytes", "env_cpu_model", "env_git_commit"} <= set(table[0])
+    assert len(table) == 12 and {"latency_p99_ms", "peak_mem_bytes", "env_cpu_model", "env_git_commit"} <= set(table[0])
 
     report = write_report(path, out)
     text = report.read_text()
@@ -70,6 +75,7 @@ def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(r
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(images)
     assert "Crossover" in text and "Recommendations" in text
+    assert "largest possible" in text and "issue" not in text.lower() and "target" not in text.lower()
 
 
 def test_rows_are_appended_across_sweeps(runs, tmp_path):
@@ -146,3 +152,12 @@ def test_bad_matrix_is_refused_with_the_fix(runs, tmp_path):
         run_benchmark(runs[:1], ["torch"], [30], [1], ["fp32"], tmp_path)
     with pytest.raises(ValueError, match="unknown backend"):
         run_benchmark(runs[:1], ["tensorflow"], [32], [1], ["fp32"], tmp_path)
+
+
+def test_shape_and_bound_runs_are_exported_for_the_formats_the_backends_read():
+    from effvit_deploy.bench.matrix import artifact_formats
+
+    assert artifact_formats(["torch", "torch-compile"]) == ()
+    assert artifact_formats(["torch", "onnxruntime"]) == ("onnx",)
+    assert artifact_formats(["openvino"]) == ("onnx", "openvino"), "the IR is converted from the ONNX graph"
+    assert artifact_formats(["onnxruntime-cuda", "tensorrt"]) == ("onnx",)

@@ -135,7 +135,7 @@ def test_digits_command_replaces_its_own_folder_but_nothing_else(tmp_path, capsy
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("keep me")
     assert main(["digits", "--out", str(tmp_path / "mine")]) == 2
-    assert "is not a digits folder" in capsys.readouterr().err
+    assert "is not a generated (digits) folder" in capsys.readouterr().err
     assert (tmp_path / "mine" / "thesis.tex").exists()
 
 

@@ -159,9 +159,9 @@ def test_gpu_formats_on_a_cpu_machine_give_a_clear_error(exported, capsys):
 
 def test_bad_options_are_refused_by_name(exported, capsys):
     run = exported["exact"]
-    assert export_main([str(run), "--min-res", "200"]) == 1
+    assert export_main([str(run), "--min-res", "200"]) == 2
     assert "min_res=200 is not a positive multiple of the patch size 16" in capsys.readouterr().err
-    assert export_main([str(run), "--formats", "onnx", "--precision", "int4"]) == 1
+    assert export_main([str(run), "--formats", "onnx", "--precision", "int4"]) == 2
     assert "onnx has no int4 precision" in capsys.readouterr().err
 
 
@@ -243,10 +243,10 @@ def test_parity_uses_three_sizes_in_range_one_of_them_non_square(profile):
 
 
 def test_ort_tensorrt_options_cover_every_dynamic_dimension(tmp_path):
-    from effvit_deploy.export.tensorrt import ort_tensorrt_provider_options
+    from effvit_deploy.backends.onnxruntime import tensorrt_provider_options
 
     entry = {"precision": "fp16", "inputs": {"batch": [1, 1, 32], "height": [224, 384, 1024], "width": [224, 384, 1024]}}
-    opts = ort_tensorrt_provider_options(tmp_path / "model.fp16.onnx", entry)
+    opts = tensorrt_provider_options(tmp_path / "model.fp16.onnx", entry)
     assert opts["trt_profile_min_shapes"] == "pixel_values:1x3x224x224"
     assert opts["trt_profile_opt_shapes"] == "pixel_values:1x3x384x384"
     assert opts["trt_profile_max_shapes"] == "pixel_values:32x3x1024x1024"
@@ -265,7 +265,7 @@ def _needs(backend: str):
 @_needs("tensorrt")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_engine_matches_pytorch_and_reuses_its_timing_cache(tmp_path, precision):
-    from effvit_deploy.export.tensorrt import gpu_slug
+    from effvit_deploy.backends.tensorrt import gpu_slug
 
     run = make_tiny_run(tmp_path / "tiny-performer", "performer")
     profile = dict(min_res=64, opt_res=128, max_res=256, max_batch=4)

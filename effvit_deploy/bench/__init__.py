@@ -4,8 +4,10 @@
     write_report(results_path, out_dir) -> report.md (and report.html, PNG plots)
 
 harness.py times one runner, memory.py measures its peak memory, worker.py measures one
-configuration (in a fresh process), matrix.py sweeps the matrix, results.py writes the results
-file with the environment, analysis.py fits scaling laws and crossovers, report.py draws them.
+configuration (in a fresh process), matrix.py sweeps the matrix, bound.py builds the
+attention-free bound every speed-up is read against, accuracy.py scores top-1 per resolution,
+results.py writes the results file with the environment, analysis.py fits scaling laws and
+crossovers, report.py draws them.
 """
 from __future__ import annotations
 

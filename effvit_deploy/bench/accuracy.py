@@ -1,13 +1,16 @@
-"""Top-1 accuracy of one artifact on its run's validation set, on the backend it describes.
+"""Top-1 accuracy of one artifact on its run's validation set, on its backend, at one resolution.
 
-Each point of the accuracy-vs-latency plot is then measured where it is timed: an fp16 engine
-or an ONNX graph can lose accuracy that the PyTorch training summary would not show. The data
-set is the one the run was trained for (`effvit_deploy.data.build_eval_dataset` with the run's
-model card: data set, size, normalisation, interpolation, crop); unreadable images are skipped.
+Each point of the accuracy-vs-latency plot and each recommendation cell is then measured where
+it is timed: an fp16 engine, an INT8 graph or a resolution other than the training one can lose
+accuracy that the PyTorch training summary would not show. The data set is the one the run was
+trained for (`effvit_deploy.data.build_eval_dataset` with the run's model card: data set,
+normalisation, interpolation, crop), resized for the resolution measured; unreadable images
+are skipped. A limit scores the first `limit` validation images, so rows with the same limit
+compare the same images.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -15,17 +18,18 @@ from ..backends import Runner
 from ..runs import ModelCard, load_summary
 
 NOT_APPLICABLE = "not applicable: untrained shape-only run (no data set)"
+BOUND_NOT_APPLICABLE = "not applicable: the attention-free bound is a latency reference, not a classifier"
 
 
-def measure_accuracy(runner: Runner, card: ModelCard, limit: Optional[int] = None, batch_size: int = 16) -> float:
-    """Top-1 of `runner` over the first `limit` validation images (all when None)."""
+def measure_accuracy(runner: Runner, card: ModelCard, limit: Optional[int] = None, batch_size: int = 16,
+                     resolution: Optional[int] = None) -> tuple[float, int]:
+    """(top-1, images scored) of `runner` over the validation subset of `limit` images
+    (`data.subset`; all when None), preprocessed for `resolution` px (default: the training resolution)."""
     import torch
 
-    from ..data import build_eval_dataset, collate_skip_bad
+    from ..data import collate_skip_bad, subset
 
-    dataset, _ = build_eval_dataset(card.data, card.img_size, card.mean, card.std, card.interpolation, card.crop_pct)
-    if limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    dataset = subset.validation_subset(card, limit, img_size=resolution)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                                          collate_fn=collate_skip_bad)
     correct = total = 0
@@ -37,27 +41,34 @@ def measure_accuracy(runner: Runner, card: ModelCard, limit: Optional[int] = Non
         total += len(labels)
     if total == 0:
         raise ValueError(f"the validation set of {card.data} is empty")
-    return correct / total
+    return correct / total, total
 
 
 def artifact_accuracy(
-    run_dir: Any, card: ModelCard, runner_factory, enabled: bool, limit: Optional[int]
-) -> tuple[Optional[float], str]:
-    """(top-1 or None, where it came from / why it is missing) for one run x backend x precision.
+    run_dir: Any, card: ModelCard, runner_factory: Callable[[], Runner], enabled: bool, limit: Optional[int],
+    resolution: Optional[int] = None,
+) -> dict[str, Any]:
+    """Row fields for one run x backend x precision x resolution: `top1` (or None),
+    `top1_source` (where it came from / why it is missing), `top1_resolution` and `top1_images`.
 
-    With measurement disabled or impossible, the run's training summary (PyTorch) stands in,
-    labelled as such, so a report can still be drawn.
+    With measurement disabled or impossible, the run's training summary (PyTorch, at the
+    training resolution) stands in, labelled as such, so a report can still be drawn; the
+    report then marks the cell as not measured at its own resolution.
     """
     if not card.data:
-        return None, NOT_APPLICABLE
+        return {"top1": None, "top1_source": NOT_APPLICABLE, "top1_resolution": None, "top1_images": None}
     summary = load_summary(run_dir) or {}
-    fallback = summary.get("top1")
+    fallback = {"top1": summary.get("top1"), "top1_resolution": card.img_size if summary.get("top1") is not None else None,
+                "top1_images": None}
     if not enabled:
-        return fallback, "training summary (PyTorch); --no-accuracy" if fallback is not None else "not measured (--no-accuracy)"
+        source = "training summary (PyTorch); --no-accuracy" if fallback["top1"] is not None else "not measured (--no-accuracy)"
+        return {**fallback, "top1_source": source}
     try:
-        return measure_accuracy(runner_factory(), card, limit), "measured on this backend"
+        top1, images = measure_accuracy(runner_factory(), card, limit, resolution=resolution)
+        return {"top1": top1, "top1_source": "measured on this backend", "top1_resolution": resolution or card.img_size,
+                "top1_images": images}
     except Exception as exc:  # the sweep goes on; the reason is recorded
         reason = f"{type(exc).__name__}: {exc}"[:300]
-        if fallback is not None:
-            return fallback, f"training summary (PyTorch); measuring failed: {reason}"
-        return None, f"not measured: {reason}"
+        if fallback["top1"] is not None:
+            return {**fallback, "top1_source": f"training summary (PyTorch); measuring failed: {reason}"}
+        return {**fallback, "top1_source": f"not measured: {reason}"}

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..flops import forward_flops
 from ..attention import ATTENTIONS
-from ..backends import BackendUnavailable, Runner
+from ..backends import TORCH_DTYPES, BackendUnavailable, Runner
 
 LAYER_BACKENDS = ("torch", "torch-compile")
 VIT_S_DIM, VIT_S_HEADS = 384, 6
@@ -52,13 +52,20 @@ def load_layer_runner(config: dict[str, Any]) -> Runner:
             f"--layer-only times the PyTorch module; backend {backend!r} is not supported there "
             f"(use {', '.join(LAYER_BACKENDS)})"
         )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     layer = build_layer(config["attention"], config["dim"], config["heads"], **config.get("attention_kwargs", {}))
     grid = config["resolution"] // config["patch"]
     layer.grid = (grid, grid)
-    layer = layer.to(device=device, dtype=dtype)
-    forward = torch.compile(layer) if backend == "torch-compile" else layer
+    return module_runner(layer, backend, precision)
+
+
+def module_runner(module: nn.Module, backend: str, precision: str) -> Runner:
+    """A Runner over an in-memory PyTorch module (eager, or `torch.compile` for "torch-compile"),
+    on the GPU when there is one: the layer-only study and the attention-free bound time modules
+    that have no artifact of their own."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = TORCH_DTYPES[precision]
+    module = module.to(device=device, dtype=dtype)
+    forward = torch.compile(module) if backend == "torch-compile" else module
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -18,24 +18,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import psutil
 from tqdm import tqdm
 
-from ..backends import BACKENDS, Runner, backend_status, find_artifact, load_runner
+from ..backends import BACKENDS, Runner, backend_status, find_artifact, get_backend, load_runner
 from ..flops import count_flops, count_params
 from ..runs import load_model_card, run_name
-from .accuracy import artifact_accuracy
+from .accuracy import BOUND_NOT_APPLICABLE, artifact_accuracy
+from .bound import BOUND, bound_run, is_bound_run, load_bound_model
 from .layer import LAYER_BACKENDS, VIT_S_DIM, VIT_S_HEADS, build_layer, layer_flops, tokens_for
 from ..environment import environment
 from .results import append_results
-from .worker import measure, measure_to_file
+from .worker import THREAD_POLICIES, measure, measure_to_file, thread_policy_of
 
-ARTIFACT_FORMAT = {"onnxruntime": "onnx", "onnxruntime-cuda": "onnx", "onnxruntime-tensorrt": "onnx",
-                   "tensorrt": "tensorrt", "torch-tensorrt": "torch-tensorrt"}
 RESOURCE_FAILURES = ("oom", "timeout")
 
 
@@ -52,6 +50,7 @@ class Subject:
     prefix: int = 1
     train_res: Optional[int] = None
     run_dir: Optional[Path] = None
+    bound: bool = False
     layer: dict[str, Any] = field(default_factory=dict)
     _flops: dict[int, Optional[int]] = field(default_factory=dict)
 
@@ -73,6 +72,8 @@ def _count(subject: Subject, resolution: int) -> Optional[int]:
             if subject.mode == "layer":
                 module = build_layer(subject.attention, subject.layer["dim"], subject.layer["heads"], **subject.layer["kwargs"])
                 return layer_flops(module.to(device), resolution, subject.patch, subject.layer["dim"])
+            if subject.bound:
+                return count_flops(load_bound_model(subject.run_dir).to(device), resolution)
             return count_flops(load_model_card(subject.run_dir).build().to(device), resolution)
         except Exception:  # not computable on meta: retry on CPU; None if neither works
             continue
@@ -81,12 +82,34 @@ def _count(subject: Subject, resolution: int) -> Optional[int]:
 
 def model_subject(run_dir: Union[str, Path]) -> Subject:
     card = load_model_card(run_dir)
-    model = card.build()
+    bound = is_bound_run(run_dir)
+    model = load_bound_model(run_dir) if bound else card.build()
     return Subject(
-        mode="model", name=run_name(run_dir), attention=card.attention, model=card.model,
+        mode="model", name=run_name(run_dir), attention=BOUND if bound else card.attention, model=card.model,
         patch=card.patch_size, params=count_params(model), run_dir=Path(run_dir),
-        prefix=int(getattr(model, "num_prefix_tokens", 1)), train_res=card.img_size,
+        prefix=int(getattr(model, "num_prefix_tokens", 1)), train_res=card.img_size, bound=bound,
     )
+
+
+def artifact_formats(backends: Sequence[str]) -> tuple[str, ...]:
+    """The CPU artifact formats (ONNX, OpenVINO IR) `backends` read; the IR is converted from the
+    ONNX graph, so it brings ONNX along. GPU engines are built by `effvit-export` on the GPU."""
+    formats = {get_backend(b).artifact for b in backends} & {"onnx", "openvino"}
+    return tuple(f for f in ("onnx", "openvino") if f in formats or (f == "onnx" and formats))
+
+
+def bound_subjects(run_dirs: Sequence[Union[str, Path]], cache_dir: Path, formats: Sequence[str],
+                   resolutions: Sequence[int], max_batch: int) -> list[Path]:
+    """One attention-free bound per distinct model among the runs (the exact run's when given,
+    else the first run's weights: the bound's latency does not depend on them)."""
+    sources: dict[str, Path] = {}
+    for run_dir in run_dirs:
+        card = load_model_card(run_dir)
+        key = json.dumps([card.model, card.model_kwargs, card.num_classes, card.img_size], sort_keys=True)
+        if key not in sources or card.attention == "exact":
+            sources[key] = Path(run_dir)
+    return [bound_run(src, cache_dir, formats=formats, min_res=min(resolutions), max_res=max(resolutions),
+                      max_batch=max(max_batch, 2)) for src in sources.values()]
 
 
 def layer_subject(attention: str, dim: int = VIT_S_DIM, heads: int = VIT_S_HEADS, patch: int = 16, **kwargs: Any) -> Subject:
@@ -118,12 +141,14 @@ def _precheck(subject: Subject, backend: str, precision: str, resolution: int, b
         if backend not in LAYER_BACKENDS:
             return f"--layer-only times the PyTorch module only ({', '.join(LAYER_BACKENDS)})"
         return None
-    fmt = ARTIFACT_FORMAT.get(backend)
+    fmt = get_backend(backend).artifact
     if fmt is None:
         return None
     try:
         _, entry = find_artifact(subject.run_dir, fmt, precision)
     except FileNotFoundError as exc:
+        if subject.bound:
+            return f"the attention-free bound is exported as fp32 ONNX only (no {fmt} {precision} artifact)"
         return str(exc)
     inputs = entry.get("inputs") or {}
     max_res = max((inputs.get("height") or [0])[-1], 0) or None
@@ -138,18 +163,19 @@ def _precheck(subject: Subject, backend: str, precision: str, resolution: int, b
 _CONTEXT = None
 
 
-def _context(spin_wait: bool):
+def _context(thread_policy: str):
     """A forkserver that has imported torch, timm and the worker once: each configuration then
     starts in a fresh process in milliseconds instead of re-importing for seconds.
 
-    Unless `spin_wait`, it starts with OMP_WAIT_POLICY=PASSIVE (when not set already): PyTorch's
-    OpenMP threads otherwise spin between parallel regions, and on a shared machine a preempted
-    spinning thread stalls every barrier (ViT-S/16 at 224 px, 2 threads, loaded 2-core machine:
-    5.6 s spinning vs 0.14 s passive). The policy is read once, when the server starts.
+    With the "passive" thread policy it starts with OMP_WAIT_POLICY=PASSIVE (when not set
+    already): PyTorch's OpenMP threads otherwise spin between parallel regions, and on a shared
+    machine a preempted spinning thread stalls every barrier (ViT-S/16 at 224 px, 2 threads,
+    loaded 2-core machine: 5.6 s spinning vs 0.14 s passive). The policy is read once, when the
+    server starts; each row records the policy its worker actually ran under.
     """
     global _CONTEXT
     if _CONTEXT is None:
-        if not spin_wait:
+        if thread_policy == "passive":
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         _CONTEXT = multiprocessing.get_context("forkserver")
         _CONTEXT.set_forkserver_preload(["effvit_deploy.bench.worker"])
@@ -161,7 +187,7 @@ def run_isolated(config: dict[str, Any], timeout_s: float, memory_cap_bytes: Opt
     cap = memory_cap_bytes or int(0.9 * psutil.virtual_memory().available)
     with tempfile.TemporaryDirectory(prefix="effvit-bench-") as tmp:
         out = Path(tmp) / "result.json"
-        proc = _context(config.get("spin_wait", True)).Process(target=measure_to_file, args=(config, str(out)), daemon=True)
+        proc = _context(config.get("thread_policy", "default")).Process(target=measure_to_file, args=(config, str(out)), daemon=True)
         proc.start()
         watched = psutil.Process(proc.pid)
         start, peak_rss, killed = time.monotonic(), 0, None
@@ -186,6 +212,27 @@ def run_isolated(config: dict[str, Any], timeout_s: float, memory_cap_bytes: Opt
         if proc.exitcode == -signal.SIGKILL:
             return {"status": "oom", "reason": "killed by SIGKILL (the kernel's out-of-memory killer?)"}
         return {"status": "error", "reason": f"worker process exited with code {proc.exitcode} (see stderr)"}
+
+
+def _accuracy(subject: Subject, backend: str, precision: str, res: int, enabled: bool, limit: Optional[int],
+              runners: dict[tuple, Runner], runner_factory: Optional[Callable[[dict], Runner]],
+              thread_policy: str) -> dict[str, Any]:
+    """Top-1 fields of a model row at its own resolution; one runner per artifact, reused
+    across resolutions (`runners`)."""
+    if subject.bound:
+        return {"top1": None, "top1_source": BOUND_NOT_APPLICABLE, "top1_resolution": None, "top1_images": None}
+    key = (subject.name, backend, precision)
+
+    def factory() -> Runner:
+        if key not in runners:
+            if runner_factory is not None:
+                runners[key] = runner_factory({"run_dir": str(subject.run_dir), "backend": backend,
+                                               "precision": precision, "mode": "model"})
+            else:
+                runners[key] = load_runner(subject.run_dir, backend, precision, policy=thread_policy_of(thread_policy))
+        return runners[key]
+
+    return artifact_accuracy(subject.run_dir, load_model_card(subject.run_dir), factory, enabled, limit, res)
 
 
 def _configs(subjects, backends, precisions, batch_sizes, resolutions):
@@ -214,7 +261,8 @@ def run_benchmark(
     accuracy: bool = True,
     accuracy_limit: Optional[int] = None,
     isolate: bool = True,
-    spin_wait: bool = False,
+    thread_policy: str = "default",
+    bound: bool = True,
     runner_factory: Optional[Callable[[dict], Runner]] = None,
     progress: bool = True,
 ) -> Path:
@@ -228,12 +276,20 @@ def run_benchmark(
         max_time_s: timed-work budget per configuration (at least 3 repeats are always done).
         timeout_s, memory_cap_bytes: limits of each isolated configuration.
         isolate: one fresh process per configuration (needed for clean CPU peak memory).
-        spin_wait: keep the runtimes' default busy-waiting threads (OpenMP, ONNX Runtime); the
-            default waits passively, which a machine shared with other jobs needs (see `_context`).
+        thread_policy: "default" leaves each runtime's threads as it sets them (PyTorch's
+            OpenMP and ONNX Runtime's pool spin while idle, fastest on a dedicated machine);
+            "passive" makes idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ONNX Runtime
+            allow_spinning=0), robust on a machine shared with other jobs (see `_context`).
+        bound: also time the attention-free bound of each model (`bench.bound`), the ceiling
+            every variant's speed-up is read against.
+        accuracy, accuracy_limit: top-1 of each artifact on its backend at each resolution,
+            over the first `accuracy_limit` validation images.
         runner_factory: in-process only (isolate=False): builds the Runner from a config dict,
             instead of `load_runner` (tests inject failing runners through it).
     Returns the results JSONL path.
     """
+    if thread_policy not in THREAD_POLICIES:
+        raise ValueError(f"unknown thread policy {thread_policy!r}; valid: {', '.join(THREAD_POLICIES)}")
     if runner_factory is not None and isolate:
         raise ValueError("runner_factory needs isolate=False (a subprocess cannot receive a Python callable)")
     bad = [r for r in resolutions if r <= 0]
@@ -242,7 +298,11 @@ def run_benchmark(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     use, skipped = resolve_backends(backends)
-    subjects = [model_subject(d) for d in run_dirs] + list(layers)
+    run_dirs = [Path(d) for d in run_dirs]
+    if bound and run_dirs:
+        run_dirs += bound_subjects([d for d in run_dirs if not is_bound_run(d)], out_dir / "cache",
+                                   artifact_formats(use), resolutions, max(batch_sizes))
+    subjects = [model_subject(d) for d in dict.fromkeys(run_dirs)] + list(layers)
     if not subjects:
         raise ValueError("nothing to benchmark: give run directories, --model, or --layer-only")
     for subject in subjects:
@@ -251,7 +311,7 @@ def run_benchmark(
     env = environment()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     sweep = {"sweep_started": stamp, "warmup": warmup, "repeats_max": repeats, "max_time_s": max_time_s,
-             "spin_wait": spin_wait}
+             "thread_policy": thread_policy}
     results_path = out_dir / "results.jsonl"
 
     def base_row(subject: Subject, backend: str, precision: str, batch=None, res=None) -> dict[str, Any]:
@@ -270,7 +330,8 @@ def run_benchmark(
     if skip_rows:
         append_results(out_dir, skip_rows)
 
-    accuracy_cache: dict[tuple, tuple] = {}
+    accuracy_cache: dict[tuple, dict] = {}
+    runners: dict[tuple, Runner] = {}
     failed_at: dict[tuple, tuple[str, int]] = {}
     configs = list(_configs(subjects, use, precisions, batch_sizes, resolutions))
     bar = tqdm(configs, desc="effvit-bench", unit="config", disable=not progress)
@@ -291,23 +352,18 @@ def run_benchmark(
                 "warmup": warmup, "repeats": repeats, "max_time_s": max_time_s,
                 "attention": subject.attention, "patch": subject.patch,
                 "dim": subject.layer.get("dim"), "heads": subject.layer.get("heads"),
-                "attention_kwargs": subject.layer.get("kwargs", {}), "spin_wait": spin_wait,
+                "attention_kwargs": subject.layer.get("kwargs", {}), "thread_policy": thread_policy,
+                "bound": subject.bound,
             }
             result = run_isolated(config, timeout_s, memory_cap_bytes) if isolate else measure(config, runner_factory)
             if result["status"] in RESOURCE_FAILURES:
                 failed_at[key] = (result["status"], res)
         if subject.mode == "model":
-            acc_key = (subject.name, backend, precision)
+            acc_key = (subject.name, backend, precision, res)
             if acc_key not in accuracy_cache:
-                factory = partial(load_runner, subject.run_dir, backend, precision)
-                if runner_factory is not None:
-                    factory = partial(runner_factory, {"run_dir": str(subject.run_dir), "backend": backend,
-                                                       "precision": precision, "mode": "model"})
-                usable = _precheck(subject, backend, precision, subject.train_res or res, 1) is None
-                accuracy_cache[acc_key] = artifact_accuracy(
-                    subject.run_dir, load_model_card(subject.run_dir), factory, accuracy and usable, accuracy_limit
-                )
-            row["top1"], row["top1_source"] = accuracy_cache[acc_key]
+                accuracy_cache[acc_key] = _accuracy(subject, backend, precision, res, result["status"] == "ok" and accuracy,
+                                                    accuracy_limit, runners, runner_factory, thread_policy)
+            row.update(accuracy_cache[acc_key])
         row.update(result)
         row["timestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         row["env"] = env

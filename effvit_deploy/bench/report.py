@@ -1,10 +1,12 @@
 """The benchmark report: report.md and report.html (PNG plots embedded) from a results file.
 
 Plots (matplotlib, Agg): latency and peak memory against tokens per image on log-log axes with
-each variant's fitted scaling exponent; speed-up over exact attention; accuracy against latency
-with the Pareto front; the same scaling plots for `--layer-only` rows. Tables: exponents, the
-issue's targets read off the data, crossover resolutions, recommendations, every configuration
-and every failure with its reason. Nothing is typed in by hand: every figure comes from the rows.
+each variant's fitted scaling exponent; speed-up over exact attention with the attention-free
+bound's ceiling; accuracy against latency with the Pareto front; the same scaling plots for
+`--layer-only` rows. Tables: exponents, each variant's speed-up next to the largest possible
+(exact / attention-free bound) and the fraction achieved, the user's own speed-up targets when
+given, crossover resolutions, recommendations under latency budgets, every configuration and
+every failure with its reason. Nothing is typed in by hand: every figure comes from the rows.
 """
 from __future__ import annotations
 
@@ -22,12 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..atomic import atomic_path, write_text  # noqa: E402
 from .analysis import crossover, fit_power_law, pareto_front, pick, tokens_to_resolution  # noqa: E402
+from .bound import BOUND  # noqa: E402
 from .results import load_results  # noqa: E402
 
 EXACT = "exact"
-LINEAR_VARIANTS = ("linformer", "performer", "nystrom")
-SPEEDUP_TARGETS = {1024: 2.0, 2048: 5.0}  # issue 5: resolution (px) -> end-to-end speed-up over exact
-LINEAR_MEMORY_EXPONENT = 1.2  # "memory growing linearly in tokens": fitted slope at most this
 FIT_POINTS = 3
 BUDGETS_MS = (10, 30, 100, 300, 1000, 3000, 10000)
 MEMORY_NOTE = (
@@ -76,7 +76,7 @@ def _fit(points: list[dict], field: str) -> Optional[float]:
 
 
 def _order(attentions) -> list[str]:
-    known = [EXACT, *LINEAR_VARIANTS, "atrous"]
+    known = [EXACT, "linformer", "performer", "nystrom", "atrous", BOUND]
     return sorted(attentions, key=lambda a: (known.index(a) if a in known else len(known), a))
 
 
@@ -123,7 +123,7 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _speedup_plot(series: dict, path: Path) -> bool:
+def _speedup_plot(series: dict, path: Path, targets: dict[int, float]) -> bool:
     keys = [k for k in sorted(series) if EXACT in series[k] and len(series[k]) > 1]
     if not keys:
         return False
@@ -135,27 +135,34 @@ def _speedup_plot(series: dict, path: Path) -> bool:
                 continue
             pts = [(p["tokens"], exact[p["tokens"]] / p["latency_median_ms"]) for p in series[key][att] if p["tokens"] in exact]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=att)
+                style = {"color": "k", "linestyle": "--", "label": "largest possible (attention-free bound)"} if att == BOUND else {"label": att}
+                ax.plot(*zip(*pts), marker="o", **style)
         patch = series[key][EXACT][0].get("patch") or 16
-        for res, target in SPEEDUP_TARGETS.items():
+        for res, target in targets.items():
             ax.plot([1 + (res // patch) ** 2], [target], marker="*", color="k", markersize=11, linestyle="none")
         ax.axhline(1.0, color="grey", linewidth=1)
-        _style(ax, key, "tokens per image", "speed-up over exact (x)", title_suffix="  (stars: targets)")
+        _style(ax, key, "tokens per image", "speed-up over exact (x)", title_suffix="  (stars: your targets)" if targets else "")
     _save(fig, path)
     return True
 
 
+def _measured_here(row: dict) -> bool:
+    """True when the row's top-1 was measured on its own backend at its own resolution."""
+    return row.get("top1") is not None and row.get("top1_images") is not None and row.get("top1_resolution") == row.get("resolution")
+
+
 def _tradeoff_points(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Per (backend, precision, batch): one row per run at its training resolution, with top-1."""
+    """Per batch size: every measured configuration (run, backend, precision, resolution) whose
+    top-1 was measured at that same configuration."""
     out: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        if r["mode"] == "model" and r["status"] == "ok" and r.get("top1") is not None and r["resolution"] == r.get("train_res"):
-            out[(r["backend"], r["precision"], r["batch"])].append(r)
+        if r["mode"] == "model" and r["status"] == "ok" and _measured_here(r):
+            out[("all backends", "all precisions", r["batch"])].append(r)
     return out
 
 
 def _tradeoff_plot(points: dict, path: Path) -> None:
-    keys = sorted(points)
+    keys = sorted(points, key=lambda k: k[2])
     fig, axes = _panels(len(keys))
     for ax, key in zip(axes, keys):
         pts = points[key]
@@ -163,12 +170,24 @@ def _tradeoff_plot(points: dict, path: Path) -> None:
         acc = [100 * p["top1"] for p in pts]
         ax.scatter(lat, acc, zorder=3)
         for p, x, y in zip(pts, lat, acc):
-            ax.annotate(p["run"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(f"{p['attention']} {p['backend']} {p['precision']} {p['resolution']}px", (x, y), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
         front = pareto_front(lat, acc)
         ax.step([lat[i] for i in front], [acc[i] for i in front], where="post", color="C3", label="Pareto front")
         ax.scatter([lat[i] for i in front], [acc[i] for i in front], color="C3", zorder=4)
-        _style(ax, key, "median latency (ms)", "top-1 (%)", log_y=False)
+        _style(ax, key, "median latency (ms)", "top-1 (%) at the configuration's own resolution", log_y=False)
     _save(fig, path)
+
+
+def _pareto_table(points: dict) -> Block:
+    body = []
+    for key in sorted(points, key=lambda k: k[2]):
+        pts = points[key]
+        for i in pareto_front([p["latency_median_ms"] for p in pts], [p["top1"] for p in pts]):
+            p = pts[i]
+            body.append([p["batch"], p["run"], p["attention"], p["backend"], p["precision"], p["resolution"],
+                         _fmt(p["latency_median_ms"]), f"{100 * p['top1']:.1f}", p["top1_images"]])
+    return ("table", ["batch", "run", "attention", "backend", "precision", "px", "median ms", "top-1 %", "images"], body)
 
 
 def _exponent_table(series: dict, mode: str) -> Block:
@@ -196,31 +215,64 @@ def _speedup_table(series: dict) -> Block:
     return ("table", ["backend", "precision", "batch", "attention"] + [f"{t} tok" for t in tokens], body)
 
 
-def _targets(rows: list[dict], series: dict) -> list[Block]:
-    """Issue 5's targets, each with the measured figure and the shortfall."""
+def _bound_table(series: dict) -> list[Block]:
+    """Each variant's speed-up over exact beside the largest speed-up possible (exact / the
+    attention-free bound) and the fraction of it achieved, per backend and resolution."""
+    body = []
+    for key in sorted(series):
+        by = series[key]
+        if EXACT not in by or BOUND not in by:
+            continue
+        exact = {p["resolution"]: p for p in by[EXACT]}
+        bound = {p["resolution"]: p for p in by[BOUND]}
+        for res in sorted(set(exact) & set(bound)):
+            e, b = exact[res]["latency_median_ms"], bound[res]["latency_median_ms"]
+            for att in _order(by):
+                if att in (EXACT, BOUND):
+                    continue
+                mine = next((p for p in by[att] if p["resolution"] == res), None)
+                if mine is None:
+                    continue
+                v = mine["latency_median_ms"]
+                check = "bound not the fastest: within timing noise, re-measure" if b > min(e, v) else ""
+                body.append([key[0], key[1], key[2], res, exact[res]["tokens"], att, f"{e / v:.2f}x", f"{e / b:.2f}x",
+                             f"{100 * b / v:.0f}%", f"{v / b:.2f}x", check])
+    if not body:
+        return [("p", "No attention-free bound next to exact attention in these results (run with --bound).")]
+    note = ("The attention-free bound is the same model with token mixing replaced by a no-op (each token keeps its "
+            "own value vector; the q/k/v and output projections, MLPs and norms still run): no attention mechanism "
+            "can make the model faster than it. Largest possible = exact / bound; achieved = the variant's speed-up "
+            "as a fraction of it (= bound / variant); the last column is the variant's latency over the bound's.")
+    return [("p", note), ("table", ["backend", "precision", "batch", "px", "tokens", "attention", "speed-up over exact",
+                                    "largest possible", "achieved", "latency / bound", "check"], body)]
+
+
+def _targets(rows: list[dict], series: dict, targets: dict[int, float]) -> list[Block]:
+    """The user's speed-up targets (resolution px -> speed-up over exact), each with the
+    measured figure, the largest possible there and the verdict."""
     body = []
     for key in sorted(series):
         if EXACT not in series[key]:
             continue
         exact = {p["resolution"]: p for p in series[key][EXACT]}
-        present = {r["attention"] for r in rows if r["mode"] == "model"}
-        for att in [a for a in LINEAR_VARIANTS if a in present]:
+        bound = {p["resolution"]: p for p in series[key].get(BOUND, [])}
+        present = {r["attention"] for r in rows if r["mode"] == "model"} - {EXACT, BOUND}
+        for att in _order(present):
             mine = {p["resolution"]: p for p in series[key].get(att, [])}
-            for res, target in SPEEDUP_TARGETS.items():
+            for res, target in sorted(targets.items()):
                 label = f"{res} px speed-up >= {target:g}x"
+                ceiling = (f"{exact[res]['latency_median_ms'] / bound[res]['latency_median_ms']:.2f}x"
+                           if res in exact and res in bound else "-")
                 if res in mine and res in exact:
                     s = exact[res]["latency_median_ms"] / mine[res]["latency_median_ms"]
-                    verdict = "met" if s >= target else f"missed by {target / s:.2f}x ({s:.2f}x of {target:g}x)"
-                    body.append([key[0], key[2], att, label, f"{s:.2f}x", verdict])
+                    verdict = "met" if s >= target else f"missed ({s:.2f}x of {target:g}x)"
+                    body.append([key[0], key[1], key[2], att, label, f"{s:.2f}x", ceiling, verdict])
                 else:
-                    body.append([key[0], key[2], att, label, "-", f"not measured: {_why_missing(rows, key, att, res)}"])
-            slope = _fit(series[key].get(att, []), "peak_mem_bytes")
-            if slope is not None:
-                verdict = "met" if slope <= LINEAR_MEMORY_EXPONENT else f"missed (slope {slope:.2f} > {LINEAR_MEMORY_EXPONENT})"
-                body.append([key[0], key[2], att, f"memory slope <= {LINEAR_MEMORY_EXPONENT} (linear)", f"{slope:.2f}", verdict])
+                    body.append([key[0], key[1], key[2], att, label, "-", ceiling,
+                                 f"not measured: {_why_missing(rows, key, att, res)}"])
     if not body:
         return [("p", "No exact-attention baseline in these results: the targets cannot be read off.")]
-    return [("table", ["backend", "batch", "attention", "target", "measured", "verdict"], body)]
+    return [("table", ["backend", "precision", "batch", "attention", "target", "measured", "largest possible", "verdict"], body)]
 
 
 def _why_missing(rows: list[dict], key: tuple, att: str, resolution: int) -> str:
@@ -251,27 +303,30 @@ def _crossover_table(series: dict, rows: list[dict]) -> Block:
     return ("table", ["backend", "precision", "batch", "attention", "overtakes exact at"], body)
 
 
-def _recommendations(rows: list[dict]) -> list[Block]:
-    ok = [r for r in rows if r["mode"] == "model" and r["status"] == "ok" and r["batch"] == min(
+def _recommendations(rows: list[dict], budgets_ms: tuple[float, ...]) -> list[Block]:
+    ok = [r for r in rows if r["mode"] == "model" and r["status"] == "ok" and r["attention"] != BOUND and r["batch"] == min(
         (x["batch"] for x in rows if x["mode"] == "model" and x["status"] == "ok"), default=1)]
     if not ok:
         return [("p", "No model measurements: no recommendations.")]
-    has_acc = any(r.get("top1") is not None for r in ok)
-    resolutions = sorted({r["resolution"] for r in ok})
     body = []
-    for res in resolutions:
+    for res in sorted({r["resolution"] for r in ok}):
         cands = [r for r in ok if r["resolution"] == res]
+        scored = [r for r in cands if _measured_here(r)]
         cells = []
-        for budget in BUDGETS_MS:
-            c = pick(cands, budget)
-            cells.append("-" if c is None else f"{c['attention']} ({c['backend']} {c['precision']}, {c['latency_median_ms']:.0f} ms"
-                         + (f", {100 * c['top1']:.1f}%" if c.get("top1") is not None else "") + ")")
+        for budget in budgets_ms:
+            c = pick(scored, budget)
+            if c is not None:
+                cells.append(f"{c['attention']} ({c['backend']} {c['precision']}, {c['latency_median_ms']:.0f} ms, "
+                             f"{100 * c['top1']:.1f}%)")
+                continue
+            c = pick([{**r, "top1": None} for r in cands], budget)
+            cells.append("-" if c is None else f"{c['attention']} ({c['backend']} {c['precision']}, "
+                         f"{c['latency_median_ms']:.0f} ms; top-1 not measured at {res} px)")
         body.append([f"{res} px"] + cells)
-    note = ("Each cell: the most accurate variant (top-1 on its own backend) whose median latency at batch "
-            f"{ok[0]['batch']} fits the budget, fastest on ties." if has_acc else
-            "Accuracy was not measured (untrained shape-only runs), so each cell shows the fastest variant that "
-            "fits the budget, i.e. whether any does; with trained runs the cell ranks by top-1.")
-    return [("p", note), ("table", ["resolution"] + [f"<= {b} ms" for b in BUDGETS_MS], body)]
+    note = (f"Each cell: among configurations at batch {ok[0]['batch']} whose median latency fits the budget, the most "
+            "accurate by top-1 measured on its own backend, precision and resolution (fastest on ties). Where no "
+            "configuration has top-1 measured at that resolution, the cell shows the fastest that fits and says so.")
+    return [("p", note), ("table", ["resolution"] + [f"<= {b:g} ms" for b in budgets_ms], body)]
 
 
 def _results_table(rows: list[dict]) -> Block:
@@ -285,9 +340,10 @@ def _results_table(rows: list[dict]) -> Block:
                      _fmt(r["tokens"]), _fmt(r.get("gflops")), _fmt(r.get("latency_median_ms")),
                      _fmt(r.get("latency_p90_ms")), _fmt(r.get("latency_p99_ms")), _fmt(r.get("throughput_ips")),
                      _fmt(mem / 2**20 if mem is not None else None), _fmt(r.get("repeats_done")),
-                     _fmt(100 * r["top1"] if r.get("top1") is not None else None), r["status"]])
+                     _fmt(100 * r["top1"] if r.get("top1") is not None else None), _fmt(r.get("top1_resolution")),
+                     r.get("thread_policy") or "-", r["status"]])
     return ("table", ["mode", "attention", "backend", "prec", "batch", "px", "tokens", "GFLOPs", "median ms", "p90 ms",
-                      "p99 ms", "img/s", "peak MiB", "repeats", "top-1 %", "status"], body)
+                      "p99 ms", "img/s", "peak MiB", "repeats", "top-1 %", "top-1 at px", "threads", "status"], body)
 
 
 def _failures(rows: list[dict]) -> list[Block]:
@@ -362,14 +418,40 @@ def latest_rows(rows: list[dict]) -> tuple[list[dict], int]:
     return list(latest.values()), len(rows) - len(latest)
 
 
-def write_report(results_path: Union[str, Path], out_dir: Optional[Union[str, Path]] = None) -> Path:
-    """Write report.md, report.html and the PNG plots for a results file; returns report.md."""
+def _thread_note(rows: list[dict]) -> Block:
+    """Which thread policy the measurements ran under (each row records its own)."""
+    seen = defaultdict(set)
+    for r in rows:
+        if r["status"] == "ok":
+            policy = r.get("thread_policy") or ("default" if r.get("spin_wait") else "passive")
+            seen[policy].add(f"{r.get('threads', '?')} threads, OpenMP wait policy {r.get('omp_wait_policy') or 'runtime default'}")
+    if not seen:
+        return ("p", "Thread policy: no successful measurement.")
+    parts = [f"{policy} ({'; '.join(sorted(v))})" for policy, v in sorted(seen.items())]
+    return ("p", "Thread policy: " + ", ".join(parts) + ". \"default\" leaves each runtime's own settings (idle "
+            "threads spin); \"passive\" makes idle threads sleep (OMP_WAIT_POLICY=PASSIVE, ONNX Runtime without "
+            "spinning), the robust choice on a host shared with other jobs.")
+
+
+def write_report(
+    results_path: Union[str, Path],
+    out_dir: Optional[Union[str, Path]] = None,
+    *,
+    speedup_targets: Optional[dict[int, float]] = None,
+    budgets_ms: tuple[float, ...] = BUDGETS_MS,
+) -> Path:
+    """Write report.md, report.html and the PNG plots for a results file; returns report.md.
+
+    `speedup_targets` ({resolution px: speed-up over exact}) adds a table checking your own
+    goals; `budgets_ms` are the latency budgets of the recommendation table.
+    """
+    targets = dict(speedup_targets or {})
     results_path = Path(results_path)
     rows, superseded = latest_rows(load_results(results_path))
     out_dir = Path(out_dir) if out_dir else results_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     sections: list[tuple[str, list[Block]]] = []
-    method: list[Block] = [_environment(rows), ("p", TIMING_NOTE), ("p", MEMORY_NOTE)]
+    method: list[Block] = [_environment(rows), _thread_note(rows), ("p", TIMING_NOTE), ("p", MEMORY_NOTE)]
     if superseded:
         method.append(("p", f"{superseded} earlier rows of re-run configurations are superseded by the latest "
                             "measurement (they stay in the results file)."))
@@ -383,25 +465,33 @@ def write_report(results_path: Union[str, Path], out_dir: Optional[Union[str, Pa
                       out_dir / "memory_vs_tokens.png", scale=1 / 2**20)
         blocks: list[Block] = [("img", "latency_vs_tokens.png", "latency vs tokens, log-log, fitted slopes"),
                                ("img", "memory_vs_tokens.png", "peak memory vs tokens, log-log, fitted slopes")]
-        if _speedup_plot(model, out_dir / "speedup_vs_tokens.png"):
-            blocks.append(("img", "speedup_vs_tokens.png", "speed-up over exact attention"))
+        if _speedup_plot(model, out_dir / "speedup_vs_tokens.png", targets):
+            blocks.append(("img", "speedup_vs_tokens.png", "speed-up over exact attention; dashed: the largest possible"))
         blocks += [("p", f"Exponents: least-squares slope in log-log over the {FIT_POINTS} largest token counts."),
                    _exponent_table(model, "model")]
         sections.append(("Scaling with tokens (whole model)", blocks))
-        sections.append(("Targets (issue 5)", _targets(rows, model)))
         sections.append(("Speed-up over exact attention", [_speedup_table(model)]))
+        sections.append(("Speed-up against the largest possible (attention-free bound)", _bound_table(model)))
+        if targets:
+            sections.append(("Your speed-up targets", _targets(rows, model, targets)))
         sections.append(("Crossover: where each variant overtakes exact attention", [_crossover_table(model, rows)]))
     tradeoff = _tradeoff_points(rows)
     if tradeoff:
         _tradeoff_plot(tradeoff, out_dir / "accuracy_vs_latency.png")
-        sources = sorted({r["top1_source"] for pts in tradeoff.values() for r in pts})
-        sections.append(("Accuracy vs latency", [("img", "accuracy_vs_latency.png", "accuracy vs latency, Pareto front"),
-                                                 ("p", "Each run at its training resolution. Accuracy source: " + "; ".join(sources))]))
+        unscored = sorted({f"{r['attention']} {r['backend']} {r['precision']} {r['resolution']} px" for r in rows
+                           if r["mode"] == "model" and r["status"] == "ok" and r["attention"] != BOUND and not _measured_here(r)})
+        blocks = [("img", "accuracy_vs_latency.png", "accuracy vs latency, Pareto front"),
+                  ("p", "Each point is one configuration (backend, precision, resolution) with top-1 measured on that "
+                        "backend at that resolution; the table lists the Pareto front."), _pareto_table(tradeoff)]
+        if unscored:
+            blocks.append(("p", "Not on the plot (top-1 not measured at their own resolution): " + "; ".join(unscored)))
+        sections.append(("Accuracy vs latency", blocks))
     elif any(r["mode"] == "model" for r in rows):
-        notes = sorted({r.get("top1_source") or "" for r in rows if r["mode"] == "model"} - {""})
-        sections.append(("Accuracy vs latency", [("p", "No accuracy figures to plot: " + ("; ".join(notes) or "none recorded"))]))
+        notes = sorted({r.get("top1_source") or "" for r in rows if r["mode"] == "model" and r["attention"] != BOUND} - {""})
+        sections.append(("Accuracy vs latency", [("p", "No accuracy measured at a configuration's own resolution: "
+                                                       + ("; ".join(notes) or "none recorded"))]))
     if model:
-        sections.append(("Recommendations", _recommendations(rows)))
+        sections.append(("Recommendations", _recommendations(rows, tuple(budgets_ms))))
     layer = _series(rows, "layer")
     if layer:
         _scaling_plot(layer, "latency_median_ms", "median latency (ms)", "One attention layer: latency vs tokens",

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..atomic import write_json
-from ..backends import BackendUnavailable, Runner, load_runner
+from ..backends import BackendUnavailable, Runner, ThreadPolicy, backend_device, load_runner
 from .harness import latency_stats, time_runner
-from .layer import layer_input, load_layer_runner
+from .layer import LAYER_BACKENDS, layer_input, load_layer_runner, module_runner
 from .memory import memory_probe
 
 OOM_MESSAGES = ("out of memory", "failed to allocate", "bad_alloc", "cannot allocate memory")
@@ -37,18 +37,23 @@ def classify_error(exc: BaseException) -> str:
     return "error"
 
 
-def expected_device(backend: str) -> str:
-    """The device `load_runner` will pick, known before loading (the memory probe needs it)."""
-    if backend == "onnxruntime":
-        return "cpu"
-    if backend in ("torch", "torch-compile"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda"
+THREAD_POLICIES = ("default", "passive")
+
+
+def thread_policy_of(name: str) -> ThreadPolicy:
+    """The backends' ThreadPolicy for a bench policy name: "default" leaves each runtime's own
+    threads, "passive" makes idle threads sleep (for shared hosts)."""
+    return ThreadPolicy(passive=name == "passive")
 
 
 def _model_runner(config: dict[str, Any]) -> Runner:
+    """The run's artifact on its backend; the attention-free bound's module in PyTorch."""
+    if config.get("bound") and config["backend"] in LAYER_BACKENDS:
+        from .bound import load_bound_model
+
+        return module_runner(load_bound_model(config["run_dir"]), config["backend"], config["precision"])
     return load_runner(config["run_dir"], config["backend"], config["precision"],
-                       spin_wait=config.get("spin_wait", True))
+                       policy=thread_policy_of(config.get("thread_policy", "default")))
 
 
 def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Runner]] = None) -> dict[str, Any]:
@@ -57,12 +62,14 @@ def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Ru
     layer = config["mode"] == "layer"
     factory = runner_factory or (load_layer_runner if layer else _model_runner)
     batch, res = config["batch"], config["resolution"]
-    probe = memory_probe(config["backend"], expected_device(config["backend"]))
+    probe = memory_probe(config["backend"], backend_device(config["backend"]))
     result: dict[str, Any] = {"mem_method": probe.method, "mem_note": probe.note, "threads": torch.get_num_threads(),
-                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "") or "runtime default",
+                              "thread_policy": config.get("thread_policy", "default")}
     try:
         probe.before_load()
         runner = factory(config)
+        result["runtime_threads"] = runner.threads
         if layer:
             x = layer_input(batch, res, config["patch"], config["dim"])
         else:

@@ -1,4 +1,4 @@
-"""`effvit-data`: prepare and check data sets (ImageNet-100 links, digits PNGs, bad-image scan)."""
+"""`effvit-data`: prepare and check data sets (ImageNet-100 links, digits and cluttered digits PNGs, bad-image scan)."""
 from __future__ import annotations
 
 import argparse
@@ -7,14 +7,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..data import DataError, build_imagenet100, describe_folder, find_bad_images, write_digits_folder
+from ..data import ClutteredDigits, DataError, build_imagenet100, describe_folder, find_bad_images, write_digits_folder, write_folder
 from ..data.imagenet100 import DEFAULT_CLASS_FILE
+from .errors import Parser, run_cli
 
 EPILOG = """examples:
   effvit-data imagenet100 --imagenet /data/imagenet --out /data/imagenet100
   effvit-data check /data/imagenet100 --workers 8
   effvit-data digits --out data/digits --img-size 64
-then train on a folder with: effvit-train --config train/imagenet100.yaml
+  effvit-data cluttered --out data/cluttered --img-size 128
+then train on a folder with: effvit-train --config train/imagenet100_vit_s16.yaml --data /data/imagenet100
 """
 
 
@@ -33,9 +35,13 @@ def _check(args: argparse.Namespace) -> int:
     report = find_bad_images(args.dir, workers=args.workers, progress=sys.stderr.isatty())
     for path, reason in report.bad:
         print(f"BAD {path}: {reason}")
+    for path, change in report.converted:
+        print(f"CONVERTED {path}: {change}")
     print(f"checked {report.checked} images: {len(report.bad)} unreadable, "
-          f"{report.checked - len(report.bad)} ok; {report.other_files} non-image files ignored")
-    summary = {"checked": report.checked, "bad": [p for p, _ in report.bad], "other_files": report.other_files}
+          f"{report.checked - len(report.bad)} ok; {report.other_files} non-image files ignored; "
+          f"{len(report.converted)} converted on load (CONVERTED lines: what training and the demo both do)")
+    summary = {"checked": report.checked, "bad": [p for p, _ in report.bad],
+               "converted": dict(report.converted), "other_files": report.other_files}
     layout_ok = True
     if (Path(args.dir) / "train").is_dir() or (Path(args.dir) / "val").is_dir():
         try:
@@ -57,16 +63,27 @@ def _digits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluttered(args: argparse.Namespace) -> int:
+    sizes = {"train": args.train_size, "val": args.val_size}
+    splits = {split: ClutteredDigits(split, n, args.img_size, seed=args.seed) for split, n in sizes.items()}
+    counts = write_folder(args.out, splits)
+    print(f"wrote cluttered digits to {args.out}: " + ", ".join(f"{k} {v} images" for k, v in counts.items())
+          + f" at {args.img_size}x{args.img_size} px")
+    return 0
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="effvit-data", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="effvit-data", description=__doc__, epilog=EPILOG, debug_flag=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("imagenet100", help="build ImageNet-100 (CMC class list) from ImageNet-1k by symlinks",
@@ -75,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--imagenet", required=True, help="ImageNet-1k folder with train/<wnid>/ and val/<wnid>/")
     s.add_argument("--out", required=True, help="output folder (gets train/ and val/ of class links)")
     s.add_argument("--classes", default=str(DEFAULT_CLASS_FILE),
-                   help="class list, one WordNet ID per line (default: train/imagenet100_classes.txt)")
+                   help="class list, one WordNet ID per line (default: the bundled ImageNet-100 list, effvit_deploy/data/imagenet100_classes.txt)")
     s.set_defaults(func=_imagenet100)
 
     s = sub.add_parser("check", help="list unreadable or truncated images (and, for a train/val folder, check "
@@ -92,16 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--img-size", type=_positive_int, default=64, help="image side in pixels (default: 64)")
     s.add_argument("--seed", type=int, default=0, help="split seed (default: 0, the fixed split)")
     s.set_defaults(func=_digits)
+
+    s = sub.add_parser("cluttered", help="write cluttered digits (one digit to find among fragments) as an "
+                       "ImageFolder of PNGs; the same images at any --img-size",
+                       epilog="example: effvit-data cluttered --out data/cluttered --img-size 128")
+    s.add_argument("--out", required=True, help="output folder (gets train/ and val/)")
+    s.add_argument("--img-size", type=_positive_int, default=128, help="image side in pixels (default: 128)")
+    s.add_argument("--train-size", type=_positive_int, default=1000, help="train images (default: 1000)")
+    s.add_argument("--val-size", type=_positive_int, default=200, help="val images (default: 200)")
+    s.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
+    s.set_defaults(func=_cluttered)
     return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (DataError, FileNotFoundError) as exc:
-        print(f"effvit-data {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(f"effvit-data {args.command}", lambda: args.func(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Data sets for effvit-deploy: ImageFolder (ImageNet-100), the bundled digits, synthetic images.
+"""Data sets for effvit-deploy: ImageFolder (ImageNet-100), the bundled digits, cluttered digits
+(a small digit to find in a large image), synthetic images.
 
     from effvit_deploy.data import DataSpec, build_datasets, collate_skip_bad
     train, val, classes = build_datasets(DataSpec("digits"), 64, mean, std)
@@ -7,19 +8,21 @@
 Preprocessing is timm's (`build_transform`); mean/std come from the caller (the model's
 pretrained config), and a run's exact eval preprocessing is `eval_transform(card)`.
 """
+from .cluttered import ClutteredDigits
 from .datasets import build_datasets, build_eval_dataset
-from .digits import DigitsDataset, digits_split, write_digits_folder
+from .digits import DigitsDataset, digits_split, write_digits_folder, write_folder
 from .errors import BadImageError, DataError
-from .folder import BadImageWarning, CheckedImageFolder, collate_skip_bad, describe_folder, load_rgb
+from .decode import decode_rgb, load_rgb
+from .folder import BadImageWarning, CheckedImageFolder, collate_skip_bad, describe_folder
 from .imagenet100 import build_imagenet100, read_class_list
 from .check import find_bad_images
-from .spec import DATASETS, DataSpec
+from .spec import DATASETS, GENERATED, DataSpec
 from .synthetic import SyntheticDataset
 from .transforms import build_transform, eval_transform
 
 __all__ = [
-    "DATASETS", "BadImageError", "BadImageWarning", "CheckedImageFolder", "DataError", "DataSpec",
+    "DATASETS", "GENERATED", "BadImageError", "BadImageWarning", "CheckedImageFolder", "ClutteredDigits", "DataError", "DataSpec",
     "DigitsDataset", "SyntheticDataset", "build_datasets", "build_eval_dataset",
-    "build_imagenet100", "build_transform", "collate_skip_bad", "describe_folder", "digits_split", "eval_transform",
-    "find_bad_images", "load_rgb", "read_class_list", "write_digits_folder",
+    "build_imagenet100", "build_transform", "collate_skip_bad", "decode_rgb", "describe_folder", "digits_split", "eval_transform",
+    "find_bad_images", "load_rgb", "read_class_list", "write_digits_folder", "write_folder",
 ]

@@ -1,4 +1,6 @@
-"""Find image files that cannot be decoded (`effvit-data check DIR`), before training meets them."""
+"""Find image files that cannot be decoded (`effvit-data check DIR`), before training meets them,
+and list those whose pixels the shared decoder (`decode.decode_rgb`) changes beyond a plain RGB
+conversion (EXIF rotation, 16-bit rescaling, transparency), so nothing is converted silently."""
 from __future__ import annotations
 
 import os
@@ -11,26 +13,29 @@ from typing import Optional, Union
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from .folder import DECODE_ERRORS, load_rgb
+from .decode import decode_rgb
+from .folder import DECODE_ERRORS
 
 
 @dataclass
 class CheckReport:
-    """What `find_bad_images` saw: images checked, the bad ones with PIL's reason, and other
-    files (not loaded by ImageFolder, so not checked)."""
+    """What `find_bad_images` saw: images checked, the bad ones with PIL's reason, the ones the
+    decoder converts (with what it does to them), and other files (not loaded by ImageFolder,
+    so not checked)."""
 
     checked: int = 0
     bad: list[tuple[str, str]] = field(default_factory=list)
+    converted: list[tuple[str, str]] = field(default_factory=list)
     other_files: int = 0
 
 
-def decode_error(path: str) -> Optional[str]:
-    """None when the file opens and fully decodes, else the reason."""
+def inspect_image(path: str) -> tuple[Optional[str], str]:
+    """(None, what decoding changes or "") when the file decodes, else (the reason, "")."""
     try:
-        load_rgb(path)
+        _, notes = decode_rgb(path)
     except DECODE_ERRORS as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return f"{type(exc).__name__}: {exc}", ""
+    return None, "; ".join(notes)
 
 
 def find_bad_images(root: Union[str, Path], workers: int = 0, progress: bool = False) -> CheckReport:
@@ -50,9 +55,11 @@ def find_bad_images(root: Union[str, Path], workers: int = 0, progress: bool = F
                 report.other_files += 1
     paths.sort()
     with Pool(workers) if workers > 1 else nullcontext() as pool:
-        reasons = pool.imap(decode_error, paths, chunksize=64) if pool else map(decode_error, paths)
-        for path, reason in tqdm(zip(paths, reasons), total=len(paths), unit="img", disable=not progress):
+        results = pool.imap(inspect_image, paths, chunksize=64) if pool else map(inspect_image, paths)
+        for path, (reason, change) in tqdm(zip(paths, results), total=len(paths), unit="img", disable=not progress):
             report.checked += 1
             if reason is not None:
                 report.bad.append((path, reason))
+            elif change:
+                report.converted.append((path, change))
     return report

@@ -5,6 +5,7 @@ from typing import Any, Optional, Sequence, Union
 
 from torch.utils.data import Dataset
 
+from .cluttered import ClutteredDigits
 from .digits import DigitsDataset
 from .errors import DataError
 from .folder import check_on_bad_image, check_same_classes, open_split
@@ -51,18 +52,20 @@ def build_eval_dataset(
     crop_pct: float = 0.875,
     on_bad_image: str = "skip",
     class_names: Optional[Sequence[str]] = None,
+    split: str = "val",
 ) -> tuple[Dataset, list[str]]:
     """(val split with the eval transform, class names): what export, bench and demo evaluate
     on, from a ModelCard's `data` dict and preprocessing fields. A folder needs only val/.
 
     With `class_names` (the card's), a val split whose classes differ is a DataError, since the
-    model's outputs would be scored against the wrong labels."""
+    model's outputs would be scored against the wrong labels. `split="train"` gives the training
+    images with the same eval transform (e.g. to calibrate int8 quantisation)."""
     spec = data if isinstance(data, DataSpec) else DataSpec.from_dict(data)
     val_tf = build_transform(img_size, mean, std, interpolation, crop_pct, train=False)
     if spec.name == "folder":
-        val = open_split(spec.root, "val", val_tf, on_bad_image)
+        val = open_split(spec.root, split, val_tf, on_bad_image)
     else:
-        val = _generated(spec, "val", img_size, val_tf)
+        val = _generated(spec, split, img_size, val_tf)
     if class_names is not None and list(class_names) != list(val.classes):
         missing = sorted(set(class_names) - set(val.classes))
         extra = sorted(set(val.classes) - set(class_names))
@@ -78,4 +81,6 @@ def _generated(spec: DataSpec, split: str, img_size: int, transform) -> Dataset:
     if spec.name == "digits":
         return DigitsDataset(split, img_size, transform=transform, seed=spec.seed)
     length = spec.train_size if split == "train" else spec.val_size
+    if spec.name == "cluttered":
+        return ClutteredDigits(split, length, img_size, seed=spec.seed, transform=transform)
     return SyntheticDataset(split, length, spec.num_classes, img_size, seed=spec.seed, transform=transform)

@@ -76,25 +76,33 @@ class DigitsDataset(Dataset):
 
 def write_digits_folder(out: Union[str, Path], img_size: int = 64, seed: int = 0) -> dict[str, int]:
     """Write the digits as an ImageFolder of PNGs (out/{train,val}/<digit>/NNNN.png, NNNN the
-    index in scikit-learn's array); returns the image count per split.
+    index in scikit-learn's array); returns the image count per split (see `write_folder`)."""
+    splits = {split: DigitsDataset(split, img_size, seed=seed) for split in ("train", "val")}
+    return write_folder(out, splits, lambda ds, i: f"{int(ds.index[i]):04d}.png")
+
+
+def write_folder(out: Union[str, Path], splits: dict[str, Dataset],
+                 file_name: Callable[[Dataset, int], str] = lambda ds, i: f"{i:05d}.png") -> dict[str, int]:
+    """Write generated splits (datasets with `image(i)`, `labels` and `classes`) as an ImageFolder
+    of PNGs, out/<split>/<class>/<file_name>; returns the image count per split.
 
     The folder is staged next to `out` and renamed into place, so it appears complete or not at
     all. An existing `out` is replaced only when it holds nothing but train/ and val/ (a previous
-    digits folder); anything else is an error rather than deleted.
+    generated folder); anything else is an error rather than deleted.
     """
     out = Path(out)
     if out.exists() and not (out.is_dir() and set(os.listdir(out)) <= {"train", "val"}):
-        raise DataError(f"{out} exists and is not a digits folder (only train/ and val/): choose another --out")
+        raise DataError(f"{out} exists and is not a generated (digits) folder (only train/ and val/): choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         counts = {}
-        for split in ("train", "val"):
-            ds = DigitsDataset(split, img_size, seed=seed)
-            for name in CLASS_NAMES:
+        for split, ds in splits.items():
+            for name in ds.classes:
                 (stage / split / name).mkdir(parents=True)
+            labels = ds.labels
             for i in range(len(ds)):
-                ds.image(i).save(stage / split / CLASS_NAMES[int(ds.labels[i])] / f"{int(ds.index[i]):04d}.png")
+                ds.image(i).save(stage / split / ds.classes[int(labels[i])] / file_name(ds, i))
             counts[split] = len(ds)
         if out.exists():
             old = out.with_name(f".{out.name}.old")

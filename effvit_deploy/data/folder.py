@@ -19,6 +19,7 @@ from torch.utils.data import default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .decode import load_rgb
 from .errors import BadImageError, DataError
 
 ON_BAD_IMAGE = ("skip", "error")
@@ -30,14 +31,6 @@ class BadImageWarning(UserWarning):
     """An undecodable image was skipped."""
 
 
-def load_rgb(path: Union[str, Path]) -> Image.Image:
-    """Open and fully decode an image as RGB; truncated files raise (PIL's default)."""
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        img.load()
-        return img.convert("RGB")
-
-
 def check_on_bad_image(on_bad_image: str) -> None:
     if on_bad_image not in ON_BAD_IMAGE:
         raise DataError(f"on_bad_image must be one of {list(ON_BAD_IMAGE)}, got {on_bad_image!r}")
@@ -45,7 +38,8 @@ def check_on_bad_image(on_bad_image: str) -> None:
 
 class CheckedImageFolder(ImageFolder):
     """torchvision's ImageFolder whose items are None (skip) or raise BadImageError (error) for
-    files that cannot be decoded, instead of an arbitrary PIL exception."""
+    files that cannot be decoded, instead of an arbitrary PIL exception. Images are decoded by
+    `decode.load_rgb`, the same function the demo uses (EXIF orientation, 16-bit, transparency)."""
 
     def __init__(self, root: Union[str, Path], transform: Optional[Callable] = None, on_bad_image: str = "skip"):
         check_on_bad_image(on_bad_image)

@@ -7,13 +7,15 @@ from typing import Any, Optional
 
 from .errors import DataError
 
-DATASETS = ("digits", "synthetic", "folder")
+DATASETS = ("digits", "cluttered", "synthetic", "folder")
+GENERATED = ("digits", "cluttered", "synthetic")  # built in memory, named by a word on the command line
 
 
 @dataclass
 class DataSpec:
-    """A data set by name. `seed` is the data seed (digits split, synthetic images), kept apart
-    from the training seed so that runs with different training seeds see the same data."""
+    """A data set by name. `seed` is the data seed (digits split, generated images), kept apart
+    from the training seed so that runs with different training seeds see the same data.
+    `train_size`/`val_size` are the image counts of the generated sets (cluttered, synthetic)."""
 
     name: str
     root: Optional[str] = None
@@ -30,7 +32,7 @@ class DataSpec:
                 "data set 'folder' needs a root: a directory with train/ and val/ class folders "
                 "(e.g. one made by `effvit-data imagenet100 --out DIR`)"
             )
-        if self.name == "synthetic":
+        if self.name in ("synthetic", "cluttered"):
             for key in ("num_classes", "train_size", "val_size"):
                 if int(getattr(self, key)) < 1:
                     raise DataError(f"synthetic data needs {key} >= 1, got {getattr(self, key)}")
@@ -49,10 +51,10 @@ class DataSpec:
 
     @classmethod
     def from_arg(cls, text: str) -> "DataSpec":
-        """From a command-line value: a data set name ("digits", "synthetic"), or the path of
+        """From a command-line value: a data set name (one of GENERATED), or the path of
         an ImageFolder directory with train/ and val/ (optionally written "folder:PATH"), made
         absolute so that a run's ModelCard finds it again from any working directory."""
-        if text in ("digits", "synthetic"):
+        if text in GENERATED:
             return cls(text)
         return cls("folder", root=str(Path(text.removeprefix("folder:")).expanduser().resolve()))
 

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..backends import BackendUnavailable, backend_status, find_artifact, load_runner, Runner
+from ..backends import BackendUnavailable, Runner, find_artifact, get_backend, load_runner
 from ..flops import count_flops
 from ..runs import ModelCard, load_run, load_summary, run_name
 
@@ -33,9 +33,8 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 # Fastest first: what `auto` picks among the backends a run has an artifact for.
-AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "onnxruntime", "torch")
+AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime", "torch")
 SERVABLE = AUTO_ORDER
-_ARTIFACT_FORMAT = {"tensorrt": "tensorrt", "onnxruntime-cuda": "onnx", "onnxruntime": "onnx"}
 TOP_K = 5
 
 
@@ -138,15 +137,35 @@ class Variant:
             return fn(self.model)
 
 
-def servable_backends(run_dir: Union[str, Path]) -> list[str]:
-    """Backends in AUTO_ORDER that can run here and have an artifact for this run."""
+def validation_accuracy(variant: Variant, backend: str = AUTO, limit: Optional[int] = 200) -> tuple[float, int]:
+    """(top-1, images) of one served backend on the run's validation subset of `limit` images:
+    the same images export and bench score for that limit (`data.subset`)."""
+    from torch.utils.data import DataLoader
+
+    from ..data import collate_skip_bad, subset
+
+    runner = variant.runners[variant.pick_backend(backend)]
+    correct = total = 0
+    with variant.lock:
+        for x, y, _ in DataLoader(subset.validation_subset(variant.card, limit), batch_size=16, collate_fn=collate_skip_bad):
+            if len(y):
+                correct += int((runner(x.numpy()).argmax(1) == y.numpy()).sum())
+                total += len(y)
+    if total == 0:
+        raise ValueError(f"{variant.run_dir}: the validation set of {variant.card.data} has no readable image")
+    return correct / total, total
+
+
+def servable_backends(run_dir: Union[str, Path], precision: str = "fp32") -> list[str]:
+    """Backends in AUTO_ORDER that can run here and have an artifact of `precision` for this run."""
     usable = []
     for backend in AUTO_ORDER:
-        if backend_status(backend) is not None:
+        record = get_backend(backend)
+        if precision not in record.precisions or record.status() is not None:
             continue
-        if backend in _ARTIFACT_FORMAT:
+        if record.artifact is not None:
             try:
-                find_artifact(run_dir, _ARTIFACT_FORMAT[backend])
+                find_artifact(run_dir, record.artifact, precision)
             except FileNotFoundError:
                 continue
         usable.append(backend)
@@ -156,29 +175,36 @@ def servable_backends(run_dir: Union[str, Path]) -> list[str]:
 def load_variant(run_dir: Union[str, Path], backend: str = AUTO, precision: str = "fp32") -> Variant:
     """Load one run for `backend` ("auto": every servable backend) and warm each runner up once.
 
-    An explicit backend that cannot serve this run raises with the reason; "auto" loads what it
-    can and always has PyTorch.
+    An explicit backend that cannot serve this run raises with the reason. "auto" loads what it
+    can: a backend whose artifact does not load or run (a truncated model.onnx, an engine for
+    another GPU) is skipped with a warning and the next one in AUTO_ORDER serves, down to PyTorch
+    (at fp32 when the run's weights have no `precision` runner).
     """
     run_dir = Path(run_dir)
     model, card = load_run(run_dir)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     if backend == AUTO:
-        wanted = servable_backends(run_dir)
+        wanted = [(name, precision) for name in servable_backends(run_dir, precision)]
+        if all(name != "torch" for name, _ in wanted):
+            wanted.append(("torch", "fp32"))
     elif backend in SERVABLE:
-        wanted = [backend, "torch"] if backend != "torch" else ["torch"]
+        wanted = [(backend, precision)] + ([("torch", "fp32")] if backend != "torch" else [])
     else:
         raise ValueError(f"unknown demo backend {backend!r}; valid: auto, {', '.join(SERVABLE)}")
-    runners: dict[str, Runner] = {}
-    for name in wanted:
-        try:
-            runners[name] = load_runner(run_dir, name, precision)
-        except (BackendUnavailable, FileNotFoundError, ImportError, RuntimeError) as err:
-            if backend != AUTO and name == backend:
-                raise BackendUnavailable(f"{run_dir}: {err}") from None
-            log.warning("%s: skipping backend %s: %s", run_dir, name, err)
     warmup = np.zeros((1, 3, card.img_size, card.img_size), dtype=np.float32)
-    for runner in runners.values():
-        runner(warmup)
+    runners: dict[str, Runner] = {}
+    for name, prec in wanted:
+        try:
+            runner = load_runner(run_dir, name, prec)
+            runner(warmup)
+        except Exception as err:  # noqa: BLE001 - any unreadable artifact: fall back to the next backend
+            if backend != AUTO and name == backend:
+                raise BackendUnavailable(f"{run_dir}: backend {name} cannot serve this run: {err}") from None
+            log.warning("%s: skipping backend %s: %s", run_dir, name, str(err).splitlines()[0] if str(err) else type(err).__name__)
+            continue
+        runners[name] = runner
+    if not runners:
+        raise BackendUnavailable(f"{run_dir}: no backend could load this run (see the warnings above)")
     return Variant(
         name=card.attention,
         run_dir=run_dir,

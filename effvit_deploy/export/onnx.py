@@ -2,7 +2,7 @@
 
 Height and width are declared as multiples of the patch size (`patch * Dim`), so one graph
 serves every resolution in range, square or not; the legacy TorchScript exporter would bake
-the training-size position embedding in (shared/DESIGN.md, pitfalls).
+the training-size position embedding in.
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from torch import nn
 from torch.export import Dim
 
 from ..atomic import atomic_path
+from ..backends.onnxruntime import INPUT_NAME
+from .resample import portable_resampling
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
 
@@ -53,13 +54,15 @@ def export_onnx(
     pattern-rewrite pass it also runs took over 10 minutes on the atrous ViT-S/16 graph (its many
     window slices) against about 90 s for the whole export without it, while folding is what
     removes the double-precision scalar casts TensorRT cannot parse. Further simplification is
-    `slim_onnx` (onnxslim), applied by `export_run` only when parity still holds.
+    `slim_onnx` (onnxslim), applied by `export_run` only when parity still holds. The position
+    embedding is resampled by matrix products (`resample.portable_resampling`), not a Resize op,
+    so ONNX Runtime, OpenVINO and TensorRT compute it alike at every input size.
     """
     path = Path(path)
     patch = int(model.patch_embed.patch_size[0])
     model = model.eval()
     sample = torch.randn(2, 3, *sample_size)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings(), portable_resampling():
         warnings.simplefilter("ignore")
         import onnxscript.optimizer
 

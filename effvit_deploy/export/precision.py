@@ -2,7 +2,7 @@
 
 fp16: ONNX Runtime's float16 converter (`onnxruntime.transformers.float16`, the same logic as
 onnxconverter-common), with LayerNormalization, Softmax, Exp and the reductions kept in fp32 (an
-fp16 LayerNorm overflows and wrecks ViT accuracy in TensorRT: shared/DESIGN.md, pitfalls). For
+fp16 LayerNorm overflows and wrecks ViT accuracy in TensorRT). For
 mechanisms whose PyTorch code runs its attention math with autocast disabled (Performer's
 positive random features, Nystrom's iterative pseudo-inverse), every node directly inside those
 attention modules stays fp32 too, so the fp16 graph computes what `torch.autocast` would.
@@ -11,6 +11,16 @@ precision.
 
 int8: `onnxruntime.quantization.quantize_dynamic` (weights int8 per tensor, activations quantised
 on the fly), a CPU serving format.
+
+int8-static: `onnxruntime.quantization.quantize_static` in QDQ format, activation ranges
+calibrated on the run's training images (ONNX Runtime docs, "Quantize ONNX models", static
+quantisation). Only the inputs of weight-bearing MatMul/Gemm/Conv nodes are quantised (per-channel
+int8 weights, int8 activations; their outputs and the activation x activation attention products
+stay float), so LayerNorm, Softmax and GELU run in float on float inputs, as post-training quantisation
+studies of ViTs recommend (Liu et al., "Post-Training Quantization for Vision Transformer",
+NeurIPS 2021; Lin et al., "FQ-ViT", IJCAI 2022: LayerNorm inputs and softmax outputs are the
+badly-distributed activations). The QDQ graph also runs on OpenVINO, which executes the
+quantised MatMuls in int8.
 """
 from __future__ import annotations
 
@@ -18,7 +28,9 @@ import ast
 import logging
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Union
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +113,52 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
     finally:
         root.setLevel(level)
     return Path(dst)
+
+
+STATIC_INT8_OPS = ["MatMul", "Gemm", "Conv"]
+
+
+def weight_nodes(path: Union[str, Path]) -> list[str]:
+    """Names of the nodes that multiply by a stored weight: Conv, and MatMul/Gemm whose second
+    input is an initializer (the linear layers; not the activation x activation attention products)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    weights |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node
+            if n.op_type == "Conv" or (n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in weights)]
+
+
+class _Batches:
+    """onnxruntime CalibrationDataReader over float32 NCHW batches."""
+
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]):
+        self._feeds = iter([{input_name: np.ascontiguousarray(b, dtype=np.float32)} for b in batches])
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+
+def quantize_static_int8(src: Union[str, Path], dst: Union[str, Path], calibration: np.ndarray,
+                         input_name: str, batch: int = 8) -> dict:
+    """QDQ int8 copy of `src` calibrated (min/max) on `calibration` images; returns its recipe."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(
+                str(src), str(dst), _Batches(input_name, (calibration[i:i + batch] for i in range(0, len(calibration), batch))),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_INT8_OPS, nodes_to_quantize=weight_nodes(src),
+                per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": STATIC_INT8_OPS},
+            )
+    finally:
+        root.setLevel(level)
+    return {"method": "static QDQ, MinMax calibration", "quantized_ops": STATIC_INT8_OPS, "float_ops": "all others",
+            "per_channel": True, "calibration_images": int(len(calibration))}

@@ -1,10 +1,13 @@
 """`export_run`: every requested artifact of one run directory, verified, listed in manifest.json.
 
     runs/NAME/export/
-      manifest.json          run info + one entry per artifact (shared/DESIGN.md, "Artifacts")
+      manifest.json          run info + one entry per artifact (docs/ARCHITECTURE.md, "Run directory")
       model.onnx             fp32, dynamic batch/H/W, TensorRT-friendly rewrites, onnxslim'd when exact
       model.fp16.onnx        fp16 weights/activations, LayerNorm/softmax/exp in fp32, fp32 I/O
       model.int8.onnx        dynamic int8 quantisation (CPU)
+      model.int8-static.onnx static QDQ int8, calibrated on the run's training images (precision.py)
+      model.openvino.xml/.bin            OpenVINO IR of the fp32 graph (openvino.py)
+      model.int8-static.openvino.xml/.bin  OpenVINO IR of the static int8 graph
       model.<prec>.<gpu>.trt<ver>.engine     TensorRT engine (tensorrt.py)
       model.<prec>.torch_trt.ep              Torch-TensorRT exported program (torch_tensorrt.py)
 
@@ -14,12 +17,14 @@ Re-running reuses an artifact whose weights hash and options are unchanged (unle
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
 import logging
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -27,19 +32,26 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from ..atomic import atomic_path, write_json
-from ..backends import MANIFEST, BackendUnavailable, backend_status, ort_session
+from ..backends import MANIFEST, BackendUnavailable, ThreadPolicy, backend_status, ort_session
+from ..backends.onnxruntime import INPUT_NAME
+from ..backends.openvino import compiled_runner
+from ..backends.tensorrt import load_engine_runner
+from ..backends.torch_tensorrt import load_torch_tensorrt_runner
 from ..runs import ModelCard, load_model_card, load_run, run_name, weights_path
 from .onnx import DEFAULT_OPSET, export_onnx, graph_info, make_tensorrt_friendly, slim_onnx
-from .precision import convert_fp16, quantize_int8
+from .precision import convert_fp16, quantize_int8, quantize_static_int8
 from .trt_compat import check_tensorrt_compat, require_tensorrt_compat
-from .verify import Reference, build_reference, check_accuracy, check_parity, parity_resolutions
+from .verify import Reference, build_reference, check_accuracy, check_parity, image_reference, parity_resolutions
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "tensorrt", "torch-tensorrt")
-PRECISIONS = {"onnx": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "bf16"), "torch-tensorrt": ("fp32", "fp16", "bf16")}
-ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-_TOOLS = ("torch", "timm", "onnx", "onnxscript", "onnxruntime", "onnxslim")
+FORMATS = ("onnx", "openvino", "tensorrt", "torch-tensorrt")
+PRECISIONS = {"onnx": ("fp32", "fp16", "int8", "int8-static"), "openvino": ("fp32", "int8-static"),
+              "tensorrt": ("fp32", "fp16", "bf16"), "torch-tensorrt": ("fp32", "fp16", "bf16")}
+ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
+              "int8-static": "model.int8-static.onnx"}
+_TOOLS = ("torch", "timm", "onnx", "onnxscript", "onnxruntime", "onnxslim", "openvino")
+CALIBRATION_IMAGES = 64
 
 
 class ExportUnavailable(BackendUnavailable):
@@ -67,7 +79,7 @@ def sha256(path: Union[str, Path]) -> str:
 
 def ort_predict(path: Union[str, Path]) -> Callable[[np.ndarray], np.ndarray]:
     """float32 NCHW -> float32 logits through ONNX Runtime's CPU provider."""
-    session = ort_session(path, spin_wait=False, quiet=True)  # verification, not timing
+    session = ort_session(path, policy=ThreadPolicy(passive=True), quiet=True)  # verification, not timing
     name = session.get_inputs()[0].name
     return lambda x: np.asarray(session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0], dtype=np.float32)
 
@@ -108,18 +120,23 @@ def _plan(formats: Sequence[str], precisions: Sequence[str], int8: bool) -> list
                 raise ValueError(f"{fmt} has no {prec} precision; valid: {', '.join(PRECISIONS[fmt])}")
             if fmt == "tensorrt":
                 plan += [("onnx", "fp32"), ("onnx", "fp16" if prec == "fp16" else "fp32")]
+            if fmt == "openvino":
+                plan += [("onnx", "fp32"), ("onnx", prec)]
             if fmt == "onnx" and prec != "fp32":
                 plan.append(("onnx", "fp32"))
             plan.append((fmt, prec))
     if int8:
-        plan += [("onnx", "fp32"), ("onnx", "int8")]
+        plan += [("onnx", "fp32"), ("onnx", "int8"), ("onnx", "int8-static")]
+        if "openvino" in formats:
+            plan.append(("openvino", "int8-static"))
     return list(dict.fromkeys(plan))
 
 
 class _Exporter:
     """Builds, verifies and records artifacts for one run; state shared across them."""
 
-    def __init__(self, run_dir: Path, inputs: dict[str, list[int]], opset: int, verify: bool, force: bool, eval_limit: int):
+    def __init__(self, run_dir: Path, inputs: dict[str, list[int]], opset: int, verify: bool, force: bool, eval_limit: int,
+                 calibration_images: int = CALIBRATION_IMAGES):
         self.run_dir = run_dir
         self.export_dir = run_dir / "export"
         self.model, self.card = load_run(run_dir)
@@ -128,6 +145,7 @@ class _Exporter:
         self.verify = verify
         self.force = force
         self.eval_limit = eval_limit
+        self.calibration_images = calibration_images
         self.weights_sha256 = sha256(weights_path(run_dir))
         self._reference: Optional[Reference] = None
         self.entries: dict[tuple[str, str], dict[str, Any]] = {}
@@ -152,7 +170,11 @@ class _Exporter:
         """What an artifact depends on; a GPU artifact also on the GPU and its TensorRT build."""
         source = {"weights_sha256": self.weights_sha256, "format": fmt, "precision": precision,
                   "inputs": self.inputs, "opset": self.opset, "verified": self.verify}
-        if fmt != "onnx":
+        if precision == "int8-static":
+            source["calibration_images"] = self.calibration_images
+        if fmt == "openvino":
+            source["toolchain"] = tool_versions()
+        if fmt in ("tensorrt", "torch-tensorrt"):
             import torch
 
             source["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
@@ -166,12 +188,20 @@ class _Exporter:
         path = self.export_dir / entry["path"]
         if not path.is_file() or sha256(path) != entry["sha256"]:
             return None
+        weights = entry.get("weights_file")
+        if weights and (not (self.export_dir / weights["path"]).is_file()
+                        or sha256(self.export_dir / weights["path"]) != weights["sha256"]):
+            return None
         return entry
 
     def verify_artifact(self, predict, precision: str, label: str) -> dict[str, Any]:
         if not self.verify:
             return {"parity": None, "accuracy": None}
-        return {"parity": check_parity(predict, self.reference, precision, label),
+        reference = self.reference
+        if precision == "int8-static":
+            images = reference.val_images if reference.val_images is not None else self.calibration()
+            reference = image_reference(self.model, images, list(reference.inputs))
+        return {"parity": check_parity(predict, reference, precision, label),
                 "accuracy": check_accuracy(predict, self.reference)}
 
     def record(self, fmt: str, precision: str, final: Path, tmp: Path, extra: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +225,8 @@ class _Exporter:
         started = time.perf_counter()
         if fmt == "onnx":
             entry = self._onnx(precision)
+        elif fmt == "openvino":
+            entry = self._openvino(precision)
         elif fmt == "tensorrt":
             entry = self._tensorrt(precision)
         else:
@@ -220,11 +252,13 @@ class _Exporter:
                 if precision == "fp16":
                     convert_fp16(src, tmp, self.card.attention)
                     extra["io_dtype"] = "float32"
+                elif precision == "int8-static":
+                    extra["quantization"] = quantize_static_int8(src, tmp, self.calibration(), INPUT_NAME)
                 else:
                     quantize_int8(src, tmp)
             extra.update(self.verify_artifact(ort_predict(tmp), precision, label))
             extra.update(graph_info(tmp))
-            if precision != "int8":
+            if not precision.startswith("int8"):
                 extra["tensorrt_check"] = check_tensorrt_compat(tmp).as_dict()
             extra["tool_versions"] = tool_versions()
             entry = self.record("onnx", precision, final, tmp, extra)
@@ -245,6 +279,44 @@ class _Exporter:
         os.replace(slim, path)
         return {"optimized": f"onnxslim {tool_versions()['onnxslim']}"}
 
+    @functools.cache
+    def calibration(self) -> np.ndarray:
+        """Training images (eval transform, evenly spaced: `data.subset`) for int8 calibration."""
+        from torch.utils.data import DataLoader
+
+        from ..data import collate_skip_bad, subset
+
+        if not self.card.data:
+            raise ExportUnavailable(f"{self.run_dir} names no data set (model.json has no `data`): int8-static needs "
+                                    "training images to calibrate on; export int8 (dynamic) instead")
+        images = subset.validation_subset(self.card, self.calibration_images, split="train")
+        return np.concatenate([x.numpy() for x, _, _ in DataLoader(images, batch_size=32, collate_fn=collate_skip_bad)
+                               if len(x)]).astype(np.float32)
+
+    def _openvino(self, precision: str) -> dict[str, Any]:
+        """OpenVINO IR (xml + bin) converted from the verified ONNX graph of `precision`."""
+        import openvino as ov
+
+        onnx_entry = self.entries[("onnx", precision)]
+        stem = "model.openvino" if precision == "fp32" else f"model.{precision}.openvino"
+        final, final_bin = self.export_dir / f"{stem}.xml", self.export_dir / f"{stem}.bin"
+        label = f"OpenVINO {precision} ({run_name(self.run_dir)})"
+        with tempfile.TemporaryDirectory(dir=self.export_dir, prefix=".openvino.") as work:
+            xml = Path(work) / f"{stem}.xml"
+            ov.save_model(ov.convert_model(self.export_dir / onnx_entry["path"]), xml, compress_to_fp16=False)
+            runner = compiled_runner(xml, precision, self.card, ThreadPolicy(passive=True))
+            extra = {**self.verify_artifact(runner, precision, label), "onnx": onnx_entry["path"],
+                     "tool_versions": tool_versions()}
+            del runner
+            bin_sha = sha256(xml.with_suffix(".bin"))
+            with atomic_path(final_bin) as tmp_bin:
+                os.replace(xml.with_suffix(".bin"), tmp_bin)
+            extra["weights_file"] = {"path": final_bin.name, "sha256": bin_sha}
+            with atomic_path(final) as tmp:
+                os.replace(xml, tmp)
+                entry = self.record("openvino", precision, final, tmp, extra)
+        return entry
+
     def _tensorrt(self, precision: str) -> dict[str, Any]:
         from . import tensorrt as trt_export
 
@@ -256,7 +328,7 @@ class _Exporter:
         with atomic_path(final) as tmp:
             info = trt_export.build_engine(onnx_path, tmp, precision, self.inputs, self.export_dir / "trt_cache")
             entry = {"format": "tensorrt", "precision": precision, "inputs": self.inputs, **info}
-            runner = trt_export.load_engine_runner(tmp, entry, self.card, precision)
+            runner = load_engine_runner(tmp, entry, self.card, precision)
             extra = {**info, **self.verify_artifact(runner, precision, label),
                      "onnx": onnx_entry["path"], "tool_versions": tool_versions("tensorrt")}
             entry = self.record("tensorrt", precision, final, tmp, extra)
@@ -270,7 +342,7 @@ class _Exporter:
         with atomic_path(final) as tmp:
             info = tt_export.compile_and_save(self.model, tmp, precision, self.inputs)
             entry = {"format": "torch-tensorrt", "precision": precision, "inputs": self.inputs, **info}
-            runner = tt_export.load_torch_tensorrt_runner(tmp, entry, self.card, precision)
+            runner = load_torch_tensorrt_runner(tmp, entry, self.card, precision)
             extra = {**info, **self.verify_artifact(runner, precision, label),
                      "tool_versions": tool_versions("tensorrt", "torch_tensorrt")}
             entry = self.record("torch-tensorrt", precision, final, tmp, extra)
@@ -334,6 +406,9 @@ def export_run(
     inputs = _resolve_profile(load_model_card(run_dir), min_res, opt_res, max_res, max_batch)
     exporter = _Exporter(run_dir, inputs, opset, verify, force, eval_limit)
     for fmt, precision in plan:
+        if precision == "int8-static" and precision not in precisions and not exporter.card.data:
+            log.warning("%s: no data set to calibrate on, int8-static skipped (dynamic int8 built)", run_dir)
+            continue
         exporter.build(fmt, precision)
     manifest = exporter.write_manifest()
     manifest["reused"] = [f"{fmt}/{precision}" for fmt, precision in sorted(exporter.reused)]

@@ -1,4 +1,5 @@
-"""Torch-TensorRT (dynamo) compilation saved as an exported program, and its runner.
+"""Torch-TensorRT (dynamo) compilation saved as an exported program (its runner:
+effvit_deploy/backends/torch_tensorrt.py).
 
 The model is first captured by `torch.export` with the same dynamic batch / patch-multiple
 height and width as the ONNX export (`onnx.dynamic_shapes`), then compiled by
@@ -16,15 +17,13 @@ import inspect
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..backends import Runner, import_gpu_package
-from ..runs import ModelCard
+from ..backends import TORCH_DTYPES, import_gpu_package, profile_shapes
+from ..backends.tensorrt import trt_major
 from .onnx import dynamic_shapes
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from .resample import portable_resampling
 
 
 def compile_and_save(model: nn.Module, path: Union[str, Path], precision: str, inputs: dict[str, list[int]]) -> dict[str, Any]:
@@ -32,15 +31,16 @@ def compile_and_save(model: nn.Module, path: Union[str, Path], precision: str, i
     torch_tensorrt = import_gpu_package("torch_tensorrt", "Torch-TensorRT")
     import tensorrt as trt
 
-    dtype = _DTYPES[precision]
-    explicit = int(trt.__version__.split(".")[0]) >= 11
+    dtype = TORCH_DTYPES[precision]
+    explicit = trt_major(trt) >= 11
     in_dtype = dtype if explicit else torch.float32
     model = model.to(device="cuda", dtype=in_dtype).eval()
-    shapes = [(inputs["batch"][i], 3, inputs["height"][i], inputs["width"][i]) for i in range(3)]
+    shapes = profile_shapes(inputs)
     example = torch.randn(*shapes[1], device="cuda", dtype=in_dtype)
     patch = int(model.patch_embed.patch_size[0])
     dyn = dynamic_shapes(patch, inputs["batch"][2], max(inputs["height"][2], inputs["width"][2]))
-    program = torch.export.export(model, (example,), dynamic_shapes=dyn)
+    with portable_resampling():
+        program = torch.export.export(model, (example,), dynamic_shapes=dyn)
     spec = torch_tensorrt.Input(min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2], dtype=in_dtype)
     options: dict[str, Any] = {"inputs": [spec], "enabled_precisions": {dtype}, "min_block_size": 1}
     if explicit and "use_explicit_typing" in inspect.signature(torch_tensorrt.dynamo.compile).parameters:
@@ -53,21 +53,3 @@ def compile_and_save(model: nn.Module, path: Union[str, Path], precision: str, i
         "gpu": torch.cuda.get_device_name(),
         "input_dtype": str(in_dtype).replace("torch.", ""),
     }
-
-
-def load_torch_tensorrt_runner(path: Union[str, Path], entry: dict[str, Any], card: ModelCard, precision: str) -> Runner:
-    """Load a saved Torch-TensorRT exported program and run it on CUDA."""
-    import_gpu_package("torch_tensorrt", "Torch-TensorRT")
-    module = torch.export.load(str(path)).module()
-    in_dtype = getattr(torch, entry.get("input_dtype", "float32"))
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return module(x)
-
-    return Runner(
-        "torch-tensorrt", precision, "cuda", card,
-        prepare=lambda b: torch.from_numpy(np.ascontiguousarray(b)).to(device="cuda", dtype=in_dtype),
-        run=run, to_numpy=lambda y: y.float().cpu().numpy(), synchronize=torch.cuda.synchronize,
-        artifact=Path(path),
-    )

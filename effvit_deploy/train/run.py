@@ -9,6 +9,7 @@ evaluate, write metrics and an atomic checkpoint. Rank 0 writes; other DDP ranks
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import random
@@ -22,19 +23,21 @@ import timm
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..atomic import write_json, write_text
+from ..atomic import remove_stale_temps, write_json, write_text
 from ..attention import ATTENTIONS
-from ..data import DataSpec, build_datasets, collate_skip_bad
+from ..data import GENERATED, DataSpec, build_datasets, collate_skip_bad
 from ..flops import count_flops, count_params
 from ..models import build_model
 from ..runs import SUMMARY, ModelCard, load_summary, save_model_card, save_weights
 from . import distributed
-from .checkpoint import load_state, rng_state, save_state, set_rng_state
-from .config import ConfigError, dump_config, load_config, model_arguments, read_yaml, validate
+from .checkpoint import PREVIOUS_FILE, STATE_FILE, load_state, quarantine, rng_state, save_state, set_rng_state
+from .config import ConfigError, dump_config, load_config, model_arguments, validate
 from .engine import build_trainer, evaluate, train_one_epoch
+from .init_from import init_from_run
 from .metrics import Progress, append_jsonl, peak_memory, read_jsonl, reset_peak_memory
 
 CONFIG_FILE = "config.yaml"
+INIT_FILE = "init_from.json"  # what init_from loaded and the swapped model's accuracy before fine-tuning
 METRICS_FILE = "metrics.jsonl"
 # Keys that may change when a run is resumed; any other difference is refused.
 RESUMABLE_CHANGES = ("epochs", "log_interval", "num_workers", "compile")
@@ -84,13 +87,40 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_resumable(saved: dict[str, Any], config: dict[str, Any], run_dir: Path) -> None:
+def _check_resumable(saved: dict[str, Any], config: dict[str, Any], source: Path) -> None:
+    """Refuse to resume when the config differs from the one recorded in the checkpoint `source`
+    (other than keys in RESUMABLE_CHANGES), naming each changed key with both values."""
     a, b = _flatten(saved), _flatten(config)
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
     if changed:
+        diffs = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:6]) + (", ..." if len(changed) > 6 else "")
         raise ConfigError(
-            f"cannot resume {run_dir}: the config differs from the one it was started with in {', '.join(changed)} "
-            f"(see {run_dir / CONFIG_FILE}); resume with the same recipe and overrides, or start a new run"
+            f"cannot resume from {source}: the config differs from the one it was trained with ({diffs}); "
+            "resume with the same recipe and overrides, or start a new run with --redo or another --name"
+        )
+
+
+def data_identity(spec: DataSpec, class_names: Sequence[str], train_ds, val_ds) -> dict[str, Any]:
+    """What a checkpoint records of its data: the spec, the classes, the split sizes and, for a
+    folder, a SHA-256 over every (relative path, label) so added, removed or relabelled files show."""
+    identity: dict[str, Any] = {
+        "spec": spec.to_dict(), "classes": list(class_names), "train_images": len(train_ds), "val_images": len(val_ds),
+    }
+    if hasattr(train_ds, "samples"):
+        digest = hashlib.sha256()
+        for split, ds in (("train", train_ds), ("val", val_ds)):
+            for path, label in ds.samples:
+                digest.update(f"{split}\0{Path(path).relative_to(ds.root)}\0{label}\n".encode())
+        identity["files_sha256"] = digest.hexdigest()
+    return identity
+
+
+def _check_same_data(saved: dict[str, Any], current: dict[str, Any], source: Path) -> None:
+    changed = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if changed:
+        raise ConfigError(
+            f"cannot resume from {source}: the data differ from what it was trained on ({', '.join(changed)} changed); "
+            "restore the data set as it was, or start a new run with --redo or another --name"
         )
 
 
@@ -139,8 +169,8 @@ def summarise(records: list[dict[str, Any]], static: dict[str, Any]) -> dict[str
 def train(config: dict[str, Any], run_dir: Union[str, Path], *, resume: bool = False) -> Path:
     """Train one variant as `config` says into `run_dir`; returns run_dir (complete with summary.json).
 
-    `resume=True` continues from checkpoints/last_state.pt (the last complete epoch) and, when
-    the run never finished an epoch, starts it afresh.
+    `resume=True` continues from checkpoints/last_state.pt (the last complete epoch; the previous
+    one when that is unreadable) and, when the run never finished an epoch, starts it afresh.
     """
     config = copy.deepcopy(config)
     validate(config)
@@ -157,10 +187,15 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
     main = env.is_main
 
     # 1. Everything that can be wrong, before any training.
-    state = load_state(ckpt_dir) if resume else None
-    if resume and state is not None and (run_dir / CONFIG_FILE).is_file():
-        _check_resumable(read_yaml((run_dir / CONFIG_FILE).read_text()), config, run_dir)
-    if not resume and ((ckpt_dir / "last_state.pt").is_file() or (run_dir / SUMMARY).is_file()):
+    if main:
+        for stale in [*remove_stale_temps(run_dir), *remove_stale_temps(ckpt_dir)]:
+            print(f"removed {stale}, left by a killed write", flush=True)
+    resumable = load_state(ckpt_dir) if resume else None
+    state = resumable.state if resumable else None
+    if resumable:
+        _check_resumable(state["config"], config, resumable.path)
+    started = [p for p in (ckpt_dir / STATE_FILE, ckpt_dir / PREVIOUS_FILE, run_dir / SUMMARY) if p.is_file()]
+    if not resume and started:
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, or pick another --name/--out")
     pretrained_cfg = check_resolution(config)
     img_size = config["img_size"]
@@ -174,6 +209,9 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
     train_ds, val_ds, class_names = build_datasets(
         spec, img_size, **norm, aug=config["aug"], on_bad_image=config["data"]["on_bad_image"]
     )
+    identity = data_identity(spec, class_names, train_ds, val_ds)
+    if resumable:
+        _check_same_data(state["data"], identity, resumable.path)
     seed_everything(config["seed"], config["deterministic"])
     try:
         net = build_model(
@@ -187,6 +225,9 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
             f"cannot fetch timm's pretrained weights for {config['model']} ({exc}); offline, download them "
             "elsewhere and pass pretrained=/path/to/weights.safetensors"
         ) from None
+    init = init_from_run(net, config["init_from"]) if config["init_from"] else None
+    if init is not None and main:
+        print(f"[{config['attention']}] init_from: {init.summary()}", flush=True)
     gflops = count_flops(net, img_size) / 1e9
     params = count_params(net)
     net.to(env.device)
@@ -202,10 +243,20 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         set_rng_state(state["rng"])
         sampler.seed = int(state["data_order"]["sampler_seed"])
         if main:
+            for path, reason in resumable.unusable:
+                print(f"{reason}; moved aside as {path.name}.corrupt, falling back to {resumable.path.name}", flush=True)
+            quarantine(resumable.unusable)
             print(f"resuming {run_dir} after epoch {start_epoch} (step {trainer.step})", flush=True)
     elif resume and main and (run_dir / "checkpoints").is_dir():
         print(f"{run_dir} has no complete epoch to resume from: starting it from scratch", flush=True)
 
+    if init is not None and (state is None or not (run_dir / INIT_FILE).is_file()):
+        zero_shot = evaluate(trainer.eval_model, val_loader, env, trainer.autocast)
+        if main:
+            print(f"[{config['attention']}] epoch 0 (zero-shot swap) top1 {zero_shot['top1']:.4f} "
+                  f"top5 {zero_shot['top5']:.4f}", flush=True)
+            write_json(run_dir / INIT_FILE, {**init.to_dict(), "zero_shot_top1": zero_shot["top1"],
+                                             "zero_shot_top5": zero_shot["top5"]})
     if main:
         kept = [r for r in read_jsonl(run_dir / METRICS_FILE) if r["epoch"] < start_epoch]
         write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
@@ -247,6 +298,7 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
             save_state(ckpt_dir, {
                 "trainer": trainer.state_dict(), "epoch": epoch, "best_top1": best_top1, "rng": rng_state(),
                 "data_order": {"sampler_seed": sampler.seed, "sampler_epoch": epoch},
+                "config": config, "data": identity,
             })
         distributed.barrier(env)
 
@@ -257,6 +309,9 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
             "img_size": img_size, "num_classes": len(class_names), "device": str(env.device),
             "world_size": env.world_size, "ema": bool(config["ema"]["enabled"]),
         }
+        if init is not None:
+            record = json.loads((run_dir / INIT_FILE).read_text())
+            static.update(init_from=record, zero_shot_top1=record["zero_shot_top1"], zero_shot_top5=record["zero_shot_top5"])
         write_json(run_dir / SUMMARY, summarise(read_jsonl(run_dir / METRICS_FILE), static))
     distributed.barrier(env)
     return run_dir
@@ -308,8 +363,8 @@ def train_all(
 
 
 def with_data(config: dict[str, Any], data: Optional[str]) -> dict[str, Any]:
-    """Apply `--data digits|synthetic|PATH` to a config (a path becomes an absolute folder root)."""
-    if data in ("digits", "synthetic"):
+    """Apply `--data digits|cluttered|synthetic|PATH` to a config (a path becomes an absolute folder root)."""
+    if data in GENERATED:
         config["data"].update(name=data, root=None)
     elif data is not None:
         config["data"].update(name="folder", root=str(Path(data).expanduser().resolve()))

@@ -1,0 +1,90 @@
+"""The attention-free bound (no token mixing, projections kept) and the report's reading of it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from effvit_deploy.bench.bound import NoTokenMixing, bound_run, load_bound_model, remove_token_mixing
+from effvit_deploy.bench.report import write_report
+from effvit_deploy.flops import count_flops
+
+from conftest import make_tiny_run, tiny_model
+
+
+def test_attention_free_model_mixes_no_tokens():
+    model = remove_token_mixing(tiny_model("exact"))
+    x = torch.randn(1, 3, 64, 64)
+    y = x.clone()
+    y[..., :16, :16] += 3.0  # only the first patch changes
+    with torch.inference_mode():
+        fx, fy = model.forward_features(x), model.forward_features(y)
+    changed = (fx - fy).abs().amax(-1)[0]  # per token: class token, then the 16 patches
+    assert changed[1] > 1e-3, "the changed patch's own token must change"
+    assert torch.all(changed[0] == 0) and torch.all(changed[2:] == 0), "no other token may see the change"
+
+
+def test_bound_keeps_the_projections_and_removes_exactly_the_attention_flops():
+    exact = tiny_model("exact")
+    params = {id(p) for p in exact.parameters()}
+    bound = remove_token_mixing(tiny_model("exact"))
+    assert all(isinstance(b.attn, NoTokenMixing) for b in bound.blocks)
+    bound_shared = remove_token_mixing(exact)
+    assert {id(p) for p in bound_shared.parameters()} == params, "same weights, nothing added or dropped"
+    for res in (64, 128):
+        tokens, dim = 1 + (res // 16) ** 2, exact.embed_dim
+        attention_core = len(exact.blocks) * 4 * tokens**2 * dim  # QK^T and AV, a multiply-add = 2
+        assert count_flops(tiny_model("exact"), res) - count_flops(bound, res) == attention_core
+
+
+@pytest.mark.slow
+def test_bound_run_exports_onnx_and_openvino_artifacts_that_match_pytorch(tmp_path):
+    run = make_tiny_run(tmp_path / "exact", "exact")
+    bound = bound_run(run, tmp_path / "cache", formats=("onnx", "openvino"), min_res=32, max_res=64)
+    manifest = json.loads((bound / "export" / "manifest.json").read_text())
+    assert manifest["attention"] == "attention-free"
+    assert [e["format"] for e in manifest["artifacts"]] == ["onnx", "openvino"]
+    for entry in manifest["artifacts"]:
+        assert entry["inputs"]["height"] == [32, 32, 64] and entry["parity"]["rel_max_error"] < 1e-4
+    assert bound_run(run, tmp_path / "cache", formats=("onnx", "openvino"), min_res=32, max_res=64) == bound  # reused
+    assert all(isinstance(b.attn, NoTokenMixing) for b in load_bound_model(bound).blocks)
+
+
+def _row(attention, res, ms, **extra):
+    return {"mode": "model", "run": f"r-{attention}", "model": "m", "attention": attention, "backend": "onnxruntime",
+            "precision": "fp32", "batch": 1, "resolution": res, "tokens": 1 + (res // 16) ** 2, "patch": 16,
+            "status": "ok", "reason": "", "latency_median_ms": ms, "thread_policy": "passive", "threads": 2,
+            "omp_wait_policy": "PASSIVE", "env": {"cpu_model": "test cpu"}, **extra}
+
+
+def test_report_reads_each_speedup_against_the_largest_possible(tmp_path):
+    rows = [_row("exact", 224, 100.0), _row("attention-free", 224, 40.0), _row("nystrom", 224, 50.0),
+            _row("exact", 448, 400.0), _row("attention-free", 448, 100.0), _row("nystrom", 448, 200.0)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(tmp_path / "results.jsonl", tmp_path).read_text()
+    assert "| onnxruntime | fp32 | 1 | 224 | 197 | nystrom | 2.00x | 2.50x | 80% | 1.25x |  |" in text
+    assert "| onnxruntime | fp32 | 1 | 448 | 785 | nystrom | 2.00x | 4.00x | 50% | 2.00x |  |" in text
+    assert "Thread policy: passive" in text and "within timing noise" not in text
+    assert "target" not in text.lower(), "no goals unless the user gives them"
+    noisy = rows + [_row("exact", 896, 1000.0), _row("attention-free", 896, 1100.0), _row("nystrom", 896, 900.0)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in noisy))
+    assert "| 122% | 0.82x | bound not the fastest: within timing noise, re-measure |" in \
+        write_report(tmp_path / "results.jsonl", tmp_path).read_text()
+    text = write_report(tmp_path / "results.jsonl", tmp_path, speedup_targets={448: 3.0}, budgets_ms=(60,)).read_text()
+    assert "| nystrom | 448 px speed-up >= 3x | 2.00x | 4.00x | missed (2.00x of 3x) |" in text
+    assert "<= 60 ms" in text and "<= 10000 ms" not in text
+
+
+def test_recommendations_rank_by_top1_measured_at_the_cells_resolution(tmp_path):
+    rows = [_row("exact", 224, 100.0, top1=0.9, top1_resolution=224, top1_images=50),
+            _row("nystrom", 224, 50.0, top1=0.8, top1_resolution=224, top1_images=50),
+            _row("exact", 448, 400.0, top1=0.9, top1_resolution=224, top1_images=None),
+            _row("nystrom", 448, 200.0, top1=0.7, top1_resolution=448, top1_images=50)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(tmp_path / "results.jsonl", tmp_path, budgets_ms=(60, 1000)).read_text()
+    recommend = text.split("## Recommendations")[1].split("##")[0]
+    assert "| 224 px | nystrom (onnxruntime fp32, 50 ms, 80.0%) | exact (onnxruntime fp32, 100 ms, 90.0%) |" in recommend
+    assert "| 448 px | - | nystrom (onnxruntime fp32, 200 ms, 70.0%) |" in recommend, \
+        "exact's 448 px top-1 was measured at 224 px only: it must not outrank a figure measured at 448"
+    assert "Not on the plot (top-1 not measured at their own resolution): exact onnxruntime fp32 448 px" in text
