@@ -110,14 +110,23 @@ def _resolve_profile(card: ModelCard, min_res, opt_res, max_res, max_batch) -> d
 
 
 def _plan(formats: Sequence[str], precisions: Sequence[str], int8: bool) -> list[tuple[str, str]]:
-    """(format, precision) in build order; an engine needs the ONNX graph of its precision."""
+    """(format, precision) in build order; an engine or IR needs the ONNX graph it is built from.
+
+    With several formats, each builds the requested precisions it has (`--formats onnx,openvino
+    --precision fp32,fp16`: fp16 ONNX, fp32 both); a precision no requested format has is an error.
+    """
     plan: list[tuple[str, str]] = []
     for fmt in formats:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    for prec in precisions:
+        if not any(prec in PRECISIONS[fmt] for fmt in formats):
+            valid = sorted({p for fmt in formats for p in PRECISIONS[fmt]})
+            raise ValueError(f"{', '.join(formats)} has no {prec} precision; valid: {', '.join(valid)}")
+    for fmt in formats:
         for prec in precisions:
             if prec not in PRECISIONS[fmt]:
-                raise ValueError(f"{fmt} has no {prec} precision; valid: {', '.join(PRECISIONS[fmt])}")
+                continue
             if fmt == "tensorrt":
                 plan += [("onnx", "fp32"), ("onnx", "fp16" if prec == "fp16" else "fp32")]
             if fmt == "openvino":
