@@ -81,10 +81,16 @@ def load_model_card(run_dir: Union[str, Path]) -> ModelCard:
             f"{run_dir} is not a training run directory: {MODEL_CARD} is missing "
             "(create one with `effvit-train`)"
         )
-    raw = json.loads(path.read_text())
-    for key in ("mean", "std"):
-        raw[key] = tuple(raw[key])
-    return ModelCard(**raw)
+    try:
+        raw = json.loads(path.read_text())
+        for key in ("mean", "std"):
+            raw[key] = tuple(raw[key])
+        return ModelCard(**raw)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(
+            f"{path} is not a model card ({' '.join(str(exc).split())}): it was damaged or edited; "
+            "copy it back from the training run, or train again with effvit-train"
+        ) from None
 
 
 def save_weights(model: nn.Module, path: Union[str, Path]) -> None:

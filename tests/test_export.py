@@ -159,9 +159,9 @@ def test_gpu_formats_on_a_cpu_machine_give_a_clear_error(exported, capsys):
 
 def test_bad_options_are_refused_by_name(exported, capsys):
     run = exported["exact"]
-    assert export_main([str(run), "--min-res", "200"]) == 1
+    assert export_main([str(run), "--min-res", "200"]) == 2
     assert "min_res=200 is not a positive multiple of the patch size 16" in capsys.readouterr().err
-    assert export_main([str(run), "--formats", "onnx", "--precision", "int4"]) == 1
+    assert export_main([str(run), "--formats", "onnx", "--precision", "int4"]) == 2
     assert "onnx has no int4 precision" in capsys.readouterr().err
 
 

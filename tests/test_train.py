@@ -114,7 +114,7 @@ def test_every_recipe_resolves_for_every_attention():
 def _cli_error(capsys, *argv: str) -> str:
     code = cli_main(["--config", str(DIGITS), *argv])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert code == 2 and err.startswith("effvit-train: error: ") and "Traceback" not in err
     return err
 
 

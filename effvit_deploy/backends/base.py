@@ -129,7 +129,18 @@ def load_manifest(run_dir: Union[str, Path]) -> dict[str, Any]:
     path = Path(run_dir) / "export" / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no exported artifacts ({path} missing): run `effvit-export {run_dir}` first")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        manifest, reason = None, f"not JSON: {exc}"
+    else:
+        reason = "not an export manifest (no list of artifacts with format, precision and path)"
+    artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    if not isinstance(artifacts, list) or not all(
+        isinstance(a, dict) and {"format", "precision", "path"} <= set(a) for a in artifacts
+    ):
+        raise ValueError(f"{path} is {reason}; rebuild it with `effvit-export {run_dir} --force`")
+    return manifest
 
 
 def find_artifact(run_dir: Union[str, Path], fmt: str, precision: str = "fp32") -> tuple[Path, dict[str, Any]]:

@@ -11,6 +11,7 @@ import yaml
 
 from ..export import ExportUnavailable, ParityError, TensorRTIncompatible, check_tensorrt_compat, export_run
 from ..export.run import FORMATS
+from .errors import EXIT_RUNTIME, Parser, exit_code, one_line, run_cli
 
 EPILOG = """examples:
   effvit-export runs/digits-exact                              # ONNX fp32, verified
@@ -19,7 +20,7 @@ EPILOG = """examples:
       --min-res 224 --opt-res 384 --max-res 1024 --max-batch 32  # engine (NVIDIA GPU)
   effvit-export runs/digits-exact --check-tensorrt              # will TensorRT parse it? (no GPU needed)
   effvit-export model.onnx --check-tensorrt                     # any ONNX file
-  effvit-export runs/x --config export/gpu.yaml                 # options from a profile
+  effvit-export runs/x --config export/tensorrt.yaml            # options from a profile
 artifacts and export/manifest.json go to RUN_DIR/export/; then: effvit-bench RUN_DIR
 """
 
@@ -29,8 +30,7 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="effvit-export", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="effvit-export", description=__doc__, epilog=EPILOG)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run directories (or .onnx files with --check-tensorrt)")
     p.add_argument("--config", help="YAML export profile (keys as the long options, e.g. formats: [onnx]); flags override it")
     p.add_argument("--formats", type=_csv, help=f"comma list of {', '.join(FORMATS)} (default: onnx)")
@@ -56,7 +56,12 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.config)
         if not path.is_file():
             raise ValueError(f"export profile {path} does not exist")
-        profile = yaml.safe_load(path.read_text()) or {}
+        try:
+            profile = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"export profile {path} is not valid YAML ({one_line(exc)})") from None
+        if not isinstance(profile, dict):
+            raise ValueError(f"export profile {path} must be a mapping of option names to values, e.g. formats: [onnx]")
         known = {"formats", "precision", "int8", "min_res", "opt_res", "max_res", "max_batch", "eval_limit", "verify", "force"}
         unknown = sorted(set(profile) - known)
         if unknown:
@@ -112,7 +117,7 @@ def _check_tensorrt(targets: list[Path]) -> int:
         graphs = [target] if target.suffix == ".onnx" else sorted((target / "export").glob("model*.onnx"))
         graphs = [g for g in graphs if ".int8" not in g.name]
         if not graphs:
-            print(f"error: {target} has no ONNX graph to check: run `effvit-export {target}` first", file=sys.stderr)
+            print(f"effvit-export: error: {target} has no ONNX graph to check: run `effvit-export {target}` first", file=sys.stderr)
             failed += 1
         for graph in graphs:
             report = check_tensorrt_compat(graph)
@@ -122,41 +127,40 @@ def _check_tensorrt(targets: list[Path]) -> int:
 
 
 def _export(target: Path, opts: dict[str, Any]) -> int:
-    """Export one run; 0 on success, else the exit code of its error (printed, no traceback)."""
+    """Export one run; 0 on success, else the exit code of its error (one line, no traceback).
+    A failed parity or TensorRT check is a runtime failure of that run (1), reported with its
+    run so the other runs still export."""
     try:
         print_table(export_run(target, **opts))
-    except ExportUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
     except (ParityError, TensorRTIncompatible) as exc:
-        print(f"error: {target}: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"effvit-export: error: {target}: {one_line(exc)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except ExportUnavailable:
+        raise
+    except (ValueError, OSError) as exc:
+        print(f"effvit-export: error: {one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
     return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return run_cli("effvit-export", lambda: _main(args), args.debug)
+
+
+def _main(args: argparse.Namespace) -> int:
     targets = [Path(r) for r in args.runs]
-    try:
-        opts = _options(args)
-        for target in targets:
-            if target.suffix == ".onnx" and not args.check_tensorrt:
-                raise ValueError(f"{target} is an ONNX file: pass run directories, or add --check-tensorrt to check it")
-            if target.suffix == ".onnx" and not target.is_file():
-                raise FileNotFoundError(f"{target} does not exist")
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    opts = _options(args)
+    for target in targets:
+        if target.suffix == ".onnx" and not args.check_tensorrt:
+            raise ValueError(f"{target} is an ONNX file: pass run directories, or add --check-tensorrt to check it")
+        if target.suffix == ".onnx" and not target.is_file():
+            raise FileNotFoundError(f"{target} does not exist")
     code = 0
     for target in targets:
         if target.suffix != ".onnx":
             code = max(code, _export(target, opts))
-            if code == 3:  # the toolchain is missing: every other run would fail the same way
-                return code
     if args.check_tensorrt and code == 0:
         code = _check_tensorrt(targets)
     return code
