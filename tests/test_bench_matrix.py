@@ -57,6 +57,8 @@ def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(r
         assert 0.0 <= r["top1"] <= 1.0 and r["top1_source"] == "measured on this backend"
         assert r["top1_resolution"] == r["resolution"] and r["top1_images"] == 16
         assert r["thread_policy"] == "default" and r["omp_wait_policy"]
+        assert r["implementation"] == ("torch: PyTorch module (eager)" if r["backend"] == "torch"
+                                       else "onnxruntime: model.onnx")
         assert r["env"]["cpu_model"] and r["env"]["torch"] == torch.__version__.split("+")[0]
         assert "hostname" not in json.dumps(r["env"]).lower()
     by = {(r["attention"], r["backend"], r["resolution"]): r for r in rows}
