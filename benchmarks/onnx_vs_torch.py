@@ -86,9 +86,10 @@ def _callable(job: dict[str, Any]):
         if job["what"] == "gemm":
             ta, tb = torch.from_numpy(feeds["a"]), torch.from_numpy(feeds["b"])
             return (lambda: torch.mm(ta, tb)), info
+        from effvit_deploy.bench.bound import is_bound_run, load_bound_model
         from effvit_deploy.runs import load_run
 
-        model, _ = load_run(job["run_dir"])
+        model = load_bound_model(job["run_dir"]) if is_bound_run(job["run_dir"]) else load_run(job["run_dir"])[0]
         tx = torch.from_numpy(feeds["pixel_values"])
 
         def run_torch():
@@ -155,6 +156,44 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def bound_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size and variant: its best runtime, and there its speed-up over exact, the largest
+    possible (exact / attention-free bound) and its latency over the bound's."""
+    ok = {(r["attention"], r["size"], r["runtime"]): r["median_ms"] for r in rows if "median_ms" in r}
+    out = []
+    for size in sorted({r["size"] for r in rows}):
+        for att in dict.fromkeys(r["attention"] for r in rows):
+            if att in ("exact", "attention-free"):
+                continue
+            mine = {rt: ms for (a, sz, rt), ms in ok.items() if a == att and sz == size
+                    and (("exact", size, rt) in ok and ("attention-free", size, rt) in ok)}
+            if not mine:
+                continue
+            rt = min(mine, key=mine.get)
+            e, b, v = ok[("exact", size, rt)], ok[("attention-free", size, rt)], mine[rt]
+            out.append({"size": size, "attention": att, "best_runtime": rt, "variant_ms": v, "exact_ms": e, "bound_ms": b,
+                        "speedup": e / v, "largest_possible": e / b, "achieved": b / v, "over_bound": v / b})
+    return out
+
+
+def _bound_lines(rows: list[dict[str, Any]]) -> list[str]:
+    table = bound_table(rows)
+    if not table:
+        return []
+    lines = ["", "## Each variant on its best runtime, against the attention-free bound there", "",
+             "The attention-free bound is the same model with token mixing removed (each token keeps its own value "
+             "vector; q/k/v and output projections, MLPs and norms still run): no mechanism can be faster. Best runtime: "
+             "the variant's fastest here; exact and the bound are read on that same runtime (exact's own best "
+             "runtime can differ).", "",
+             "| px | attention | best runtime | variant ms | exact ms | bound ms | speed-up over exact | largest possible | "
+             "achieved | variant / bound |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['size']} | {r['attention']} | {r['best_runtime']} | {r['variant_ms']:.0f} | {r['exact_ms']:.0f} | "
+                     f"{r['bound_ms']:.0f} | {r['speedup']:.2f}x | {r['largest_possible']:.2f}x | {100 * r['achieved']:.0f}% | "
+                     f"{r['over_bound']:.2f}x |")
+    return lines
+
+
 def render(result: dict[str, Any]) -> str:
     env, rows, gemm = result["environment"], result["rows"], result["gemm"]
     peak = result["gemm_peak_gflops"]
@@ -189,6 +228,7 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| {r['attention']} | {r['size']} | {r['runtime']} | {r['median_ms']:.1f} | {r['spread']:.2f} | "
                      f"{r['gflop']:.2f} | {r['gflops']:.0f} | {100 * r['gflops'] / peak:.0f}% | "
                      f"{r['speedup_vs_torch']:.2f}x | {r.get('notes', '')} |")
+    lines += _bound_lines(rows)
     best = result.get("best_224_exact")
     if best:
         lines += ["", f"Best runtime for exact ViT-S/16 at 224 px, batch 1: **{best['runtime']}**, "
@@ -200,7 +240,8 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--attentions", default="exact,linformer,performer,nystrom,atrous")
+    parser.add_argument("--attentions", default="exact,linformer,performer,nystrom,atrous,attention-free",
+                        help="mechanisms, and attention-free: the same model with token mixing removed (bench.bound)")
     parser.add_argument("--sizes", default="224,1024")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     parser.add_argument("--repeats", default="20,3", help="timed calls per process, per size in --sizes order")
@@ -219,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from effvit_deploy.atomic import write_json, write_text
+    from effvit_deploy.bench.bound import BOUND, bound_run, load_bound_model
     from effvit_deploy.bench.shapes import shape_runs
     from effvit_deploy.environment import environment
     from effvit_deploy.export.run import tool_versions
@@ -229,17 +271,21 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     repeats = dict(zip(sizes, (int(r) for r in args.repeats.split(","))))
     attentions, runtimes = args.attentions.split(","), args.runtimes.split(",")
-    runs = dict(zip(attentions, shape_runs(MODEL, attentions, args.cache, onnx=True, min_res=min(sizes), max_res=max(sizes), max_batch=2)))
+    variants = [a for a in attentions if a != BOUND]
+    runs = dict(zip(variants, shape_runs(MODEL, variants, args.cache, formats=("onnx",), min_res=min(sizes), max_res=max(sizes), max_batch=2)))
+    if BOUND in attentions:
+        exact = runs["exact"] if "exact" in runs else shape_runs(MODEL, ["exact"], args.cache)[0]
+        runs[BOUND] = bound_run(exact, args.cache, formats=("onnx",), min_res=min(sizes), max_res=max(sizes), max_batch=2)
     tmp = Path(tempfile.mkdtemp(prefix="effvit-runtimes-"))
     notes: dict[str, str] = {}
     optimized: dict[str, Path] = {}
-    if "onnxruntime-vit-optimized" in runtimes and "exact" in runs:
+    for att in attentions if "onnxruntime-vit-optimized" in runtimes else []:
         try:
-            fused = vit_optimize(runs["exact"] / "export" / "model.onnx", tmp / "exact.vit-opt.onnx")
-            optimized["exact"] = tmp / "exact.vit-opt.onnx"
-            notes["onnxruntime-vit-optimized"] = "fused: " + ", ".join(f"{k} {v}" for k, v in fused.items())
+            fused = vit_optimize(runs[att] / "export" / "model.onnx", tmp / f"{att}.vit-opt.onnx")
+            optimized[att] = tmp / f"{att}.vit-opt.onnx"
+            notes[att] = "fused: " + (", ".join(f"{k} {v}" for k, v in fused.items()) or "nothing")
         except Exception as exc:  # recorded: the optimizer may not read every exported graph
-            notes["onnxruntime-vit-optimized"] = f"optimizer failed: {type(exc).__name__}: {exc}"[:200]
+            notes[att] = f"optimizer failed: {type(exc).__name__}: {exc}"[:200]
 
     jobs: list[dict[str, Any]] = [{"what": "gemm", "runtime": rt, "threads": args.threads, "tmp": str(tmp),
                                    "warmup": 2, "repeats": 10, "passive": args.passive} for rt in ("torch", "onnxruntime", "openvino") if rt in runtimes or rt == "torch"]
@@ -275,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         elif key in extra:
             gemm[rt] = extra[key]
     peak = max(g["gflops"] for g in gemm.values() if "gflops" in g)
-    flops = {(att, size): count_flops(load_model_card(runs[att]).build(), size) / 1e9 for att in attentions for size in sizes}
+    flops = {(att, size): count_flops(load_bound_model(runs[att]) if att == BOUND else load_model_card(runs[att]).build(), size) / 1e9
+             for att in attentions for size in sizes}
     rows = []
     for att in attentions:
         for size in sizes:
@@ -288,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                     st = _stats(times[key])
                     row.update(st, gflop=flops[(att, size)], gflops=flops[(att, size)] / (st["median_ms"] / 1e3),
                                speedup_vs_torch=(torch_ms / st["median_ms"]) if torch_ms else float("nan"))
-                    if rt in notes:
-                        row["notes"] = notes[rt]
+                    if rt == "onnxruntime-vit-optimized":
+                        row["notes"] = notes[att]
                     if "openvino_runtime_ops" in row:
                         row["notes"] = f"static {size}x{size}; runtime graph: " + ", ".join(
                             f"{k} {v}" for k, v in row["openvino_runtime_ops"].items())
@@ -306,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                           "OpenVINO unchanged)") if args.passive else "each runtime's default (idle threads spin)", "rounds": args.rounds,
         "repeats": args.repeats, "environment": environment(), "openvino": tool_versions("openvino").get("openvino"),
         "torch_threads_default": torch.get_num_threads(), "gemm": gemm, "gemm_peak_gflops": peak, "rows": rows,
+        "bound": bound_table(rows),
         "best_224_exact": None if best is None else {"runtime": best["runtime"], "median_ms": best["median_ms"],
                                                       "gflops": best["gflops"], "fraction_of_gemm": best["gflops"] / peak},
     }

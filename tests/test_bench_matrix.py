@@ -35,6 +35,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(runs, tmp_path):
     out = tmp_path / "bench"
     path = run_benchmark(runs, ["torch", "onnxruntime"], [32, 64], [1], ["fp32"], out,
@@ -151,3 +152,12 @@ def test_bad_matrix_is_refused_with_the_fix(runs, tmp_path):
         run_benchmark(runs[:1], ["torch"], [30], [1], ["fp32"], tmp_path)
     with pytest.raises(ValueError, match="unknown backend"):
         run_benchmark(runs[:1], ["tensorflow"], [32], [1], ["fp32"], tmp_path)
+
+
+def test_shape_and_bound_runs_are_exported_for_the_formats_the_backends_read():
+    from effvit_deploy.bench.matrix import artifact_formats
+
+    assert artifact_formats(["torch", "torch-compile"]) == ()
+    assert artifact_formats(["torch", "onnxruntime"]) == ("onnx",)
+    assert artifact_formats(["openvino"]) == ("onnx", "openvino"), "the IR is converted from the ONNX graph"
+    assert artifact_formats(["onnxruntime-cuda", "tensorrt"]) == ("onnx",)

@@ -68,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="timm ViT for shape-only runs (untrained, accuracy not applicable) or --layer-only dims")
     p.add_argument("--attention", default="all", help="variants for --model / --layer-only: all or a comma list")
     p.add_argument("--backends", default="auto", help="auto, or a comma list of: torch, torch-compile, onnxruntime, "
-                   "onnxruntime-cuda, onnxruntime-tensorrt, tensorrt, torch-tensorrt")
+                   "onnxruntime-cuda, onnxruntime-tensorrt, openvino, tensorrt, torch-tensorrt")
     p.add_argument("--resolutions", type=_ints, default=[224, 384, 512, 768, 1024], help="square input sizes (px)")
     p.add_argument("--batch-sizes", type=_ints, default=[1], help="batch sizes")
-    p.add_argument("--precision", type=_names, default=["fp32"], help="fp32, fp16, bf16 (comma list)")
+    p.add_argument("--precision", type=_names, default=["fp32"], help="fp32, fp16, bf16, int8, int8-static (comma list; "
+                   "each backend runs the precisions its artifacts were exported in)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="results and report folder")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration (at most)")
@@ -164,7 +165,7 @@ def _report_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import layer_subject, run_benchmark, shape_runs, write_report
-    from ..bench.matrix import resolve_backends
+    from ..bench.matrix import artifact_formats, resolve_backends
     from ..bench.results import RESULTS_JSONL, load_results
     from ..bench.shapes import parse_attentions
 
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         backends, _ = resolve_backends(args.backends)
         run_dirs += shape_runs(
             args.model, parse_attentions(args.attention), args.out / "cache",
-            onnx=any(b.startswith("onnxruntime") for b in backends), precisions=args.precision,
+            formats=artifact_formats(backends), precisions=args.precision,
             min_res=min(args.resolutions), max_res=max(args.resolutions), max_batch=max(max(args.batch_sizes), 2),
         )
     not_runs = [str(d) for d in args.run_dirs if not (d / "model.json").is_file()]

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--imagenet", required=True, help="ImageNet-1k folder with train/<wnid>/ and val/<wnid>/")
     s.add_argument("--out", required=True, help="output folder (gets train/ and val/ of class links)")
     s.add_argument("--classes", default=str(DEFAULT_CLASS_FILE),
-                   help="class list, one WordNet ID per line (default: train/imagenet100_classes.txt)")
+                   help="class list, one WordNet ID per line (default: the bundled ImageNet-100 list, effvit_deploy/data/imagenet100_classes.txt)")
     s.set_defaults(func=_imagenet100)
 
     s = sub.add_parser("check", help="list unreadable or truncated images (and, for a train/val folder, check "

@@ -1,11 +1,12 @@
-"""Cluttered digits: find one small handwritten digit in a large image full of digit fragments.
+"""Cluttered digits: find one handwritten digit, anywhere on a canvas, among fragments of others.
 
 The "cluttered MNIST" construction of Jaderberg et al. 2015 (Spatial Transformer Networks,
 arXiv:1506.02025, section 4.1) made from scikit-learn's bundled digits, so it runs offline: each
-image is a canvas with one whole digit (the label) at a random position and scale, over
-fragments cropped from other digits. The object covers a few percent of the image, so at 128 px
-and up a ViT must attend across hundreds to thousands of patch tokens to find it, the regime
-where efficient attention mechanisms differ.
+image is a canvas with one whole digit (the label) at a random position and scale, among
+fragments cropped from other digits (placed around it, not over it). Positions and sizes lie on
+a 16 x 16 lattice of the canvas, so at 128 px with 8-pixel patches the digit is patch-aligned:
+a tiny ViT learns the task within a CPU budget, and at 128 px and up it attends across hundreds
+to thousands of patch tokens, the regime where efficient attention mechanisms differ.
 
 Properties the tests check:
 - deterministic: image i of a split depends only on (seed, split, i), drawn with NumPy's legacy
@@ -17,6 +18,7 @@ Properties the tests check:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -28,9 +30,15 @@ from torch.utils.data import Dataset
 from .digits import CLASS_NAMES, digits_split, load_digits_uint8
 
 SPLIT_IDS = {"train": 0, "val": 1}
-DIGIT_SCALE = (0.28, 0.38)  # side of the labelled digit, as a fraction of the canvas side
-FRAGMENTS = (3, 6)  # clutter pieces per image (inclusive range)
+GRID = 16  # the digit is placed on a 16 x 16 lattice of the canvas, its side 9-12 lattice cells
+DIGIT_CELLS = (9, 12)
+FRAGMENTS = (2, 4)  # clutter pieces per image (inclusive range)
 FRAGMENT_PIXELS = 4  # a fragment is a 4x4 crop of an 8x8 source digit
+PLACEMENT_TRIES = 20  # a fragment that finds no free place is left out
+MARGIN = 0.07  # the digit stays inside timm's default centre crop (crop_pct 0.875 keeps [0.0625, 0.9375])
+# Measured here: with the digit at 6-8 cells (and at a free scale of 0.2-0.38 of the side), a
+# 4-block ViT trained from scratch stayed at <= 0.28 top-1 after 8 epochs of 2,000 images; at
+# 9-12 cells it reaches ~0.6 at 32 px, which the demo's CPU budget allows.
 
 
 @dataclass(frozen=True)
@@ -85,18 +93,22 @@ class ClutteredDigits(Dataset):
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for {self.length} images")
         rng = np.random.RandomState([self.seed, SPLIT_IDS[self.split], i])
-        side = rng.uniform(*DIGIT_SCALE)
-        pixel = side / 8
+        cells = rng.randint(DIGIT_CELLS[0], DIGIT_CELLS[1] + 1)
+        side = cells / GRID
+        pixel, frag = side / 8, FRAGMENT_PIXELS * side / 8
+        lo, hi = math.ceil(MARGIN * GRID), math.floor((1 - MARGIN) * GRID) - cells
+        dx, dy = rng.randint(lo, hi + 1, size=2) / GRID
         pieces = []
         for _ in range(rng.randint(FRAGMENTS[0], FRAGMENTS[1] + 1)):
             other = int(self.pool[rng.randint(len(self.pool))])
             r, c = rng.randint(0, 8 - FRAGMENT_PIXELS + 1, size=2)
-            frag = FRAGMENT_PIXELS * pixel
-            x, y = rng.uniform(0, 1 - frag, size=2)
-            pieces.append(Piece(other, (int(r), int(r) + FRAGMENT_PIXELS), (int(c), int(c) + FRAGMENT_PIXELS),
-                                float(x), float(y), pixel))
-        x, y = rng.uniform(0, 1 - side, size=2)
-        pieces.append(Piece(int(self.pool[i % len(self.pool)]), (0, 8), (0, 8), float(x), float(y), pixel))
+            for _try in range(PLACEMENT_TRIES):  # clutter around the digit, not over it
+                x, y = rng.uniform(0, 1 - frag, size=2)
+                if x + frag <= dx or x >= dx + side or y + frag <= dy or y >= dy + side:
+                    pieces.append(Piece(other, (int(r), int(r) + FRAGMENT_PIXELS), (int(c), int(c) + FRAGMENT_PIXELS),
+                                        float(x), float(y), float(pixel)))
+                    break
+        pieces.append(Piece(int(self.pool[i % len(self.pool)]), (0, 8), (0, 8), float(dx), float(dy), float(pixel)))
         return pieces
 
     def sources(self, i: int) -> set[int]:
