@@ -157,6 +157,7 @@ def test_atrous_gate_starts_uniform_and_class_token_attends_globally():
     torch.testing.assert_close(out[:, :, :1], F.scaled_dot_product_attention(q[:, :, :1], k, v))
 
 
+@pytest.mark.slow
 def test_performer_error_shrinks_with_more_features():
     # Logit std ~0.4 (q, k entries of std 0.6, head dim 32): a pretrained ViT's typical range.
     q, k, v = qkv(197, scale=0.6, batch=1)

@@ -78,6 +78,7 @@ def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(r
     assert "largest possible" in text and "issue" not in text.lower() and "target" not in text.lower()
 
 
+@pytest.mark.slow
 def test_rows_are_appended_across_sweeps(runs, tmp_path):
     for res in (32, 48):
         run_benchmark(runs[:1], ["torch"], [res], [1], ["fp32"], tmp_path, accuracy=False, isolate=False, **FAST)
@@ -107,6 +108,7 @@ def test_missing_artifact_is_skipped_with_the_export_command(tmp_path):
     assert rows[0]["status"] == "skipped" and "effvit-export" in rows[0]["reason"]
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_recorded_and_the_sweep_continues(runs, tmp_path):
     def runner_factory(config):
         if config["resolution"] == 48 and "exact" in config["run_dir"]:
@@ -139,6 +141,7 @@ def test_isolated_configuration_past_its_limit_is_killed_and_recorded(runs, tmp_
     assert rows[1]["status"] == "skipped" and rows[1]["reason"] == f"not run: {status} at 32 px"
 
 
+@pytest.mark.slow
 def test_shape_only_run_reports_accuracy_as_not_applicable(tmp_path):
     run = shape_run("vit_tiny_patch16_224", "linformer", tmp_path / "cache")
     rows = load_results(run_benchmark([run], ["torch"], [32], [1], ["fp32"], tmp_path, isolate=False, **FAST))

@@ -227,6 +227,7 @@ def test_twenty_concurrent_requests_are_all_answered_within_the_concurrency_limi
         assert tops[i] == tops[i % len(examples)]
 
 
+@pytest.mark.slow
 def test_onnxruntime_backend_serves_an_exported_run_and_a_run_without_it_fails_alone(tmp_path):
     from effvit_deploy.export import export_run
 
