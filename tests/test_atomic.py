@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from effvit_deploy.atomic import atomic_path, remove_stale_temps, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_temp_file_of_a_killed_writer_is_removed_and_a_live_ones_kept(tmp_path):
     write_text(tmp_path / "results.json", "old\n")
     writer = subprocess.Popen([sys.executable, "-c", (

@@ -83,6 +83,7 @@ def test_nystrom_is_exact_with_all_landmarks():
     torch.testing.assert_close(exact.attend(q, k, v), ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_nystrom_error_shrinks_with_landmarks_and_pinv_iterations():
     q, k, v = qkv(96, scale=0.6)
     ref = F.scaled_dot_product_attention(q, k, v)

@@ -87,6 +87,7 @@ def test_rows_are_appended_across_sweeps(runs, tmp_path):
     assert rows[0]["top1_source"].startswith("training summary")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(backend_status("tensorrt") is None, reason="TensorRT is usable here: nothing is skipped")
 def test_missing_backend_is_skipped_with_its_reason(runs, tmp_path):
     path = run_benchmark(runs[:1], ["torch", "tensorrt"], [32], [1], ["fp32"], tmp_path, accuracy=False,
@@ -101,6 +102,7 @@ def test_missing_backend_is_skipped_with_its_reason(runs, tmp_path):
     assert "report.md" in str(write_report(path, tmp_path))
 
 
+@pytest.mark.slow
 def test_missing_artifact_is_skipped_with_the_export_command(tmp_path):
     run = make_tiny_run(tmp_path / "unexported", "exact")
     rows = load_results(run_benchmark([run], ["onnxruntime"], [32], [1], ["fp32"], tmp_path / "out",
@@ -133,6 +135,7 @@ def test_errors_are_classified(exc, status):
     assert classify_error(exc) == status
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limits, status", [({"memory_cap_bytes": 1}, "oom"), ({"timeout_s": 0.0}, "timeout")])
 def test_isolated_configuration_past_its_limit_is_killed_and_recorded(runs, tmp_path, limits, status):
     path = run_benchmark(runs[:1], ["torch"], [32, 64], [1], ["fp32"], tmp_path, accuracy=False, **limits, **FAST)
@@ -150,6 +153,7 @@ def test_shape_only_run_reports_accuracy_as_not_applicable(tmp_path):
     assert shape_run("vit_tiny_patch16_224", "linformer", tmp_path / "cache") == run
 
 
+@pytest.mark.slow
 def test_bad_matrix_is_refused_with_the_fix(runs, tmp_path):
     with pytest.raises(ValueError, match="multiples of .* patch size 16"):
         run_benchmark(runs[:1], ["torch"], [30], [1], ["fp32"], tmp_path)
