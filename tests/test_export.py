@@ -20,6 +20,9 @@ from effvit_deploy.export import ExportUnavailable, ParityError, check_tensorrt_
 from effvit_deploy.export import run as run_module
 from effvit_deploy.runs import ModelCard, load_run, write_run
 
+# Exports every mechanism (a module-wide fixture) and trains on digits: minutes on 2 CPU cores.
+pytestmark = pytest.mark.slow
+
 SIZES = [(224, 224), (384, 384), (224, 336)]
 DIGITS_IMG = 32  # 2x2 patch grid: trains to ~0.9 val top-1 in a few seconds
 

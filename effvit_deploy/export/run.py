@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path, remove_stale_temps, write_json
 from ..backends import MANIFEST, BackendUnavailable, ThreadPolicy, backend_status, ort_session
 from ..backends.onnxruntime import INPUT_NAME
 from ..backends.openvino import compiled_runner
@@ -414,6 +414,8 @@ def export_run(
     _check_available({fmt for fmt, _ in plan})
     inputs = _resolve_profile(load_model_card(run_dir), min_res, opt_res, max_res, max_batch)
     exporter = _Exporter(run_dir, inputs, opset, verify, force, eval_limit)
+    for stale in remove_stale_temps(exporter.export_dir):
+        log.warning("removed %s, left by a killed export", stale)
     for fmt, precision in plan:
         if precision == "int8-static" and precision not in precisions and not exporter.card.data:
             log.warning("%s: no data set to calibrate on, int8-static skipped (dynamic int8 built)", run_dir)
