@@ -64,7 +64,7 @@ def _names(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="effvit-bench", description=__doc__, epilog=EPILOG)
     p.add_argument("run_dirs", nargs="*", type=Path, help="run directories (model.json, weights, export/)")
-    p.add_argument("--config", type=Path, help="YAML benchmark matrix (keys = long options, e.g. serve/bench_cpu.yaml)")
+    p.add_argument("--config", type=Path, help="YAML benchmark matrix (keys = long options, e.g. serve/bench_cpu_vits.yaml)")
     p.add_argument("--model", help="timm ViT for shape-only runs (untrained, accuracy not applicable) or --layer-only dims")
     p.add_argument("--attention", default="all", help="variants for --model / --layer-only: all or a comma list")
     p.add_argument("--backends", default="auto", help="auto, or a comma list of: torch, torch-compile, onnxruntime, "
