@@ -1,24 +1,20 @@
-"""INT8 against fp32 on CPU: latency (each runtime alone in its own process) and top-1.
+"""INT8 against fp32 on CPU: latency, each runtime alone in its own process.
 
-    flock /tmp/effvit-timing.lock python benchmarks/int8.py runs/digits-exact runs/digits-nystrom ...
+    flock /tmp/effvit-timing.lock python benchmarks/int8.py
 
 Latency: ViT-S/16 exact at 224 px, batch 1 (random weights, the shape run `effvit-bench --model`
 exports), fp32 against dynamic INT8 (`quantize_dynamic`) and calibrated static QDQ INT8
 (`export.precision.quantize_static_int8`: weight MatMul/Gemm/Conv in int8, LayerNorm, Softmax and
 GELU in float) on ONNX Runtime, and fp32 against the static INT8 graph on OpenVINO (which runs
 the QDQ MatMuls in int8). The shape run has no images, so its static graph is calibrated on
-random images: latency depends on the graph, not on the calibration ranges. The trained runs
-given as arguments are timed the same way at 224 px on their own exported artifacts.
-
-Top-1: the trained runs' export manifests (`effvit-export RUN --int8` scores fp32, int8 and
-int8-static on the same validation subset and records the delta). Timing as in
+random images: latency depends on the graph, not on the calibration ranges. Top-1 of the same recipe
+on trained runs: benchmarks/int8_accuracy.py. Timing as in
 benchmarks/onnx_vs_torch.py: one fresh process per (runtime, graph), round-robin rounds, median
 over all calls. Writes benchmarks/results/int8.md and .json (command, machine, commit, date).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -35,18 +31,8 @@ VARIANTS = (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("onnxruntime", "i
             ("openvino", "fp32"), ("openvino", "int8-static"))
 
 
-def _graphs_of_run(run_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
-    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
-    onnx = {e["precision"]: run_dir / "export" / e["path"] for e in manifest["artifacts"] if e["format"] == "onnx"}
-    top1 = {f"{e['format']} {e['precision']}": (e.get("accuracy") or {}) for e in manifest["artifacts"]
-            if e["format"] in ("onnx", "openvino")}
-    return onnx, {"torch_val_top1": manifest.get("torch_val_top1"), "artifacts": top1,
-                  "formats": sorted({f"{e['format']}/{e['precision']}" for e in manifest["artifacts"]})}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", type=Path, help="trained runs exported with `effvit-export RUN --int8`")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
@@ -71,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     calibration = np.random.default_rng(0).standard_normal((16, 3, 224, 224), dtype=np.float32)
     quantize_static_int8(fp32, tmp / "vits.int8-static.onnx", calibration, INPUT_NAME)
     subjects[f"{MODEL} (random weights)"].update({"int8": tmp / "vits.int8.onnx", "int8-static": tmp / "vits.int8-static.onnx"})
-    accuracy = {}
-    for run in args.runs:
-        subjects[run.name], accuracy[run.name] = _graphs_of_run(run)
 
     jobs = []
     for name, graphs in subjects.items():
@@ -107,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "total_s": time.perf_counter() - started, "size": args.size, "threads": args.threads,
               "thread_policy": "passive" if args.passive else "each runtime's default", "rounds": args.rounds,
-              "repeats": args.repeats, "environment": env, "rows": rows, "accuracy": accuracy}
+              "repeats": args.repeats, "environment": env, "rows": rows}
     write_json(args.out.with_suffix(".json"), result)
     write_text(args.out, render(result))
     print(f"wrote {args.out} in {result['total_s'] / 60:.1f} min")
@@ -117,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 def render(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [
-        "# INT8 against fp32 on CPU: latency and top-1", "",
+        "# INT8 against fp32 on CPU: latency", "",
         f"Measured {result['date']} on a shared machine ({env.get('cpu_model')}, {env.get('cpu_affinity')} usable cores; other "
         "jobs were running on it: compare within this file). "
         f"torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}; git commit {env.get('git_commit')}.",
@@ -132,21 +115,8 @@ def render(result: dict[str, Any]) -> str:
         else:
             sp = f"{r['speedup_vs_fp32']:.2f}x" if r["speedup_vs_fp32"] else "-"
             lines.append(f"| {r['subject']} | {r['runtime']} | {r['precision']} | {r['median_ms']:.1f} | {r['spread']:.2f} | {sp} |")
-    if result["accuracy"]:
-        lines += ["", "## Top-1 (export manifests: each artifact on the same validation subset)", "",
-                  "| run | PyTorch fp32 | artifact | top-1 | delta vs PyTorch (points) | images |", "|---|---|---|---|---|---|"]
-        for run, acc in result["accuracy"].items():
-            for precision, a in acc["artifacts"].items():
-                if a.get("top1") is None:
-                    continue
-                ref = acc["torch_val_top1"]
-                delta = f"{100 * (a['top1'] - ref):+.1f}" if ref is not None else "-"
-                lines.append(f"| {run} | {_pct(ref)} | {precision} | {_pct(a['top1'])} | {delta} | {a.get('images', '-')} |")
+    lines += ["", "Top-1 of the same int8 recipes on trained runs: int8_accuracy.md."]
     return "\n".join(lines) + "\n"
-
-
-def _pct(x: Any) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 if __name__ == "__main__":

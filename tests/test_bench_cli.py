@@ -11,6 +11,7 @@ from effvit_deploy.cli.bench import main, parse_args
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_layer_only_sweep_times_each_layer_and_skips_onnx_with_reason(tmp_path, capsys):
     rc = main(["--layer-only", "--attention", "exact,nystrom", "--dim", "64", "--heads", "2",
                "--resolutions", "64,128", "--backends", "torch,onnxruntime", "--out", str(tmp_path),
@@ -51,6 +52,7 @@ def test_committed_matrices_parse_and_flags_override_them(tmp_path):
         parse_args(["--config", str(bad)])
 
 
+@pytest.mark.slow
 def test_report_only_redraws_from_an_existing_results_file(tmp_path, capsys):
     committed = REPO / "benchmarks" / "results" / "cpu-amd-epyc-2026-11-25" / "results.jsonl"
     (tmp_path / "results.jsonl").write_bytes(committed.read_bytes())

@@ -47,6 +47,8 @@ def workdir(tmp_path_factory) -> Path:
     (root / "not-a-run").mkdir()
     garbled = make_tiny_run(root / "garbled", "exact")
     (garbled / "model.json").write_text("{not json")
+    damaged = make_tiny_run(root / "damaged", "exact")
+    (damaged / "checkpoints" / "best.safetensors").write_bytes(os.urandom(2048))
     resume = root / "runs" / "corrupt-exact" / "checkpoints"
     resume.mkdir(parents=True)
     (resume / "last_state.pt").write_bytes(b"PK\x03\x04 cut short")
@@ -84,6 +86,7 @@ CASES = [
      "last_state.pt"),
     ("export-missing-run", "export", ["{w}/nope-run"], 2, "nope-run"),
     ("export-garbled-model-json", "export", ["{w}/garbled"], 2, "model.json"),
+    ("export-damaged-weights", "export", ["{w}/damaged"], 2, "best.safetensors"),
     ("export-missing-profile", "export", ["{w}/run", "--config", "{w}/nope.yaml"], 2, "nope.yaml"),
     ("export-profile-unknown-key", "export", ["{w}/run", "--config", "{w}/profile.yaml"], 2, "colour"),
     ("export-unknown-format", "export", ["{w}/run", "--formats", "coreml"], 2, "coreml"),

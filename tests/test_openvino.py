@@ -80,6 +80,7 @@ def test_openvino_and_int8_artifacts_are_verified_and_served(tmp_path):
     assert logits.shape == (1, 10) and np.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_static_int8_keeps_layernorm_softmax_and_gelu_in_float(tmp_path):
     from effvit_deploy.export.precision import STATIC_INT8_OPS, quantize_static_int8
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -44,20 +44,13 @@ class ThreadPolicy:
     shared one a preempted spinning thread stalls every barrier (ViT-S/16, 224 px, 2 threads,
     loaded 2-core machine: 5.6 s spinning vs 0.14 s passive in PyTorch). ONNX Runtime takes it per
     session (`session.intra_op.allow_spinning`); PyTorch's OpenMP reads `OMP_WAIT_POLICY` once at
-    process start, so the process that will run PyTorch must be started with it set
-    (`apply_to_environment`); OpenVINO's CPU plugin has no spin setting (its threads block).
+    process start, so the process that will run PyTorch must be started with
+    OMP_WAIT_POLICY=PASSIVE (the benchmark's worker processes are); OpenVINO's CPU plugin has no
+    spin setting (its threads block).
     """
 
     threads: Optional[int] = None
     passive: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def apply_to_environment(self, environ: dict) -> None:
-        """Set OMP_WAIT_POLICY=PASSIVE in `environ` (for a process about to start) when passive."""
-        if self.passive:
-            environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 RUNTIME_DEFAULT = ThreadPolicy()

@@ -7,12 +7,13 @@ from typing import Optional
 
 from ..demo.app import DEFAULT_HOST, DEFAULT_MAX_FILE_SIZE, DEFAULT_PORT
 from ..demo.inputs import DEFAULT_MAX_PIXELS
-from ..demo.predict import AUTO, SERVABLE
+from ..demo.predict import AUTO, PRECISIONS, SERVABLE
 from .errors import Parser, run_cli
 
 EPILOG = """examples:
   effvit-demo runs/digits-*                       # every variant, fastest backend each, http://127.0.0.1:7860
   effvit-demo runs/exact runs/performer --backend onnxruntime --port 7861
+  effvit-demo runs/digits-* --backend openvino --precision int8-static   # calibrated int8 on OpenVINO
   effvit-demo runs/* --host 0.0.0.0               # reachable from other machines (no share link)
 the runs come from effvit-train; ONNX/TensorRT backends need `effvit-export RUN_DIR` first.
 """
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="training run directories, one column each")
     p.add_argument("--backend", default=AUTO, choices=[AUTO, *SERVABLE],
                    help="auto (default): the fastest backend each run has an artifact for, falling back to torch")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="artifact precision (default fp32)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="artifact precision (default fp32); int8-static: `effvit-export RUN --formats onnx,openvino --int8`")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST}: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")

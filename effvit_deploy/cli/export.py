@@ -16,6 +16,7 @@ from .errors import EXIT_RUNTIME, Parser, exit_code, one_line, run_cli
 EPILOG = """examples:
   effvit-export runs/digits-exact                              # ONNX fp32, verified
   effvit-export runs/digits-* --precision fp32,fp16 --int8      # + fp16 and int8 ONNX
+  effvit-export runs/digits-* --formats onnx,openvino --int8     # + OpenVINO IR, calibrated int8
   effvit-export runs/in100-performer --formats onnx,tensorrt --precision fp16 \\
       --min-res 224 --opt-res 384 --max-res 1024 --max-batch 32  # engine (NVIDIA GPU)
   effvit-export runs/digits-exact --check-tensorrt              # will TensorRT parse it? (no GPU needed)
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run directories (or .onnx files with --check-tensorrt)")
     p.add_argument("--config", help="YAML export profile (keys as the long options, e.g. formats: [onnx]); flags override it")
     p.add_argument("--formats", type=_csv, help=f"comma list of {', '.join(FORMATS)} (default: onnx)")
-    p.add_argument("--precision", type=_csv, help="comma list of fp32, fp16, bf16 (default: fp32)")
+    p.add_argument("--precision", type=_csv, help="comma list of fp32, fp16, bf16, int8, int8-static (default: fp32); "
+                   "each format builds those it has")
     p.add_argument("--int8", action="store_true", default=None, help="also int8 ONNX graphs (CPU): dynamic, and static QDQ calibrated on the run's training images")
     p.add_argument("--min-res", type=int, help="smallest input side (default: the run's training size)")
     p.add_argument("--opt-res", type=int, help="side TensorRT optimises for (default: min-res)")
@@ -93,7 +95,7 @@ def print_table(manifest: dict[str, Any]) -> None:
     reused = set(manifest.get("reused", []))
     print(f"{manifest['run']} ({manifest['model']}, {manifest['attention']}): val top-1 PyTorch fp32 "
           f"{_fmt(manifest.get('torch_val_top1'), '.4f')}")
-    header = f"  {'format':<15}{'prec':<6}{'MiB':>8}  {'max abs err':>11}  {'rel err':>8}  {'top-1':>7}  {'agree':>7}  {'TRT ok':>6}  path"
+    header = f"  {'format':<15}{'prec':<12}{'MiB':>8}  {'max abs err':>11}  {'rel err':>8}  {'top-1':>7}  {'agree':>7}  {'TRT ok':>6}  path"
     print(header)
     for a in manifest["artifacts"]:
         parity = {k: v for k, v in (a.get("parity") or {}).items() if k != "tolerance"}
@@ -103,7 +105,7 @@ def print_table(manifest: dict[str, Any]) -> None:
         trt = a.get("tensorrt_check")
         trt_ok = "-" if trt is None else ("yes" if trt["ok"] else "NO")
         tag = " (reused)" if f"{a['format']}/{a['precision']}" in reused else ""
-        print(f"  {a['format']:<15}{a['precision']:<6}{a['bytes'] / 2**20:>8.1f}  {_fmt(worst_abs, '.2e'):>11}  "
+        print(f"  {a['format']:<15}{a['precision']:<12}{a['bytes'] / 2**20:>8.1f}  {_fmt(worst_abs, '.2e'):>11}  "
               f"{_fmt(worst_rel, '.1e'):>8}  {_fmt(acc.get('top1'), '.4f'):>7}  "
               f"{_fmt(acc.get('top1_agreement_vs_torch'), '.4f'):>7}  {trt_ok:>6}  {a['path']}{tag}")
     sizes = ", ".join(k for k in (manifest["artifacts"][0].get("parity") or {}) if k != "tolerance") if manifest["artifacts"] else ""

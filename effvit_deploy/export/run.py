@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path, remove_stale_temps, write_json
 from ..backends import MANIFEST, BackendUnavailable, ThreadPolicy, backend_status, ort_session
 from ..backends.onnxruntime import INPUT_NAME
 from ..backends.openvino import compiled_runner
@@ -110,14 +110,23 @@ def _resolve_profile(card: ModelCard, min_res, opt_res, max_res, max_batch) -> d
 
 
 def _plan(formats: Sequence[str], precisions: Sequence[str], int8: bool) -> list[tuple[str, str]]:
-    """(format, precision) in build order; an engine needs the ONNX graph of its precision."""
+    """(format, precision) in build order; an engine or IR needs the ONNX graph it is built from.
+
+    With several formats, each builds the requested precisions it has (`--formats onnx,openvino
+    --precision fp32,fp16`: fp16 ONNX, fp32 both); a precision no requested format has is an error.
+    """
     plan: list[tuple[str, str]] = []
     for fmt in formats:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    for prec in precisions:
+        if not any(prec in PRECISIONS[fmt] for fmt in formats):
+            valid = sorted({p for fmt in formats for p in PRECISIONS[fmt]})
+            raise ValueError(f"{', '.join(formats)} has no {prec} precision; valid: {', '.join(valid)}")
+    for fmt in formats:
         for prec in precisions:
             if prec not in PRECISIONS[fmt]:
-                raise ValueError(f"{fmt} has no {prec} precision; valid: {', '.join(PRECISIONS[fmt])}")
+                continue
             if fmt == "tensorrt":
                 plan += [("onnx", "fp32"), ("onnx", "fp16" if prec == "fp16" else "fp32")]
             if fmt == "openvino":
@@ -405,6 +414,8 @@ def export_run(
     _check_available({fmt for fmt, _ in plan})
     inputs = _resolve_profile(load_model_card(run_dir), min_res, opt_res, max_res, max_batch)
     exporter = _Exporter(run_dir, inputs, opset, verify, force, eval_limit)
+    for stale in remove_stale_temps(exporter.export_dir):
+        log.warning("removed %s, left by a killed export", stale)
     for fmt, precision in plan:
         if precision == "int8-static" and precision not in precisions and not exporter.card.data:
             log.warning("%s: no data set to calibrate on, int8-static skipped (dynamic int8 built)", run_dir)
