@@ -1,13 +1,14 @@
-# Two entry points, both self-contained on a fresh machine:
-#   make test   create .venv if missing, install the project with its test extras, run pytest
-#   make demo   the same set-up, then the main job on the bundled digits data
+# Entry points, each self-contained on a fresh machine:
+#   make test        create .venv if missing, install the project with its test extras, run pytest
+#   make test-fast   the inner loop: every test not marked slow or browser (under a minute)
+#   make demo        the same set-up, then the main job on the bundled digits data
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.effvit-installed
 EXTRAS ?= cpu,report,demo,test
 
-.PHONY: test demo venv clean
+.PHONY: test test-fast demo venv clean
 
 venv: $(STAMP)
 
@@ -19,6 +20,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m effvit_deploy.pipeline $(DEMO_ARGS)

@@ -68,7 +68,7 @@ def _gemm_onnx(path: Path) -> Path:
 
 
 def _callable(job: dict[str, Any]):
-    """(fn, feed, info): the zero-argument call to time for this job, in this process."""
+    """(fn, info): the zero-argument call to time for this job, in this process."""
     runtime, threads, info = job["runtime"], job["threads"], {}
     if job["what"] == "gemm":
         rng = np.random.default_rng(0)
@@ -86,9 +86,10 @@ def _callable(job: dict[str, Any]):
         if job["what"] == "gemm":
             ta, tb = torch.from_numpy(feeds["a"]), torch.from_numpy(feeds["b"])
             return (lambda: torch.mm(ta, tb)), info
+        from effvit_deploy.bench.bound import is_bound_run, load_bound_model
         from effvit_deploy.runs import load_run
 
-        model, _ = load_run(job["run_dir"])
+        model = load_bound_model(job["run_dir"]) if is_bound_run(job["run_dir"]) else load_run(job["run_dir"])[0]
         tx = torch.from_numpy(feeds["pixel_values"])
 
         def run_torch():
@@ -125,15 +126,23 @@ def _callable(job: dict[str, Any]):
 
 
 def worker(job: dict[str, Any]) -> dict[str, Any]:
-    fn, info = _callable(job)
+    """Time the job's call; with `interleave_gemm`, alternate it with the same runtime's GEMM in
+    this process, so both see the same machine load (the model's share of GEMM throughput then
+    survives load that drifts between processes)."""
+    calls = {"times_s": _callable(job)}
+    if job.get("interleave_gemm") and job["what"] == "model":
+        calls["gemm_times_s"] = _callable({**job, "what": "gemm"})
+    info = calls["times_s"][1]
     for _ in range(job["warmup"]):
-        fn()
-    times = []
+        for fn, _ in calls.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(job["repeats"]):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return {"times_s": times, **info}
+        for key, (fn, _) in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return {**times, **info}
 
 
 # ---------------------------------------------------------------- parent
@@ -153,6 +162,48 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bound_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size and variant: its best runtime, and there its speed-up over exact, the largest
+    possible (exact / attention-free bound) and its latency over the bound's."""
+    ok = {(r["attention"], r["size"], r["runtime"]): r["median_ms"] for r in rows if "median_ms" in r}
+    out = []
+    for size in sorted({r["size"] for r in rows}):
+        for att in dict.fromkeys(r["attention"] for r in rows):
+            if att in ("exact", "attention-free"):
+                continue
+            mine = {rt: ms for (a, sz, rt), ms in ok.items() if a == att and sz == size
+                    and (("exact", size, rt) in ok and ("attention-free", size, rt) in ok)}
+            if not mine:
+                continue
+            rt = min(mine, key=mine.get)
+            e, b, v = ok[("exact", size, rt)], ok[("attention-free", size, rt)], mine[rt]
+            out.append({"size": size, "attention": att, "best_runtime": rt, "variant_ms": v, "exact_ms": e, "bound_ms": b,
+                        "speedup": e / v, "largest_possible": e / b, "achieved": b / v, "over_bound": v / b})
+    return out
+
+
+def _bound_lines(rows: list[dict[str, Any]]) -> list[str]:
+    table = bound_table(rows)
+    if not table:
+        return []
+    lines = ["", "## Each variant on its best runtime, against the attention-free bound there", "",
+             "The attention-free bound is the same model with token mixing removed (each token keeps its own value "
+             "vector; q/k/v and output projections, MLPs and norms still run): no mechanism can be faster. Best runtime: "
+             "the variant's fastest here; exact and the bound are read on that same runtime (exact's own best "
+             "runtime can differ).", "",
+             "| px | attention | best runtime | variant ms | exact ms | bound ms | speed-up over exact | largest possible | "
+             "achieved | variant / bound |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['size']} | {r['attention']} | {r['best_runtime']} | {r['variant_ms']:.0f} | {r['exact_ms']:.0f} | "
+                     f"{r['bound_ms']:.0f} | {r['speedup']:.2f}x | {r['largest_possible']:.2f}x | {100 * r['achieved']:.0f}% | "
+                     f"{r['over_bound']:.2f}x |")
+    return lines
+
+
+def _ratio(x: float) -> str:
+    return "-" if x != x else f"{x:.2f}x"
 
 
 def render(result: dict[str, Any]) -> str:
@@ -180,32 +231,46 @@ def render(result: dict[str, Any]) -> str:
                      else f"| {rt} | failed: {g['error']} | | |")
     lines += ["", f"Machine fp32 GEMM throughput (best of the above): **{peak:.0f} GFLOP/s**.", "",
               "## Whole model", "",
-              "| attention | px | runtime | median ms | spread | GFLOP | GFLOP/s | % of GEMM | vs PyTorch eager | notes |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| attention | px | runtime | median ms | spread | GFLOP | GFLOP/s | % of GEMM | % of own GEMM timed "
+              "alongside (GFLOP/s) | vs PyTorch eager | notes |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "median_ms" not in r:
             lines.append(f"| {r['attention']} | {r['size']} | {r['runtime']} | failed | | | | | | {r['error'][:120]} |")
             continue
+        beside = (f"{100 * r['fraction_of_interleaved_gemm']:.0f}% of {r['gemm_interleaved_gflops']:.0f}"
+                  if "fraction_of_interleaved_gemm" in r else "-")
         lines.append(f"| {r['attention']} | {r['size']} | {r['runtime']} | {r['median_ms']:.1f} | {r['spread']:.2f} | "
-                     f"{r['gflop']:.2f} | {r['gflops']:.0f} | {100 * r['gflops'] / peak:.0f}% | "
-                     f"{r['speedup_vs_torch']:.2f}x | {r.get('notes', '')} |")
+                     f"{r['gflop']:.2f} | {r['gflops']:.0f} | {100 * r['gflops'] / peak:.0f}% | {beside} | "
+                     f"{_ratio(r['speedup_vs_torch'])} | {r.get('notes', '')} |")
+    lines += _bound_lines(rows)
     best = result.get("best_224_exact")
     if best:
         lines += ["", f"Best runtime for exact ViT-S/16 at 224 px, batch 1: **{best['runtime']}**, "
                       f"{best['median_ms']:.1f} ms = {best['gflops']:.0f} GFLOP/s = **{100 * best['fraction_of_gemm']:.0f}%** "
-                      f"of the fp32 GEMM throughput measured in the same run."]
+                      f"of the best fp32 GEMM throughput measured in the same run"
+                  + (f"; **{100 * best['fraction_of_interleaved_gemm']:.0f}%** of its own GEMM timed call by call "
+                     "alongside it in the same process (the load-robust figure)." if best.get("fraction_of_interleaved_gemm")
+                     else ".")]
+    lines += ["", "% of GEMM: against the best GEMM above, timed in separate processes, so machine load that "
+                  "drifts between processes moves it (figures above 100% mean the GEMM ran under heavier load than "
+                  "the model). % of own GEMM: against the same runtime's GEMM alternated call by call with the model "
+                  "in one process, which both see under the same load."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--attentions", default="exact,linformer,performer,nystrom,atrous")
+    parser.add_argument("--attentions", default="exact,linformer,performer,nystrom,atrous,attention-free",
+                        help="mechanisms, and attention-free: the same model with token mixing removed (bench.bound)")
     parser.add_argument("--sizes", default="224,1024")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     parser.add_argument("--repeats", default="20,3", help="timed calls per process, per size in --sizes order")
     parser.add_argument("--rounds", type=int, default=2, help="round-robin rounds (one process per runtime each)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--interleave-gemm", action="store_true", help="also time the runtime's own 2048^3 GEMM in "
+                        "each model process, alternating call by call: a load-robust share of GEMM throughput")
     parser.add_argument("--passive", action="store_true", help="idle threads sleep instead of spinning "
                         "(OMP_WAIT_POLICY=PASSIVE for PyTorch, allow_spinning=0 for ONNX Runtime): for shared hosts")
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/results/cpu-bound-2026-11-25/cache"),
@@ -219,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from effvit_deploy.atomic import write_json, write_text
+    from effvit_deploy.bench.bound import BOUND, bound_run, load_bound_model
     from effvit_deploy.bench.shapes import shape_runs
     from effvit_deploy.environment import environment
     from effvit_deploy.export.run import tool_versions
@@ -229,17 +295,21 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     repeats = dict(zip(sizes, (int(r) for r in args.repeats.split(","))))
     attentions, runtimes = args.attentions.split(","), args.runtimes.split(",")
-    runs = dict(zip(attentions, shape_runs(MODEL, attentions, args.cache, onnx=True, min_res=min(sizes), max_res=max(sizes), max_batch=2)))
+    variants = [a for a in attentions if a != BOUND]
+    runs = dict(zip(variants, shape_runs(MODEL, variants, args.cache, formats=("onnx",), min_res=min(sizes), max_res=max(sizes), max_batch=2)))
+    if BOUND in attentions:
+        exact = runs["exact"] if "exact" in runs else shape_runs(MODEL, ["exact"], args.cache)[0]
+        runs[BOUND] = bound_run(exact, args.cache, formats=("onnx",), min_res=min(sizes), max_res=max(sizes), max_batch=2)
     tmp = Path(tempfile.mkdtemp(prefix="effvit-runtimes-"))
     notes: dict[str, str] = {}
     optimized: dict[str, Path] = {}
-    if "onnxruntime-vit-optimized" in runtimes and "exact" in runs:
+    for att in attentions if "onnxruntime-vit-optimized" in runtimes else []:
         try:
-            fused = vit_optimize(runs["exact"] / "export" / "model.onnx", tmp / "exact.vit-opt.onnx")
-            optimized["exact"] = tmp / "exact.vit-opt.onnx"
-            notes["onnxruntime-vit-optimized"] = "fused: " + ", ".join(f"{k} {v}" for k, v in fused.items())
+            fused = vit_optimize(runs[att] / "export" / "model.onnx", tmp / f"{att}.vit-opt.onnx")
+            optimized[att] = tmp / f"{att}.vit-opt.onnx"
+            notes[att] = "fused: " + (", ".join(f"{k} {v}" for k, v in fused.items()) or "nothing")
         except Exception as exc:  # recorded: the optimizer may not read every exported graph
-            notes["onnxruntime-vit-optimized"] = f"optimizer failed: {type(exc).__name__}: {exc}"[:200]
+            notes[att] = f"optimizer failed: {type(exc).__name__}: {exc}"[:200]
 
     jobs: list[dict[str, Any]] = [{"what": "gemm", "runtime": rt, "threads": args.threads, "tmp": str(tmp),
                                    "warmup": 2, "repeats": 10, "passive": args.passive} for rt in ("torch", "onnxruntime", "openvino") if rt in runtimes or rt == "torch"]
@@ -251,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
                 onnx_path = optimized[att] if rt == "onnxruntime-vit-optimized" else runs[att] / "export" / "model.onnx"
                 jobs.append({"what": "model", "runtime": rt, "attention": att, "size": size, "threads": args.threads,
                              "run_dir": str(runs[att]), "onnx": str(onnx_path), "tmp": str(tmp),
-                             "warmup": 3 if size <= 384 else 1, "repeats": repeats[size], "passive": args.passive})
+                             "warmup": 3 if size <= 384 else 1, "repeats": repeats[size], "passive": args.passive,
+                             "interleave_gemm": args.interleave_gemm})
     times: dict[tuple, list[float]] = {}
+    gemm_beside: dict[tuple, list[float]] = {}
     extra: dict[tuple, dict] = {}
     for rnd in range(args.rounds):
         for job in jobs:
@@ -263,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {rnd + 1}: {key} failed: {got['error']}", flush=True)
                 continue
             times.setdefault(key, []).extend(got.pop("times_s"))
+            gemm_beside.setdefault(key, []).extend(got.pop("gemm_times_s", []))
             extra.setdefault(key, {}).update(got)
             print(f"round {rnd + 1}: {key} median {np.median(times[key]) * 1e3:.1f} ms", flush=True)
 
@@ -275,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         elif key in extra:
             gemm[rt] = extra[key]
     peak = max(g["gflops"] for g in gemm.values() if "gflops" in g)
-    flops = {(att, size): count_flops(load_model_card(runs[att]).build(), size) / 1e9 for att in attentions for size in sizes}
+    flops = {(att, size): count_flops(load_bound_model(runs[att]) if att == BOUND else load_model_card(runs[att]).build(), size) / 1e9
+             for att in attentions for size in sizes}
     rows = []
     for att in attentions:
         for size in sizes:
@@ -288,8 +362,11 @@ def main(argv: list[str] | None = None) -> int:
                     st = _stats(times[key])
                     row.update(st, gflop=flops[(att, size)], gflops=flops[(att, size)] / (st["median_ms"] / 1e3),
                                speedup_vs_torch=(torch_ms / st["median_ms"]) if torch_ms else float("nan"))
-                    if rt in notes:
-                        row["notes"] = notes[rt]
+                    if gemm_beside.get(key):
+                        own = 2 * GEMM_N**3 / (_stats(gemm_beside[key])["median_ms"] / 1e3) / 1e9
+                        row.update(gemm_interleaved_gflops=own, fraction_of_interleaved_gemm=row["gflops"] / own)
+                    if rt == "onnxruntime-vit-optimized":
+                        row["notes"] = notes[att]
                     if "openvino_runtime_ops" in row:
                         row["notes"] = f"static {size}x{size}; runtime graph: " + ", ".join(
                             f"{k} {v}" for k, v in row["openvino_runtime_ops"].items())
@@ -306,8 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                           "OpenVINO unchanged)") if args.passive else "each runtime's default (idle threads spin)", "rounds": args.rounds,
         "repeats": args.repeats, "environment": environment(), "openvino": tool_versions("openvino").get("openvino"),
         "torch_threads_default": torch.get_num_threads(), "gemm": gemm, "gemm_peak_gflops": peak, "rows": rows,
+        "bound": bound_table(rows),
         "best_224_exact": None if best is None else {"runtime": best["runtime"], "median_ms": best["median_ms"],
-                                                      "gflops": best["gflops"], "fraction_of_gemm": best["gflops"] / peak},
+                                                      "gflops": best["gflops"], "fraction_of_gemm": best["gflops"] / peak,
+                                                      "fraction_of_interleaved_gemm": best.get("fraction_of_interleaved_gemm")},
     }
     write_json(args.out.with_suffix(".json"), result)
     write_text(args.out, render(result))

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-LIBRARIES = ("torch", "timm", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "torch-tensorrt")
+LIBRARIES = ("torch", "timm", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch-tensorrt")
 
 
 def _cpu_model() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -147,6 +148,8 @@ def build_model(
         if "dynamic_img_size" in str(error):
             raise not_a_vit from None
         raise ValueError(f"cannot build {model_name!r} with these arguments: {error}") from None
+    except (ValueError, AssertionError, RuntimeError) as error:
+        raise ValueError(f"cannot build {model_name!r} with {model_kwargs}: {' '.join(str(error).split()) or type(error).__name__}") from None
     if not isinstance(probe, VisionTransformer):
         raise not_a_vit
     mechanism = ATTENTIONS[attention]
@@ -170,27 +173,49 @@ def build_model(
     return model.eval()
 
 
-def _read_state_dict(path: Path, reference: VisionTransformer) -> dict[str, torch.Tensor]:
-    """A timm-layout state dict from a local file, never unpickling arbitrary objects."""
+def _read_file(path: Path, reference: VisionTransformer) -> Any:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    elif suffix == ".npz":
+        return load_file(str(path))
+    if suffix == ".npz":
         from timm.models.vision_transformer import _load_weights
 
         _load_weights(reference, str(path))
         return reference.state_dict()
-    elif suffix in (".pth", ".pt", ".bin"):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _read_state_dict(path: Path, reference: VisionTransformer) -> dict[str, torch.Tensor]:
+    """A timm-layout state dict from a local file, never unpickling arbitrary objects; a file
+    that cannot be read is one ValueError naming it (never torch's advice to unpickle it)."""
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
         raise ValueError(f"unsupported weights file {path.name!r}: use one of {', '.join(WEIGHT_SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"pretrained weights file {path} is empty (0 bytes): download or copy it again")
+    try:
+        state = _read_file(path, reference)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"pretrained weights file {path} holds pickled Python objects, which are never loaded: "
+            "save the state dict as .safetensors (safetensors.torch.save_file) or with tensors only"
+        ) from None
+    except Exception as exc:  # torch, safetensors and numpy each raise their own types for a bad file
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ValueError(
+            f"pretrained weights file {path} cannot be read ({reason}): it is truncated, corrupt or not a "
+            f"{path.suffix} weights file; download or copy it again"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ValueError(f"pretrained weights file {path} does not hold a state dict (name -> tensor)")
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"pretrained weights file {path} does not hold a state dict (name -> tensor)")
     return checkpoint_filter_fn(state, reference)
 
 
@@ -235,6 +260,12 @@ def load_weights(
         raise ValueError(
             f"weights in {label} do not fit {model_name} (check depth/embed_dim/patch size): "
             + "; ".join(mismatched)
+        )
+    if not to_load:
+        unused = ", ".join(report.unused[:3]) + (", ..." if len(report.unused) > 3 else "")
+        raise ValueError(
+            f"weights in {label} share no tensor with {model_name} (it holds {len(state)}: {unused}): "
+            "pass the weights of a timm ViT of this architecture"
         )
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)

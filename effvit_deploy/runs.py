@@ -81,10 +81,16 @@ def load_model_card(run_dir: Union[str, Path]) -> ModelCard:
             f"{run_dir} is not a training run directory: {MODEL_CARD} is missing "
             "(create one with `effvit-train`)"
         )
-    raw = json.loads(path.read_text())
-    for key in ("mean", "std"):
-        raw[key] = tuple(raw[key])
-    return ModelCard(**raw)
+    try:
+        raw = json.loads(path.read_text())
+        for key in ("mean", "std"):
+            raw[key] = tuple(raw[key])
+        return ModelCard(**raw)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(
+            f"{path} is not a model card ({' '.join(str(exc).split())}): it was damaged or edited; "
+            "copy it back from the training run, or train again with effvit-train"
+        ) from None
 
 
 def save_weights(model: nn.Module, path: Union[str, Path]) -> None:
@@ -105,7 +111,14 @@ def load_run(run_dir: Union[str, Path], which: str = "best") -> tuple[nn.Module,
     """(model in eval mode with the run's trained weights, its ModelCard)."""
     card = load_model_card(run_dir)
     model = card.build()
-    model.load_state_dict(load_file(str(weights_path(run_dir, which))), strict=True)
+    path = weights_path(run_dir, which)
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except Exception as exc:  # safetensors' own error type, or torch's for mismatched tensors
+        raise ValueError(
+            f"weights {path} cannot be loaded ({' '.join(str(exc).split())[:200]}): the file is damaged or "
+            f"belongs to another model; train the run again, or copy the file back"
+        ) from None
     return model.eval(), card
 
 

@@ -8,6 +8,7 @@ from conftest import tiny_model
 from effvit_deploy.approximation import Mechanism, block_errors
 
 
+@pytest.mark.slow
 def test_limits_have_zero_error_and_budgets_order_errors():
     model = tiny_model("exact")
     images = torch.randn(2, 3, 64, 64)

@@ -14,7 +14,7 @@ from effvit_deploy.attention import (
 )
 from effvit_deploy.attention.atrous import from_windows, to_windows
 from effvit_deploy.attention.linformer import pooling_projection
-from effvit_deploy.attention.nystrom import iterative_pinv, segment_means
+from effvit_deploy.attention.nystrom import PINV_RIDGE, iterative_pinv, segment_means
 
 HEADS, HEAD_DIM = 4, 32
 DIM = HEADS * HEAD_DIM
@@ -34,6 +34,31 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def with_grid(module, grid):
     module.grid = grid
     return module
+
+
+def trained_like_qkv(grid=(8, 8), norm: float = 3.0, seed: int = 0, batch: int = 2):
+    """q/k as a trained ViT makes them: spatially smooth, low-rank fields (neighbouring patches
+    alike) of large norm, so softmax rows are near-duplicates and the all-token landmark kernel
+    has a condition number >= 1e7 (asserted where it matters); plus a class token."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = grid
+
+    def field():
+        low = torch.randn(batch * HEADS, HEAD_DIM, 3, 3, generator=g)
+        x = F.interpolate(low, size=grid, mode="bilinear", align_corners=False)
+        return F.normalize(x.flatten(2).transpose(1, 2).reshape(batch, HEADS, H * W, HEAD_DIM), dim=-1)
+
+    base = field()
+    q, k = base * norm, (base + 0.3 * field()) * norm
+    cls_q = torch.randn(batch, HEADS, 1, HEAD_DIM, generator=g)
+    cls_k = F.normalize(base.mean(2, keepdim=True), dim=-1) * norm
+    v = torch.randn(batch, HEADS, H * W + 1, HEAD_DIM, generator=g)
+    return torch.cat([cls_q, q], 2), torch.cat([cls_k, k], 2), v
+
+
+def condition_number(q, k) -> float:
+    kernel = torch.softmax(q.double() @ k.double().transpose(-1, -2) * HEAD_DIM**-0.5, dim=-1)
+    return torch.linalg.cond(kernel).min().item()
 
 
 def test_linformer_is_exact_with_full_rank_identity_projection():
@@ -77,25 +102,85 @@ def test_linformer_rejects_projection_longer_than_the_grid():
 
 
 def test_nystrom_is_exact_with_all_landmarks():
-    q, k, v = qkv(37, scale=0.6)
+    # Distinct softmax rows (a well-conditioned kernel): exact to rounding.
+    q, k, v = qkv(37, scale=1.5)
     ref = F.scaled_dot_product_attention(q, k, v)
-    exact = NystromAttention(DIM, HEADS, landmarks=37, pinv_iterations=30, conv_kernel=0)
-    torch.testing.assert_close(exact.attend(q, k, v), ref, atol=1e-4, rtol=1e-4)
+    exact = NystromAttention(DIM, HEADS, landmarks=37, conv_kernel=0)
+    assert rel_error(exact.attend(q, k, v), ref) < 1e-4
+    with_prefix = with_grid(NystromAttention(DIM, HEADS, landmarks=40, conv_kernel=0), (6, 6))
+    assert rel_error(with_prefix.attend(q, k, v), ref) < 1e-4
+    # Trained-like near-duplicate rows (condition number >= 1e7): exact up to the ridge.
+    q, k, v = trained_like_qkv((8, 8))
+    assert condition_number(q, k) >= 1e7
+    ref = F.scaled_dot_product_attention(q, k, v)
+    all_landmarks = with_grid(NystromAttention(DIM, HEADS, landmarks=65, conv_kernel=0), (8, 8))
+    assert rel_error(all_landmarks.attend(q, k, v), ref) < 1e-3
 
 
-def test_nystrom_error_shrinks_with_landmarks_and_pinv_iterations():
-    q, k, v = qkv(96, scale=0.6)
+def test_nystrom_error_is_finite_and_non_increasing_over_pinv_iterations_on_trained_like_inputs():
+    grid = (8, 8)
+    q, k, v = trained_like_qkv(grid)
+    assert condition_number(q, k) >= 1e7
     ref = F.scaled_dot_product_attention(q, k, v)
-    by_landmarks = [
-        rel_error(NystromAttention(DIM, HEADS, landmarks=m, pinv_iterations=30, conv_kernel=0).attend(q, k, v), ref)
-        for m in (8, 32, 96)
+    errors = [
+        rel_error(with_grid(NystromAttention(DIM, HEADS, landmarks=65, pinv_iterations=i, conv_kernel=0), grid).attend(q, k, v), ref)
+        for i in range(1, 65)
     ]
-    assert by_landmarks[0] > by_landmarks[1] > by_landmarks[2]
-    by_iterations = [
-        rel_error(NystromAttention(DIM, HEADS, landmarks=96, pinv_iterations=i, conv_kernel=0).attend(q, k, v), ref)
-        for i in (2, 6, 30)
+    assert all(e == e and e < 1 for e in errors), errors  # finite (the paper's fp32 iteration: NaN by 40)
+    assert all(later <= earlier * 1.01 + 1e-6 for earlier, later in zip(errors, errors[1:])), errors
+    assert errors[-1] < 2e-3 and errors[15] < 1.1 * errors[-1]  # the default 16 iterations are converged
+
+
+def test_nystrom_is_stable_under_bf16_autocast_for_any_iteration_count():
+    grid = (8, 8)
+    q, k, v = trained_like_qkv(grid)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    for iterations in (16, 40, 64):
+        attn = with_grid(NystromAttention(DIM, HEADS, landmarks=65, pinv_iterations=iterations, conv_kernel=0), grid)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attn.attend(q.bfloat16(), k.bfloat16(), v.bfloat16())
+        assert out.dtype == torch.bfloat16 and rel_error(out.float(), ref) < 1e-2  # bf16 inputs: ~3e-3
+
+
+def test_iterative_pinv_converges_to_the_ridge_inverse_on_an_ill_conditioned_kernel():
+    q, k, _ = trained_like_qkv((8, 8))
+    a = torch.softmax(q @ k.transpose(-1, -2) * HEAD_DIM**-0.5, dim=-1)
+    a64 = a.double()
+    norms = a64.abs().sum(-2).amax(-1) * a64.abs().sum(-1).amax(-1)
+    mu2 = (PINV_RIDGE**2 * norms)[..., None, None]
+    eye = torch.eye(a.shape[-1], dtype=torch.float64)
+    ridge_inverse = torch.linalg.solve(a64.transpose(-1, -2) @ a64 + mu2 * eye, a64.transpose(-1, -2))
+    residuals = []
+    for iterations in (4, 8, 12, 16, 32, 64):
+        z = iterative_pinv(a, iterations).double()
+        assert torch.isfinite(z).all()
+        residuals.append(((a64 @ z @ a64 - a64).norm() / a64.norm()).item())
+    assert all(later <= earlier * 1.01 + 1e-7 for earlier, later in zip(residuals, residuals[1:])), residuals
+    z = iterative_pinv(a, 64).double()
+    assert ((z - ridge_inverse).norm() / ridge_inverse.norm()).item() < 1e-3
+
+
+def test_nystrom_error_falls_with_landmarks_on_trained_like_inputs():
+    grid = (8, 8)
+    q, k, v = trained_like_qkv(grid)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    errors = [
+        rel_error(with_grid(NystromAttention(DIM, HEADS, landmarks=m, conv_kernel=0), grid).attend(q, k, v), ref)
+        for m in (4, 8, 16, 32, 48, 65)
     ]
-    assert by_iterations[0] > by_iterations[1] > by_iterations[2]
+    assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
+    assert errors[-1] < 2e-3
+
+
+def test_nystrom_prefix_tokens_are_landmarks_of_their_own():
+    grid = (4, 4)
+    attn = with_grid(NystromAttention(DIM, HEADS, landmarks=5), grid)
+    x = torch.randn(1, 1, 17, 2)
+    landmarks = attn._landmarks(x, prefix=1)
+    torch.testing.assert_close(landmarks[..., 0, :], x[..., 0, :])
+    torch.testing.assert_close(landmarks[..., 1:, :], segment_means(x[..., 1:, :], 4))
+    with pytest.raises(ValueError, match="landmarks=1 leaves none for the patch tokens"):
+        with_grid(NystromAttention(DIM, HEADS, landmarks=1), grid).attend(*qkv(17))
 
 
 def test_nystrom_segments_are_uneven_not_padded():
@@ -103,6 +188,16 @@ def test_nystrom_segments_are_uneven_not_padded():
     means = segment_means(x, 4)
     # token -> segment: floor(i * 4 / 10) = 0 0 0 1 1 2 2 2 3 3
     torch.testing.assert_close(means.flatten(), torch.tensor([1.0, 3.5, 6.0, 8.5]))
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 65, 197, 1025])
+def test_segment_means_match_dense_pooling_for_any_length(n):
+    x = torch.randn(2, 3, n, 5, dtype=torch.float64) * 30
+    for segments in sorted({1, min(n, 2), min(n, 7), min(n, 64), n}):
+        owner = torch.arange(n) * segments // n
+        pooling = (owner[None] == torch.arange(segments)[:, None]).double()
+        expected = pooling @ x / pooling.sum(-1, keepdim=True)
+        torch.testing.assert_close(segment_means(x, segments), expected)
 
 
 def test_iterative_pinv_is_per_sample_not_batch_coupled():
@@ -141,11 +236,11 @@ def test_atrous_error_shrinks_as_windows_grow():
 
 def test_atrous_windows_are_dilated_and_invertible():
     x = torch.arange(36.0).reshape(1, 1, 6, 6, 1)
-    windows = to_windows(x, window=3, dilation=2)
+    windows = to_windows(x, window=(3, 3), dilation=2)
     assert windows.shape == (1, 1, 4, 9, 1)
     # the first atrous window holds rows/cols 0, 2, 4
     assert windows[0, 0, 0, :, 0].tolist() == [0, 2, 4, 12, 14, 16, 24, 26, 28]
-    assert torch.equal(from_windows(windows, 3, 2, 6, 6), x)
+    assert torch.equal(from_windows(windows, (3, 3), 2, 6, 6), x)
 
 
 def test_atrous_gate_starts_uniform_and_class_token_attends_globally():
@@ -155,6 +250,67 @@ def test_atrous_gate_starts_uniform_and_class_token_attends_globally():
     assert attn.gate.weight.abs().sum() == 0 and attn.gate.bias.abs().sum() == 0
     out = attn.attend(q, k, v)
     torch.testing.assert_close(out[:, :, :1], F.scaled_dot_product_attention(q[:, :, :1], k, v))
+
+
+def atrous_reference(q, k, v, grid, window, dilation, table=None):
+    """One atrous branch as dense masked attention: patch query i sees patch key j when they
+    share the dilation residue and their sub-grid positions share a window_size x window_size
+    window, plus every prefix key; `table` [heads, 2w - 1, 2w - 1] adds relative position bias."""
+    H, W = grid
+    P = q.shape[2] - H * W
+    r, c = torch.arange(H).repeat_interleave(W), torch.arange(W).repeat(H)
+    same = (r[:, None] % dilation == r[None] % dilation) & (c[:, None] % dilation == c[None] % dilation)
+    same &= ((r[:, None] // dilation) // window == (r[None] // dilation) // window)
+    same &= ((c[:, None] // dilation) // window == (c[None] // dilation) // window)
+    bias = torch.where(same, 0.0, float("-inf")).expand(HEADS, -1, -1).clone()
+    if table is not None:
+        wr, wc = (r // dilation) % window, (c // dilation) % window
+        bias = bias + table[:, wr[:, None] - wr[None] + window - 1, wc[:, None] - wc[None] + window - 1]
+    bias = torch.cat([torch.zeros(HEADS, H * W, P), bias], dim=-1)
+    return F.scaled_dot_product_attention(q[:, :, P:], k, v, attn_mask=bias)
+
+
+@pytest.mark.parametrize("grid, window, dilation", [((14, 14), 7, 3), ((6, 9), 3, 2), ((5, 7), 4, 4), ((9, 5), 2, 1)])
+def test_atrous_branch_matches_dense_masked_attention_with_less_padding(grid, window, dilation):
+    q, k, v = qkv(1 + grid[0] * grid[1], scale=1.5)
+    attn = with_grid(AtrousAttention(DIM, HEADS, window_size=window, dilations=(dilation,)), grid)
+    torch.testing.assert_close(attn.attend(q, k, v)[:, :, 1:], atrous_reference(q, k, v, grid, window, dilation), atol=1e-5, rtol=1e-5)
+
+
+def test_atrous_position_bias_is_relative_within_windows_and_starts_at_zero():
+    grid, window = (6, 9), 3
+    q, k, v = qkv(1 + 54, scale=1.5)
+    attn = with_grid(AtrousAttention(DIM, HEADS, window_size=window, dilations=(1, 2), position_bias=True), grid)
+    assert attn.position_bias.shape == (2, HEADS, 5, 5) and attn.position_bias.abs().sum() == 0
+    plain = with_grid(AtrousAttention(DIM, HEADS, window_size=window, dilations=(1, 2)), grid)
+    torch.testing.assert_close(attn.attend(q, k, v), plain.attend(q, k, v), atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        attn.position_bias.normal_(std=2.0)
+        attn.gate.weight.normal_()
+    weights = attn.gate(q[:, :, 1:].transpose(1, 2).reshape(2, 54, DIM)).softmax(-1).transpose(1, 2).unsqueeze(-1)
+    expected = sum(
+        weights[:, i : i + 1] * atrous_reference(q, k, v, grid, window, d, attn.position_bias[i].detach())
+        for i, d in enumerate((1, 2))
+    )
+    torch.testing.assert_close(attn.attend(q, k, v)[:, :, 1:], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_atrous_is_exact_in_its_limit_with_position_bias_and_pow2_options():
+    grid = (5, 7)
+    q, k, v = qkv(1 + 35, scale=1.5)
+    attn = with_grid(AtrousAttention(DIM, HEADS, window_size=7, dilations="pow2", position_bias=True, grid_size=grid), grid)
+    assert attn.dilations == (1,)
+    torch.testing.assert_close(attn.attend(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_atrous_pow2_dilations_follow_acc_vit():
+    rates = lambda grid, window: AtrousAttention(DIM, HEADS, window_size=window, dilations="pow2", grid_size=grid).dilations
+    assert rates((56, 56), 7) == (1, 2, 4, 8)
+    assert rates((28, 28), 7) == (1, 2, 4)
+    assert rates((14, 14), 7) == (1, 2)
+    assert rates((7, 7), 7) == (1,)
+    with pytest.raises(ValueError, match="dilations must be integers or 'pow2'"):
+        AtrousAttention(DIM, HEADS, dilations="powers")
 
 
 def test_performer_error_shrinks_with_more_features():
@@ -176,6 +332,50 @@ def test_performer_is_finite_in_fp16_with_large_logits():
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
 
 
+def favor_plus_reference(attn: PerformerAttention, q, k, v) -> torch.Tensor:
+    """The paper's estimator written directly, in float64: phi(x) = exp(w^T x - |x|^2 / 2) / sqrt(m)."""
+    w = attn.features.double()
+
+    def phi(x):
+        x = x.double() * attn.head_dim**-0.25
+        return torch.exp(x @ w.t() - (x * x).sum(-1, keepdim=True) / 2) / attn.num_features**0.5
+
+    phi_q, phi_k = phi(q), phi(k)
+    return (phi_q @ (phi_k.transpose(-1, -2) @ v.double())) / (phi_q @ phi_k.sum(-2, keepdim=True).transpose(-1, -2))
+
+
+@pytest.mark.parametrize("head_dim", [32, 64])
+def test_performer_rows_of_ordinary_norm_match_the_paper_estimator(head_dim):
+    q, k, v = (t[..., :head_dim] for t in qkv(197, scale=0.6, batch=1))
+    q, k, v = (torch.cat([t, t], dim=-1)[..., :head_dim] for t in (q, k, v))
+    attn = PerformerAttention(HEADS * head_dim, HEADS, num_features=256)
+    out = attn.attend(q, k, v)
+    expected = favor_plus_reference(attn, q, k, v)
+    assert ((out.double() - expected).norm() / expected.norm()).item() <= 1e-6
+
+
+@pytest.mark.parametrize("head_dim", [32, 64])
+@pytest.mark.parametrize("query_norm", [34.0, 50.0, 200.0, 1e4])
+def test_performer_has_no_zero_rows_at_any_query_norm(head_dim, query_norm):
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(1, HEADS, 64, head_dim, generator=g), dim=-1) * query_norm
+    k = torch.randn(1, HEADS, 64, head_dim, generator=g) * 0.6
+    v = torch.randn(1, HEADS, 64, head_dim, generator=g)
+    out = PerformerAttention(HEADS * head_dim, HEADS, num_features=256).attend(q, k, v)
+    assert torch.isfinite(out).all()
+    assert (out.abs().amax(-1) > 0).all()
+    # every row is a convex combination of values: inside their per-column range
+    assert (out <= v.amax(-2, keepdim=True) + 1e-4).all() and (out >= v.amin(-2, keepdim=True) - 1e-4).all()
+
+
+def test_performer_is_finite_with_large_norm_keys_too():
+    g = torch.Generator().manual_seed(1)
+    q = F.normalize(torch.randn(1, HEADS, 64, HEAD_DIM, generator=g), dim=-1) * 60
+    k = F.normalize(torch.randn(1, HEADS, 64, HEAD_DIM, generator=g), dim=-1) * 60
+    out = PerformerAttention(DIM, HEADS, num_features=64).attend(q, k, torch.randn(1, HEADS, 64, HEAD_DIM, generator=g))
+    assert torch.isfinite(out).all() and (out.abs().amax(-1) > 0).all()
+
+
 def test_performer_features_redraw_deterministically_by_step():
     a, b = PerformerAttention(DIM, HEADS, num_features=16), PerformerAttention(DIM, HEADS, num_features=16)
     a.redraw_interval = b.redraw_interval = 10
@@ -185,3 +385,39 @@ def test_performer_features_redraw_deterministically_by_step():
     redraw_features(b, 20)
     assert torch.equal(a.features, b.features)
     assert "features" in a.state_dict()
+
+
+ONNX_CASES = {
+    "nystrom": {"landmarks": 8, "conv_kernel": 3},  # 32 px: 5 tokens, fewer than the landmarks
+    "performer": {"num_features": 32},
+    "atrous": {"window_size": 2, "dilations": "pow2", "position_bias": True},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", sorted(ONNX_CASES))
+def test_changed_mechanisms_match_onnx_at_three_sizes_and_parse_in_tensorrt(tmp_path, attention):
+    import onnxruntime as ort
+
+    from effvit_deploy import build_model
+    from effvit_deploy.export import check_tensorrt_compat
+    from effvit_deploy.export.onnx import export_onnx, make_tensorrt_friendly
+
+    torch.manual_seed(0)
+    model = build_model("vit_tiny_patch16_224", attention=attention, num_classes=10, depth=1, img_size=32,
+                        patch_size=8, embed_dim=64, num_heads=2, **ONNX_CASES[attention]).eval()
+    with torch.no_grad():  # trained-like: non-zero position bias and gate
+        for name, p in model.named_parameters():
+            if "position_bias" in name or "gate" in name or "res_conv" in name:
+                p.normal_(std=0.5)
+    path = export_onnx(model, tmp_path / "model.onnx", sample_size=(64, 64), max_batch=2, max_res=256)
+    make_tensorrt_friendly(path, min_res=32, img_size=32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for h, w in [(32, 32), (64, 96), (128, 128)]:
+        x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h + w))
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert abs(got - expected).max() <= 1e-4, (attention, h, w)
+    report = check_tensorrt_compat(path)
+    assert report.ok, report.summary()

@@ -37,6 +37,7 @@ def test_no_backends_module_imports_the_export_stage():
     assert not offenders, f"backends/ must not import export/: {offenders}"
 
 
+@pytest.mark.slow
 def test_backends_import_alone_without_loading_export():
     """Importing the backends package pulls in no export module: no import circle is possible."""
     code = "import sys, effvit_deploy.backends; print([m for m in sys.modules if m.startswith('effvit_deploy.export')])"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from effvit_deploy.bench.bound import NoTokenMixing, bound_run, load_bound_model, remove_token_mixing
@@ -37,14 +38,16 @@ def test_bound_keeps_the_projections_and_removes_exactly_the_attention_flops():
         assert count_flops(tiny_model("exact"), res) - count_flops(bound, res) == attention_core
 
 
-def test_bound_run_exports_a_graph_that_matches_pytorch(tmp_path):
+@pytest.mark.slow
+def test_bound_run_exports_onnx_and_openvino_artifacts_that_match_pytorch(tmp_path):
     run = make_tiny_run(tmp_path / "exact", "exact")
-    bound = bound_run(run, tmp_path / "cache", onnx=True, min_res=32, max_res=64)
+    bound = bound_run(run, tmp_path / "cache", formats=("onnx", "openvino"), min_res=32, max_res=64)
     manifest = json.loads((bound / "export" / "manifest.json").read_text())
-    entry = manifest["artifacts"][0]
-    assert manifest["attention"] == "attention-free" and entry["format"] == "onnx"
-    assert entry["inputs"]["height"] == [32, 32, 64] and entry["parity"]["rel_max_error"] < 1e-4
-    assert bound_run(run, tmp_path / "cache", onnx=True, min_res=32, max_res=64) == bound  # reused
+    assert manifest["attention"] == "attention-free"
+    assert [e["format"] for e in manifest["artifacts"]] == ["onnx", "openvino"]
+    for entry in manifest["artifacts"]:
+        assert entry["inputs"]["height"] == [32, 32, 64] and entry["parity"]["rel_max_error"] < 1e-4
+    assert bound_run(run, tmp_path / "cache", formats=("onnx", "openvino"), min_res=32, max_res=64) == bound  # reused
     assert all(isinstance(b.attn, NoTokenMixing) for b in load_bound_model(bound).blocks)
 
 

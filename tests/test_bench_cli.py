@@ -11,6 +11,7 @@ from effvit_deploy.cli.bench import main, parse_args
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_layer_only_sweep_times_each_layer_and_skips_onnx_with_reason(tmp_path, capsys):
     rc = main(["--layer-only", "--attention", "exact,nystrom", "--dim", "64", "--heads", "2",
                "--resolutions", "64,128", "--backends", "torch,onnxruntime", "--out", str(tmp_path),
@@ -51,9 +52,31 @@ def test_committed_matrices_parse_and_flags_override_them(tmp_path):
         parse_args(["--config", str(bad)])
 
 
+@pytest.mark.slow
 def test_report_only_redraws_from_an_existing_results_file(tmp_path, capsys):
+    committed = REPO / "benchmarks" / "results" / "cpu-amd-epyc-2026-11-25" / "results.jsonl"
+    (tmp_path / "results.jsonl").write_bytes(committed.read_bytes())
+    assert main(["--report-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "results.jsonl").read_bytes() == committed.read_bytes()  # read, never rewritten
+    report = (tmp_path / "report.md").read_text()
+    for png in ("latency_vs_tokens.png", "speedup_vs_tokens.png"):
+        assert png in report and (tmp_path / png).stat().st_size > 1000
+    measured = {r["attention"] for r in load_results(committed) if r["status"] == "ok"}
+    assert measured and all(name in report for name in measured)
+    assert f"report: {tmp_path / 'report.md'}" in capsys.readouterr().out
+
+
+def test_report_only_without_a_results_file_is_a_clear_error(tmp_path, capsys):
     assert main(["--report-only", "--out", str(tmp_path)]) == 2
     assert "no results file" in capsys.readouterr().err
+
+
+def test_a_sweep_where_nothing_could_run_exits_non_zero(tmp_path, capsys):
+    rc = main(["--layer-only", "--attention", "exact", "--dim", "64", "--heads", "2", "--resolutions", "64",
+               "--backends", "onnxruntime", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("effvit-bench: error: none of the 1 configurations ran") and "\n" not in err
 
 
 def test_report_goals_and_thread_policy_are_user_options(tmp_path):

@@ -35,6 +35,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(runs, tmp_path):
     out = tmp_path / "bench"
     path = run_benchmark(runs, ["torch", "onnxruntime"], [32, 64], [1], ["fp32"], out,
@@ -56,6 +57,8 @@ def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(r
         assert 0.0 <= r["top1"] <= 1.0 and r["top1_source"] == "measured on this backend"
         assert r["top1_resolution"] == r["resolution"] and r["top1_images"] == 16
         assert r["thread_policy"] == "default" and r["omp_wait_policy"]
+        assert r["implementation"] == ("torch: PyTorch module (eager)" if r["backend"] == "torch"
+                                       else "onnxruntime: model.onnx")
         assert r["env"]["cpu_model"] and r["env"]["torch"] == torch.__version__.split("+")[0]
         assert "hostname" not in json.dumps(r["env"]).lower()
     by = {(r["attention"], r["backend"], r["resolution"]): r for r in rows}
@@ -77,6 +80,7 @@ def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(r
     assert "largest possible" in text and "issue" not in text.lower() and "target" not in text.lower()
 
 
+@pytest.mark.slow
 def test_rows_are_appended_across_sweeps(runs, tmp_path):
     for res in (32, 48):
         run_benchmark(runs[:1], ["torch"], [res], [1], ["fp32"], tmp_path, accuracy=False, isolate=False, **FAST)
@@ -85,6 +89,7 @@ def test_rows_are_appended_across_sweeps(runs, tmp_path):
     assert rows[0]["top1_source"].startswith("training summary")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(backend_status("tensorrt") is None, reason="TensorRT is usable here: nothing is skipped")
 def test_missing_backend_is_skipped_with_its_reason(runs, tmp_path):
     path = run_benchmark(runs[:1], ["torch", "tensorrt"], [32], [1], ["fp32"], tmp_path, accuracy=False,
@@ -99,6 +104,7 @@ def test_missing_backend_is_skipped_with_its_reason(runs, tmp_path):
     assert "report.md" in str(write_report(path, tmp_path))
 
 
+@pytest.mark.slow
 def test_missing_artifact_is_skipped_with_the_export_command(tmp_path):
     run = make_tiny_run(tmp_path / "unexported", "exact")
     rows = load_results(run_benchmark([run], ["onnxruntime"], [32], [1], ["fp32"], tmp_path / "out",
@@ -106,6 +112,7 @@ def test_missing_artifact_is_skipped_with_the_export_command(tmp_path):
     assert rows[0]["status"] == "skipped" and "effvit-export" in rows[0]["reason"]
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_recorded_and_the_sweep_continues(runs, tmp_path):
     def runner_factory(config):
         if config["resolution"] == 48 and "exact" in config["run_dir"]:
@@ -130,6 +137,7 @@ def test_errors_are_classified(exc, status):
     assert classify_error(exc) == status
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limits, status", [({"memory_cap_bytes": 1}, "oom"), ({"timeout_s": 0.0}, "timeout")])
 def test_isolated_configuration_past_its_limit_is_killed_and_recorded(runs, tmp_path, limits, status):
     path = run_benchmark(runs[:1], ["torch"], [32, 64], [1], ["fp32"], tmp_path, accuracy=False, **limits, **FAST)
@@ -138,6 +146,7 @@ def test_isolated_configuration_past_its_limit_is_killed_and_recorded(runs, tmp_
     assert rows[1]["status"] == "skipped" and rows[1]["reason"] == f"not run: {status} at 32 px"
 
 
+@pytest.mark.slow
 def test_shape_only_run_reports_accuracy_as_not_applicable(tmp_path):
     run = shape_run("vit_tiny_patch16_224", "linformer", tmp_path / "cache")
     rows = load_results(run_benchmark([run], ["torch"], [32], [1], ["fp32"], tmp_path, isolate=False, **FAST))
@@ -146,8 +155,18 @@ def test_shape_only_run_reports_accuracy_as_not_applicable(tmp_path):
     assert shape_run("vit_tiny_patch16_224", "linformer", tmp_path / "cache") == run
 
 
+@pytest.mark.slow
 def test_bad_matrix_is_refused_with_the_fix(runs, tmp_path):
     with pytest.raises(ValueError, match="multiples of .* patch size 16"):
         run_benchmark(runs[:1], ["torch"], [30], [1], ["fp32"], tmp_path)
     with pytest.raises(ValueError, match="unknown backend"):
         run_benchmark(runs[:1], ["tensorflow"], [32], [1], ["fp32"], tmp_path)
+
+
+def test_shape_and_bound_runs_are_exported_for_the_formats_the_backends_read():
+    from effvit_deploy.bench.matrix import artifact_formats
+
+    assert artifact_formats(["torch", "torch-compile"]) == ()
+    assert artifact_formats(["torch", "onnxruntime"]) == ("onnx",)
+    assert artifact_formats(["openvino"]) == ("onnx", "openvino"), "the IR is converted from the ONNX graph"
+    assert artifact_formats(["onnxruntime-cuda", "tensorrt"]) == ("onnx",)

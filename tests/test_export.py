@@ -20,6 +20,9 @@ from effvit_deploy.export import ExportUnavailable, ParityError, check_tensorrt_
 from effvit_deploy.export import run as run_module
 from effvit_deploy.runs import ModelCard, load_run, write_run
 
+# Exports every mechanism (a module-wide fixture) and trains on digits: minutes on 2 CPU cores.
+pytestmark = pytest.mark.slow
+
 SIZES = [(224, 224), (384, 384), (224, 336)]
 DIGITS_IMG = 32  # 2x2 patch grid: trains to ~0.9 val top-1 in a few seconds
 
@@ -159,9 +162,9 @@ def test_gpu_formats_on_a_cpu_machine_give_a_clear_error(exported, capsys):
 
 def test_bad_options_are_refused_by_name(exported, capsys):
     run = exported["exact"]
-    assert export_main([str(run), "--min-res", "200"]) == 1
+    assert export_main([str(run), "--min-res", "200"]) == 2
     assert "min_res=200 is not a positive multiple of the patch size 16" in capsys.readouterr().err
-    assert export_main([str(run), "--formats", "onnx", "--precision", "int4"]) == 1
+    assert export_main([str(run), "--formats", "onnx", "--precision", "int4"]) == 2
     assert "onnx has no int4 precision" in capsys.readouterr().err
 
 
@@ -203,12 +206,14 @@ def trained_export(tmp_path_factory) -> tuple[Path, dict]:
 def test_trained_model_is_accurate_in_every_onnx_precision(trained_export):
     _, trained_export = trained_export
     entries = {a["precision"]: a for a in trained_export["artifacts"]}
-    assert set(entries) == {"fp32", "fp16", "int8"}
+    assert set(entries) == {"fp32", "fp16", "int8", "int8-static"}
     assert trained_export["torch_val_top1"] >= 0.8  # chance is 0.1
     assert entries["fp32"]["accuracy"]["n"] == 359
     assert entries["fp32"]["accuracy"]["top1_agreement_vs_torch"] == 1.0
     assert entries["fp16"]["accuracy"]["top1_agreement_vs_torch"] >= 0.99
     assert entries["int8"]["accuracy"]["top1_agreement_vs_torch"] >= 0.97
+    assert entries["int8-static"]["accuracy"]["top1_agreement_vs_torch"] >= 0.97
+    assert abs(entries["int8-static"]["accuracy"]["top1_delta_vs_torch"]) <= 0.01
     assert entries["fp16"]["bytes"] < 0.6 * entries["fp32"]["bytes"]
     assert entries["fp16"]["tensorrt_check"]["ok"]
 
@@ -229,7 +234,9 @@ def test_fp16_graph_keeps_layernorm_and_softmax_in_fp32(trained_export):
 def test_plan_builds_the_onnx_graph_each_engine_precision_needs():
     plan = run_module._plan(["tensorrt"], ["fp16"], int8=False)
     assert plan == [("onnx", "fp32"), ("onnx", "fp16"), ("tensorrt", "fp16")]
-    assert run_module._plan(["onnx"], ["fp32"], int8=True) == [("onnx", "fp32"), ("onnx", "int8")]
+    assert run_module._plan(["onnx"], ["fp32"], int8=True) == [("onnx", "fp32"), ("onnx", "int8"), ("onnx", "int8-static")]
+    assert run_module._plan(["onnx", "openvino"], ["fp32", "fp16"], int8=False) == [
+        ("onnx", "fp32"), ("onnx", "fp16"), ("openvino", "fp32")]
 
 
 @pytest.mark.parametrize("profile", [(64, 64, 1024), (224, 384, 1024), (224, 224, 512)])

@@ -29,6 +29,7 @@ FAST = [
 ]
 
 
+@pytest.mark.slow
 def test_digits_run_learns_and_writes_a_complete_run_dir(attention, tmp_path, capsys):
     run = train(load_config(DIGITS, FAST, attention=attention), tmp_path / attention)
     summary = json.loads((run / "summary.json").read_text())
@@ -56,6 +57,7 @@ def test_digits_run_learns_and_writes_a_complete_run_dir(attention, tmp_path, ca
         assert not torch.equal(fresh[key], trained[key])
 
 
+@pytest.mark.slow
 def test_train_all_skips_complete_runs_and_names_siblings(tmp_path, capsys):
     overrides = FAST + ["epochs=1"]
     runs = train_all(DIGITS, ["nystrom", "exact"], tmp_path, overrides, name="d")
@@ -66,6 +68,7 @@ def test_train_all_skips_complete_runs_and_names_siblings(tmp_path, capsys):
     assert "complete, skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_corrupt_images_are_skipped_and_counted(tmp_path, capsys):
     root = tmp_path / "digits"
     write_digits_folder(root, img_size=32)
@@ -114,7 +117,7 @@ def test_every_recipe_resolves_for_every_attention():
 def _cli_error(capsys, *argv: str) -> str:
     code = cli_main(["--config", str(DIGITS), *argv])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert code == 2 and err.startswith("effvit-train: error: ") and "Traceback" not in err
     return err
 
 
@@ -150,6 +153,7 @@ def test_setup_mistakes_are_clear_errors_before_training(case, args, message, tm
     assert not any((tmp_path / "runs").glob("*/checkpoints")), "training started before the error"
 
 
+@pytest.mark.slow
 def test_incomplete_run_needs_resume_and_resume_extends_it(tmp_path, capsys):
     args = ["--attention", "linformer", "--out", str(tmp_path), "--name", "d", *FAST, "epochs=1"]
     assert cli_main(["--config", str(DIGITS), *args]) == 0

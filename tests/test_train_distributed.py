@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from effvit_deploy.data import DigitsDataset
 from effvit_deploy.train import load_config, train
+
+# Two torchrun processes and a reference run: about a minute on a shared 2-core machine.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "train" / "digits.yaml"

@@ -1,7 +1,6 @@
 """One validation subset: export, bench, demo and the approximation table score the same images."""
 from __future__ import annotations
 
-import pytest
 
 from conftest import make_tiny_run
 from effvit_deploy.data import subset

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -44,20 +44,13 @@ class ThreadPolicy:
     shared one a preempted spinning thread stalls every barrier (ViT-S/16, 224 px, 2 threads,
     loaded 2-core machine: 5.6 s spinning vs 0.14 s passive in PyTorch). ONNX Runtime takes it per
     session (`session.intra_op.allow_spinning`); PyTorch's OpenMP reads `OMP_WAIT_POLICY` once at
-    process start, so the process that will run PyTorch must be started with it set
-    (`apply_to_environment`); OpenVINO's CPU plugin has no spin setting (its threads block).
+    process start, so the process that will run PyTorch must be started with
+    OMP_WAIT_POLICY=PASSIVE (the benchmark's worker processes are); OpenVINO's CPU plugin has no
+    spin setting (its threads block).
     """
 
     threads: Optional[int] = None
     passive: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def apply_to_environment(self, environ: dict) -> None:
-        """Set OMP_WAIT_POLICY=PASSIVE in `environ` (for a process about to start) when passive."""
-        if self.passive:
-            environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 RUNTIME_DEFAULT = ThreadPolicy()
@@ -129,7 +122,18 @@ def load_manifest(run_dir: Union[str, Path]) -> dict[str, Any]:
     path = Path(run_dir) / "export" / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no exported artifacts ({path} missing): run `effvit-export {run_dir}` first")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        manifest, reason = None, f"not JSON: {exc}"
+    else:
+        reason = "not an export manifest (no list of artifacts with format, precision and path)"
+    artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    if not isinstance(artifacts, list) or not all(
+        isinstance(a, dict) and {"format", "precision", "path"} <= set(a) for a in artifacts
+    ):
+        raise ValueError(f"{path} is {reason}; rebuild it with `effvit-export {run_dir} --force`")
+    return manifest
 
 
 def find_artifact(run_dir: Union[str, Path], fmt: str, precision: str = "fp32") -> tuple[Path, dict[str, Any]]:

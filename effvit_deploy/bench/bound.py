@@ -15,15 +15,16 @@ the bound's FLOPs are ~36% of exact's, so no mechanism can exceed ~2.8x there by
 
 The bound is a benchmark subject, not a mechanism one trains: `bound_run` writes a run
 directory beside the shape runs (the source run's card and weights plus `bound.json`) and, for
-the ONNX-reading backends, exports the bound model's ONNX graph into its `export/` with the
-same exporter and input profile as the variants, checked against PyTorch before it is used.
+the ONNX- and OpenVINO-reading backends, exports the bound model's ONNX graph (and its OpenVINO
+IR) into its `export/` with the same exporter and input profile as the variants, each checked
+against PyTorch before it is used.
 """
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -73,8 +74,8 @@ def load_bound_model(run_dir: Union[str, Path]) -> nn.Module:
     return remove_token_mixing(model)
 
 
-def _export(run_dir: Path, min_res: int, max_res: int, max_batch: int) -> dict[str, Any]:
-    """The bound's ONNX graph and manifest entry, as `effvit-export` writes a variant's."""
+def _export(run_dir: Path, formats: Sequence[str], min_res: int, max_res: int, max_batch: int) -> list[dict[str, Any]]:
+    """The bound's ONNX graph (and OpenVINO IR) and manifest entries, as `effvit-export` writes a variant's."""
     from ..export.onnx import export_onnx, make_tensorrt_friendly
     from ..export.run import sha256
 
@@ -85,39 +86,53 @@ def _export(run_dir: Path, min_res: int, max_res: int, max_batch: int) -> dict[s
     with atomic_path(final) as tmp:
         export_onnx(model, tmp, sample_size=(min_res, min_res), max_batch=max_batch, max_res=max_res)
         rewrites = make_tensorrt_friendly(tmp, min_res, card.img_size)
-        parity = _check_parity(model, tmp, min_res)
-        entry = {"format": "onnx", "precision": "fp32", "path": final.name, "sha256": sha256(tmp),
-                 "bytes": tmp.stat().st_size, "inputs": inputs, "rewrites": rewrites, "parity": parity}
+        parity = _check_parity(model, _onnxruntime(tmp), min_res, "ONNX")
+        entries = [{"format": "onnx", "precision": "fp32", "path": final.name, "sha256": sha256(tmp),
+                    "bytes": tmp.stat().st_size, "inputs": inputs, "rewrites": rewrites, "parity": parity}]
+    if "openvino" in formats:
+        import openvino as ov
+
+        from ..backends.openvino import compiled_runner
+
+        xml = run_dir / "export" / "model.openvino.xml"
+        ov.save_model(ov.convert_model(final), xml, compress_to_fp16=False)
+        parity = _check_parity(model, compiled_runner(xml, "fp32", card), min_res, "OpenVINO")
+        entries.append({"format": "openvino", "precision": "fp32", "path": xml.name, "sha256": sha256(xml),
+                        "inputs": inputs, "parity": parity, "onnx": final.name})
     write_json(run_dir / "export" / "manifest.json", {
         "run": run_name(run_dir), "model": card.model, "attention": BOUND, "num_classes": card.num_classes,
-        "img_size": card.img_size, "patch_size": card.patch_size, "artifacts": [entry]})
-    return entry
+        "img_size": card.img_size, "patch_size": card.patch_size, "artifacts": entries})
+    return entries
 
 
-def _check_parity(model: nn.Module, path: Path, res: int) -> dict[str, float]:
-    """Relative max logit error of the ONNX graph against PyTorch at one size; raises past tolerance."""
+def _onnxruntime(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     from ..backends import ort_session
 
+    session = ort_session(path, quiet=True)
+    return lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _check_parity(model: nn.Module, predict: Callable[[np.ndarray], np.ndarray], res: int, label: str) -> dict[str, float]:
+    """Relative max logit error of an artifact against PyTorch at one size; raises past tolerance."""
     x = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ref = model(x).numpy()
-    session = ort_session(path, quiet=True)
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    got = predict(x.numpy())
     rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
     if rel > PARITY_RTOL:
-        raise RuntimeError(f"the attention-free ONNX graph differs from PyTorch (relative error {rel:.1e} at {res} px)")
+        raise RuntimeError(f"the attention-free {label} artifact differs from PyTorch (relative error {rel:.1e} at {res} px)")
     return {"resolution": res, "rel_max_error": rel}
 
 
 def bound_run(
-    source: Union[str, Path], cache_dir: Union[str, Path], *, onnx: bool = False,
+    source: Union[str, Path], cache_dir: Union[str, Path], *, formats: Sequence[str] = (),
     min_res: Optional[int] = None, max_res: int = 1024, max_batch: int = 2,
 ) -> Path:
     """The attention-free twin of run `source` under cache_dir (made once, reused after)."""
     source, cache_dir = Path(source), Path(cache_dir)
     run_dir = cache_dir / f"{run_name(source)}-{BOUND}"
     stamp = {"source": str(source.resolve()), "token_mixing": "identity on values (attend(q, k, v) = v)",
-             "onnx": onnx, "min_res": min_res, "max_res": max_res, "max_batch": max_batch}
+             "formats": list(formats), "min_res": min_res, "max_res": max_res, "max_batch": max_batch}
     if is_bound_run(run_dir) and json.loads((run_dir / MARKER).read_text()) == stamp:
         return run_dir
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -126,8 +141,8 @@ def bound_run(
         src = source / "checkpoints" / f"{which}.safetensors"
         if src.is_file():
             shutil.copyfile(src, run_dir / "checkpoints" / f"{which}.safetensors")
-    if onnx:
+    if formats:
         card = json.loads((source / MODEL_CARD).read_text())
-        _export(run_dir, min_res or int(card["img_size"]), max_res, max_batch)
+        _export(run_dir, formats, min_res or int(card["img_size"]), max_res, max_batch)
     write_json(run_dir / MARKER, stamp)
     return run_dir

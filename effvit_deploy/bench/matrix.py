@@ -91,8 +91,15 @@ def model_subject(run_dir: Union[str, Path]) -> Subject:
     )
 
 
-def bound_subjects(run_dirs: Sequence[Union[str, Path]], cache_dir: Path, onnx: bool, resolutions: Sequence[int],
-                   max_batch: int) -> list[Path]:
+def artifact_formats(backends: Sequence[str]) -> tuple[str, ...]:
+    """The CPU artifact formats (ONNX, OpenVINO IR) `backends` read; the IR is converted from the
+    ONNX graph, so it brings ONNX along. GPU engines are built by `effvit-export` on the GPU."""
+    formats = {get_backend(b).artifact for b in backends} & {"onnx", "openvino"}
+    return tuple(f for f in ("onnx", "openvino") if f in formats or (f == "onnx" and formats))
+
+
+def bound_subjects(run_dirs: Sequence[Union[str, Path]], cache_dir: Path, formats: Sequence[str],
+                   resolutions: Sequence[int], max_batch: int) -> list[Path]:
     """One attention-free bound per distinct model among the runs (the exact run's when given,
     else the first run's weights: the bound's latency does not depend on them)."""
     sources: dict[str, Path] = {}
@@ -101,7 +108,7 @@ def bound_subjects(run_dirs: Sequence[Union[str, Path]], cache_dir: Path, onnx: 
         key = json.dumps([card.model, card.model_kwargs, card.num_classes, card.img_size], sort_keys=True)
         if key not in sources or card.attention == "exact":
             sources[key] = Path(run_dir)
-    return [bound_run(src, cache_dir, onnx=onnx, min_res=min(resolutions), max_res=max(resolutions),
+    return [bound_run(src, cache_dir, formats=formats, min_res=min(resolutions), max_res=max(resolutions),
                       max_batch=max(max_batch, 2)) for src in sources.values()]
 
 
@@ -293,9 +300,8 @@ def run_benchmark(
     use, skipped = resolve_backends(backends)
     run_dirs = [Path(d) for d in run_dirs]
     if bound and run_dirs:
-        onnx = any(get_backend(b).artifact == "onnx" for b in use)
-        run_dirs += bound_subjects([d for d in run_dirs if not is_bound_run(d)], out_dir / "cache", onnx,
-                                   resolutions, max(batch_sizes))
+        run_dirs += bound_subjects([d for d in run_dirs if not is_bound_run(d)], out_dir / "cache",
+                                   artifact_formats(use), resolutions, max(batch_sizes))
     subjects = [model_subject(d) for d in dict.fromkeys(run_dirs)] + list(layers)
     if not subjects:
         raise ValueError("nothing to benchmark: give run directories, --model, or --layer-only")

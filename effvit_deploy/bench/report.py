@@ -239,10 +239,14 @@ def _bound_table(series: dict) -> list[Block]:
                              f"{100 * b / v:.0f}%", f"{v / b:.2f}x", check])
     if not body:
         return [("p", "No attention-free bound next to exact attention in these results (run with --bound).")]
+    baselines = sorted({f"{p['backend']} {p['precision']}: {p['implementation']}" for by in series.values()
+                        for p in by.get(EXACT, []) if p.get("implementation")})
     note = ("The attention-free bound is the same model with token mixing replaced by a no-op (each token keeps its "
             "own value vector; the q/k/v and output projections, MLPs and norms still run): no attention mechanism "
             "can make the model faster than it. Largest possible = exact / bound; achieved = the variant's speed-up "
             "as a fraction of it (= bound / variant); the last column is the variant's latency over the bound's.")
+    if baselines:
+        note += " Exact baseline per backend (the fastest exact implementation each offers here): " + "; ".join(baselines) + "."
     return [("p", note), ("table", ["backend", "precision", "batch", "px", "tokens", "attention", "speed-up over exact",
                                     "largest possible", "achieved", "latency / bound", "check"], body)]
 

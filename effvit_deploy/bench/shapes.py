@@ -3,8 +3,8 @@
 Latency, memory and FLOPs depend on shapes, not weights, so the scaling study needs no trained
 runs: `shape_runs("vit_small_patch16_224", ["exact", ...], cache)` writes one complete run
 per variant (effvit_deploy.runs.write_run; the card's empty `data` marks it untrained, so
-accuracy is reported as not applicable) and exports the ONNX graph when an ONNX Runtime backend
-will read it (effvit_deploy.export.export_run). Existing runs and artifacts are reused.
+accuracy is reported as not applicable) and exports the artifacts the benchmarked backends read
+(ONNX, OpenVINO IR: effvit_deploy.export.export_run). Existing runs and artifacts are reused.
 """
 from __future__ import annotations
 
@@ -49,13 +49,14 @@ def shape_run(model_name: str, attention: str, cache_dir: Union[str, Path], num_
 EXPORT_STAMP = "bench-export.json"
 
 
-def _has_onnx(run_dir: Path, precisions: Sequence[str], max_res: int) -> bool:
-    """True when an earlier `shape_runs` exported these precisions for at least `max_res`."""
+def _has_exports(run_dir: Path, formats: Sequence[str], precisions: Sequence[str], max_res: int) -> bool:
+    """True when an earlier `shape_runs` exported these formats and precisions for at least `max_res`."""
     stamp = run_dir / EXPORT_STAMP
     if not stamp.is_file() or not (run_dir / "export" / "manifest.json").is_file():
         return False
     done = json.loads(stamp.read_text())
-    return set(precisions) <= set(done["precisions"]) and done["max_res"] >= max_res
+    return (set(formats) <= set(done.get("formats", ["onnx"])) and set(precisions) <= set(done["precisions"])
+            and done["max_res"] >= max_res)
 
 
 def shape_runs(
@@ -63,24 +64,26 @@ def shape_runs(
     attentions: Sequence[str],
     cache_dir: Union[str, Path],
     *,
-    onnx: bool = False,
+    formats: Sequence[str] = (),
     precisions: Sequence[str] = ("fp32",),
     min_res: Optional[int] = None,
     max_res: int = 1024,
     max_batch: int = 32,
 ) -> list[Path]:
-    """One untrained run per attention variant under cache_dir, ONNX-exported when `onnx`."""
+    """One untrained run per attention variant under cache_dir, exported to `formats` (e.g.
+    ("onnx", "openvino"); none by default)."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_text(cache_dir / ".gitignore", "*\n")
     runs = [shape_run(model_name, a, cache_dir) for a in parse_attentions(attentions)]
-    if onnx:
+    if formats:
         from ..export import export_run
 
         for run_dir in runs:
-            if not _has_onnx(run_dir, precisions, max_res):
-                log.info("exporting %s to ONNX (max %d px)", run_dir.name, max_res)
-                export_run(run_dir, formats=("onnx",), precisions=tuple(precisions),
+            if not _has_exports(run_dir, formats, precisions, max_res):
+                log.info("exporting %s to %s (max %d px)", run_dir.name, ", ".join(formats), max_res)
+                export_run(run_dir, formats=tuple(formats), precisions=tuple(precisions),
                            min_res=min_res, max_res=max_res, max_batch=max_batch, verify=False, force=True)
-                write_json(run_dir / EXPORT_STAMP, {"precisions": list(precisions), "max_res": max_res})
+                write_json(run_dir / EXPORT_STAMP, {"formats": list(formats), "precisions": list(precisions),
+                                                    "max_res": max_res})
     return runs

@@ -46,6 +46,17 @@ def thread_policy_of(name: str) -> ThreadPolicy:
     return ThreadPolicy(passive=name == "passive")
 
 
+def implementation(runner: Runner, bound: bool = False) -> str:
+    """What ran, for the results row: the artifact file a runtime executed (with the runtime's
+    own graph optimisations: ONNX Runtime at its highest level, OpenVINO's CPU plugin fusions),
+    or the PyTorch module (eager or compiled; exact attention through
+    F.scaled_dot_product_attention's fused CPU kernel)."""
+    if runner.artifact is not None:
+        return f"{runner.backend}: {runner.artifact.name}"
+    what = "attention-free bound module" if bound else "PyTorch module"
+    return f"{runner.backend}: {what}" + (" (torch.compile)" if runner.backend == "torch-compile" else " (eager)")
+
+
 def _model_runner(config: dict[str, Any]) -> Runner:
     """The run's artifact on its backend; the attention-free bound's module in PyTorch."""
     if config.get("bound") and config["backend"] in LAYER_BACKENDS:
@@ -70,6 +81,7 @@ def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Ru
         probe.before_load()
         runner = factory(config)
         result["runtime_threads"] = runner.threads
+        result["implementation"] = implementation(runner, config.get("bound", False))
         if layer:
             x = layer_input(batch, res, config["patch"], config["dim"])
         else:

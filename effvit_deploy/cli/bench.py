@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import yaml
 
+from .errors import EXIT_RUNTIME, Parser, run_cli
+
 EPILOG = """examples:
   # trained runs, every usable backend, report in bench-out/
   effvit-bench runs/digits-exact runs/digits-performer --resolutions 64,128 --batch-sizes 1,8
@@ -18,7 +20,7 @@ EPILOG = """examples:
   # one attention layer alone (ViT-S dims) over token counts
   effvit-bench --layer-only --model vit_small_patch16_224 --attention all --resolutions 224,512,1024,2048
   # a matrix from YAML (flags override it), or only re-draw the report of a results file
-  effvit-bench --config serve/bench_cpu.yaml
+  effvit-bench --config serve/bench_cpu_vits.yaml
   effvit-bench --report-only --out benchmarks/results/cpu
 """
 
@@ -60,17 +62,17 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="effvit-bench", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="effvit-bench", description=__doc__, epilog=EPILOG)
     p.add_argument("run_dirs", nargs="*", type=Path, help="run directories (model.json, weights, export/)")
-    p.add_argument("--config", type=Path, help="YAML benchmark matrix (keys = long options, e.g. serve/bench_cpu.yaml)")
+    p.add_argument("--config", type=Path, help="YAML benchmark matrix (keys = long options, e.g. serve/bench_cpu_vits.yaml)")
     p.add_argument("--model", help="timm ViT for shape-only runs (untrained, accuracy not applicable) or --layer-only dims")
     p.add_argument("--attention", default="all", help="variants for --model / --layer-only: all or a comma list")
     p.add_argument("--backends", default="auto", help="auto, or a comma list of: torch, torch-compile, onnxruntime, "
-                   "onnxruntime-cuda, onnxruntime-tensorrt, tensorrt, torch-tensorrt")
+                   "onnxruntime-cuda, onnxruntime-tensorrt, openvino, tensorrt, torch-tensorrt")
     p.add_argument("--resolutions", type=_ints, default=[224, 384, 512, 768, 1024], help="square input sizes (px)")
     p.add_argument("--batch-sizes", type=_ints, default=[1], help="batch sizes")
-    p.add_argument("--precision", type=_names, default=["fp32"], help="fp32, fp16, bf16 (comma list)")
+    p.add_argument("--precision", type=_names, default=["fp32"], help="fp32, fp16, bf16, int8, int8-static (comma list; "
+                   "each backend runs the precisions its artifacts were exported in)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="results and report folder")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration (at most)")
@@ -106,7 +108,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     if args.config:
         if not args.config.is_file():
             parser.error(f"--config {args.config} does not exist")
-        raw: dict[str, Any] = yaml.safe_load(args.config.read_text()) or {}
+        try:
+            raw: dict[str, Any] = yaml.safe_load(args.config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            parser.error(f"--config {args.config} is not valid YAML ({' '.join(str(exc).split())})")
+        if not isinstance(raw, dict):
+            parser.error(f"--config {args.config} must be a mapping of option names to values, e.g. resolutions: [224]")
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(k.replace("-", "_") for k in raw) - known)
         if unknown:
@@ -120,7 +127,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                 value = ",".join(map(str, value))
             elif isinstance(value, dict):
                 value = ",".join(f"{k}:{v}" for k, v in value.items())
-            defaults[key] = converters[key](value) if key in converters else value
+            try:
+                defaults[key] = converters[key](value) if key in converters else value
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"--config {args.config}: {key}: {exc}")
         if "run_dirs" in defaults:
             defaults["run_dirs"] = [Path(p) for p in _names(defaults["run_dirs"])]
         if "out" in defaults:
@@ -154,8 +164,10 @@ def _report_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backends import MANIFEST, load_manifest
     from ..bench import layer_subject, run_benchmark, shape_runs, write_report
-    from ..bench.matrix import resolve_backends
+    from ..bench.matrix import artifact_formats, resolve_backends
+    from ..bench.results import RESULTS_JSONL, load_results
     from ..bench.shapes import parse_attentions
 
     results = args.out / "results.jsonl"
@@ -171,11 +183,19 @@ def run(args: argparse.Namespace) -> int:
         backends, _ = resolve_backends(args.backends)
         run_dirs += shape_runs(
             args.model, parse_attentions(args.attention), args.out / "cache",
-            onnx=any(b.startswith("onnxruntime") for b in backends), precisions=args.precision,
+            formats=artifact_formats(backends), precisions=args.precision,
             min_res=min(args.resolutions), max_res=max(args.resolutions), max_batch=max(max(args.batch_sizes), 2),
         )
+    not_runs = [str(d) for d in args.run_dirs if not (d / "model.json").is_file()]
+    if not_runs:
+        raise FileNotFoundError(f"not training run directories (no model.json): {', '.join(not_runs)}; "
+                                "make them with effvit-train, or benchmark untrained variants with --model")
+    for run_dir in args.run_dirs:  # a damaged manifest stops the sweep before it writes anything
+        if (run_dir / "export" / MANIFEST).is_file():
+            load_manifest(run_dir)
     if not run_dirs and not layers:
         raise ValueError("nothing to benchmark: give RUN_DIR(s), --model NAME, or --layer-only")
+    before = len(load_results(args.out / RESULTS_JSONL)) if (args.out / RESULTS_JSONL).is_file() else 0
     results = run_benchmark(
         run_dirs, args.backends, args.resolutions, args.batch_sizes, args.precision, args.out,
         layers=layers, warmup=args.warmup, repeats=args.repeats, max_time_s=args.max_time,
@@ -185,16 +205,18 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"results: {results}")
     print(f"report: {write_report(results, args.out, **_report_options(args))}")
+    rows = load_results(results)[before:]
+    if rows and not any(r["status"] == "ok" for r in rows):
+        first = rows[0]
+        print(f"effvit-bench: error: none of the {len(rows)} configurations ran (first: {first['run']} "
+              f"{first['backend']} {first['status']}: {first.get('reason')}); see {results}", file=sys.stderr)
+        return EXIT_RUNTIME
     return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"effvit-bench: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli("effvit-bench", lambda: run(args), args.debug)
 
 
 if __name__ == "__main__":

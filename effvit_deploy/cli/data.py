@@ -9,13 +9,14 @@ from typing import Optional
 
 from ..data import ClutteredDigits, DataError, build_imagenet100, describe_folder, find_bad_images, write_digits_folder, write_folder
 from ..data.imagenet100 import DEFAULT_CLASS_FILE
+from .errors import Parser, run_cli
 
 EPILOG = """examples:
   effvit-data imagenet100 --imagenet /data/imagenet --out /data/imagenet100
   effvit-data check /data/imagenet100 --workers 8
   effvit-data digits --out data/digits --img-size 64
   effvit-data cluttered --out data/cluttered --img-size 128
-then train on a folder with: effvit-train --config train/imagenet100.yaml
+then train on a folder with: effvit-train --config train/imagenet100_vit_s16.yaml --data /data/imagenet100
 """
 
 
@@ -72,15 +73,17 @@ def _cluttered(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="effvit-data", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="effvit-data", description=__doc__, epilog=EPILOG, debug_flag=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("imagenet100", help="build ImageNet-100 (CMC class list) from ImageNet-1k by symlinks",
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--imagenet", required=True, help="ImageNet-1k folder with train/<wnid>/ and val/<wnid>/")
     s.add_argument("--out", required=True, help="output folder (gets train/ and val/ of class links)")
     s.add_argument("--classes", default=str(DEFAULT_CLASS_FILE),
-                   help="class list, one WordNet ID per line (default: train/imagenet100_classes.txt)")
+                   help="class list, one WordNet ID per line (default: the bundled ImageNet-100 list, effvit_deploy/data/imagenet100_classes.txt)")
     s.set_defaults(func=_imagenet100)
 
     s = sub.add_parser("check", help="list unreadable or truncated images (and, for a train/val folder, check "
@@ -121,11 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (DataError, FileNotFoundError) as exc:
-        print(f"effvit-data {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(f"effvit-data {args.command}", lambda: args.func(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -2,30 +2,30 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Optional
 
-from ..backends import BackendUnavailable
 from ..demo.app import DEFAULT_HOST, DEFAULT_MAX_FILE_SIZE, DEFAULT_PORT
 from ..demo.inputs import DEFAULT_MAX_PIXELS
-from ..demo.predict import AUTO, SERVABLE
+from ..demo.predict import AUTO, PRECISIONS, SERVABLE
+from .errors import Parser, run_cli
 
 EPILOG = """examples:
   effvit-demo runs/digits-*                       # every variant, fastest backend each, http://127.0.0.1:7860
   effvit-demo runs/exact runs/performer --backend onnxruntime --port 7861
+  effvit-demo runs/digits-* --backend openvino --precision int8-static   # calibrated int8 on OpenVINO
   effvit-demo runs/* --host 0.0.0.0               # reachable from other machines (no share link)
 the runs come from effvit-train; ONNX/TensorRT backends need `effvit-export RUN_DIR` first.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="effvit-demo", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="effvit-demo", description=__doc__, epilog=EPILOG)
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="training run directories, one column each")
     p.add_argument("--backend", default=AUTO, choices=[AUTO, *SERVABLE],
                    help="auto (default): the fastest backend each run has an artifact for, falling back to torch")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="artifact precision (default fp32)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="artifact precision (default fp32); int8-static: `effvit-export RUN --formats onnx,openvino --int8`")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST}: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
@@ -38,26 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_cli("effvit-demo", lambda: _serve(args), args.debug)
+
+
+def _serve(args: argparse.Namespace) -> int:
     missing = [str(d) for d in args.run_dirs if not (d / "model.json").is_file()]
     if missing:
-        print(f"effvit-demo: not training run directories (no model.json): {', '.join(missing)}; "
-              "make them with effvit-train", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"not training run directories (no model.json): {', '.join(missing)}; "
+                                "make them with effvit-train")
     if args.max_pixels < 1 or args.concurrency < 1:
-        print("effvit-demo: --max-pixels and --concurrency must be positive", file=sys.stderr)
-        return 2
+        raise ValueError(f"--max-pixels and --concurrency must be positive, got {args.max_pixels} and {args.concurrency}")
     from ..demo.app import launch
 
     try:
         launch(args.run_dirs, args.backend, precision=args.precision, host=args.host, port=args.port,
                share=args.share, max_pixels=args.max_pixels, max_file_size=args.max_file_size,
                concurrency_limit=args.concurrency)
-    except (BackendUnavailable, FileNotFoundError, ValueError) as err:
-        print(f"effvit-demo: {err}", file=sys.stderr)
-        return 1
     except OSError as err:
-        print(f"effvit-demo: cannot serve on {args.host}:{args.port} ({err}); pick another --port", file=sys.stderr)
-        return 1
+        if isinstance(err, (FileNotFoundError, NotADirectoryError)):
+            raise
+        raise OSError(f"cannot serve on {args.host}:{args.port} ({err}); pick another --port") from None
     return 0
 
 

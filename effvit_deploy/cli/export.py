@@ -11,15 +11,17 @@ import yaml
 
 from ..export import ExportUnavailable, ParityError, TensorRTIncompatible, check_tensorrt_compat, export_run
 from ..export.run import FORMATS
+from .errors import EXIT_RUNTIME, Parser, exit_code, one_line, run_cli
 
 EPILOG = """examples:
   effvit-export runs/digits-exact                              # ONNX fp32, verified
   effvit-export runs/digits-* --precision fp32,fp16 --int8      # + fp16 and int8 ONNX
+  effvit-export runs/digits-* --formats onnx,openvino --int8     # + OpenVINO IR, calibrated int8
   effvit-export runs/in100-performer --formats onnx,tensorrt --precision fp16 \\
       --min-res 224 --opt-res 384 --max-res 1024 --max-batch 32  # engine (NVIDIA GPU)
   effvit-export runs/digits-exact --check-tensorrt              # will TensorRT parse it? (no GPU needed)
   effvit-export model.onnx --check-tensorrt                     # any ONNX file
-  effvit-export runs/x --config export/gpu.yaml                 # options from a profile
+  effvit-export runs/x --config export/tensorrt.yaml            # options from a profile
 artifacts and export/manifest.json go to RUN_DIR/export/; then: effvit-bench RUN_DIR
 """
 
@@ -29,12 +31,12 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="effvit-export", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="effvit-export", description=__doc__, epilog=EPILOG)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run directories (or .onnx files with --check-tensorrt)")
     p.add_argument("--config", help="YAML export profile (keys as the long options, e.g. formats: [onnx]); flags override it")
     p.add_argument("--formats", type=_csv, help=f"comma list of {', '.join(FORMATS)} (default: onnx)")
-    p.add_argument("--precision", type=_csv, help="comma list of fp32, fp16, bf16 (default: fp32)")
+    p.add_argument("--precision", type=_csv, help="comma list of fp32, fp16, bf16, int8, int8-static (default: fp32); "
+                   "each format builds those it has")
     p.add_argument("--int8", action="store_true", default=None, help="also int8 ONNX graphs (CPU): dynamic, and static QDQ calibrated on the run's training images")
     p.add_argument("--min-res", type=int, help="smallest input side (default: the run's training size)")
     p.add_argument("--opt-res", type=int, help="side TensorRT optimises for (default: min-res)")
@@ -56,7 +58,12 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.config)
         if not path.is_file():
             raise ValueError(f"export profile {path} does not exist")
-        profile = yaml.safe_load(path.read_text()) or {}
+        try:
+            profile = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"export profile {path} is not valid YAML ({one_line(exc)})") from None
+        if not isinstance(profile, dict):
+            raise ValueError(f"export profile {path} must be a mapping of option names to values, e.g. formats: [onnx]")
         known = {"formats", "precision", "int8", "min_res", "opt_res", "max_res", "max_batch", "eval_limit", "verify", "force"}
         unknown = sorted(set(profile) - known)
         if unknown:
@@ -88,7 +95,7 @@ def print_table(manifest: dict[str, Any]) -> None:
     reused = set(manifest.get("reused", []))
     print(f"{manifest['run']} ({manifest['model']}, {manifest['attention']}): val top-1 PyTorch fp32 "
           f"{_fmt(manifest.get('torch_val_top1'), '.4f')}")
-    header = f"  {'format':<15}{'prec':<6}{'MiB':>8}  {'max abs err':>11}  {'rel err':>8}  {'top-1':>7}  {'agree':>7}  {'TRT ok':>6}  path"
+    header = f"  {'format':<15}{'prec':<12}{'MiB':>8}  {'max abs err':>11}  {'rel err':>8}  {'top-1':>7}  {'agree':>7}  {'TRT ok':>6}  path"
     print(header)
     for a in manifest["artifacts"]:
         parity = {k: v for k, v in (a.get("parity") or {}).items() if k != "tolerance"}
@@ -98,7 +105,7 @@ def print_table(manifest: dict[str, Any]) -> None:
         trt = a.get("tensorrt_check")
         trt_ok = "-" if trt is None else ("yes" if trt["ok"] else "NO")
         tag = " (reused)" if f"{a['format']}/{a['precision']}" in reused else ""
-        print(f"  {a['format']:<15}{a['precision']:<6}{a['bytes'] / 2**20:>8.1f}  {_fmt(worst_abs, '.2e'):>11}  "
+        print(f"  {a['format']:<15}{a['precision']:<12}{a['bytes'] / 2**20:>8.1f}  {_fmt(worst_abs, '.2e'):>11}  "
               f"{_fmt(worst_rel, '.1e'):>8}  {_fmt(acc.get('top1'), '.4f'):>7}  "
               f"{_fmt(acc.get('top1_agreement_vs_torch'), '.4f'):>7}  {trt_ok:>6}  {a['path']}{tag}")
     sizes = ", ".join(k for k in (manifest["artifacts"][0].get("parity") or {}) if k != "tolerance") if manifest["artifacts"] else ""
@@ -112,7 +119,7 @@ def _check_tensorrt(targets: list[Path]) -> int:
         graphs = [target] if target.suffix == ".onnx" else sorted((target / "export").glob("model*.onnx"))
         graphs = [g for g in graphs if ".int8" not in g.name]
         if not graphs:
-            print(f"error: {target} has no ONNX graph to check: run `effvit-export {target}` first", file=sys.stderr)
+            print(f"effvit-export: error: {target} has no ONNX graph to check: run `effvit-export {target}` first", file=sys.stderr)
             failed += 1
         for graph in graphs:
             report = check_tensorrt_compat(graph)
@@ -122,41 +129,40 @@ def _check_tensorrt(targets: list[Path]) -> int:
 
 
 def _export(target: Path, opts: dict[str, Any]) -> int:
-    """Export one run; 0 on success, else the exit code of its error (printed, no traceback)."""
+    """Export one run; 0 on success, else the exit code of its error (one line, no traceback).
+    A failed parity or TensorRT check is a runtime failure of that run (1), reported with its
+    run so the other runs still export."""
     try:
         print_table(export_run(target, **opts))
-    except ExportUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
     except (ParityError, TensorRTIncompatible) as exc:
-        print(f"error: {target}: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"effvit-export: error: {target}: {one_line(exc)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except ExportUnavailable:
+        raise
+    except (ValueError, OSError) as exc:
+        print(f"effvit-export: error: {one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
     return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return run_cli("effvit-export", lambda: _main(args), args.debug)
+
+
+def _main(args: argparse.Namespace) -> int:
     targets = [Path(r) for r in args.runs]
-    try:
-        opts = _options(args)
-        for target in targets:
-            if target.suffix == ".onnx" and not args.check_tensorrt:
-                raise ValueError(f"{target} is an ONNX file: pass run directories, or add --check-tensorrt to check it")
-            if target.suffix == ".onnx" and not target.is_file():
-                raise FileNotFoundError(f"{target} does not exist")
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    opts = _options(args)
+    for target in targets:
+        if target.suffix == ".onnx" and not args.check_tensorrt:
+            raise ValueError(f"{target} is an ONNX file: pass run directories, or add --check-tensorrt to check it")
+        if target.suffix == ".onnx" and not target.is_file():
+            raise FileNotFoundError(f"{target} does not exist")
     code = 0
     for target in targets:
         if target.suffix != ".onnx":
             code = max(code, _export(target, opts))
-            if code == 3:  # the toolchain is missing: every other run would fail the same way
-                return code
     if args.check_tensorrt and code == 0:
         code = _check_tensorrt(targets)
     return code

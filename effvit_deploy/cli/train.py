@@ -1,12 +1,12 @@
 """effvit-train: fine-tune a ViT with one or every attention mechanism (library: effvit_deploy.train)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional
 
 from ..attention import ATTENTIONS
+from .errors import Parser, run_cli
 
 EPILOG = """examples:
   effvit-train --config train/digits.yaml --attention all          # runs/digits-exact, runs/digits-linformer, ...
@@ -21,10 +21,8 @@ Each run writes OUT/NAME-ATTENTION/: model.json, config.yaml, metrics.jsonl, sum
 """
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="effvit-train", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(argv: Optional[list[str]] = None):
+    parser = Parser(prog="effvit-train", description=__doc__, epilog=EPILOG)
     parser.add_argument("--config", required=True, help="a recipe YAML, e.g. train/digits.yaml")
     parser.add_argument(
         "--attention", default=None,
@@ -41,12 +39,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue each run from its last complete epoch")
     parser.add_argument("--redo", action="store_true", help="train again variants whose run is already complete")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. epochs=3 optim.lr=1e-3")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may follow options: --out runs epochs=3
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    from ..data import DataError
+    return run_cli("effvit-train", lambda: _train(args), args.debug)
+
+
+def _train(args) -> int:
     from ..train import load_config, train_all
     from ..train.distributed import shutdown
 
@@ -63,11 +64,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.config, attentions, args.out, overrides, name=args.name, data=args.data,
             redo=args.redo, resume=args.resume,
         )
-    except (ValueError, FileNotFoundError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("interrupted: continue with --resume", file=sys.stderr)
+        print("effvit-train: interrupted: continue with --resume", file=sys.stderr)
         return 130
     finally:
         shutdown()

@@ -21,6 +21,6 @@ class BadImageError(DataError):
     def for_file(cls, path: str, reason: str) -> "BadImageError":
         return cls(
             f"cannot read image {path}: {reason} (list all such files with `effvit-data check DIR`, "
-            "or train with --on-bad-image skip)",
+            "or train with the override data.on_bad_image=skip to skip such files)",
             path,
         )

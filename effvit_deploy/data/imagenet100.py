@@ -1,8 +1,9 @@
 """ImageNet-100 from an ImageNet-1k folder, by symlinks.
 
 The class list is the 100-class subset of Contrastive Multiview Coding (Tian, Krishnan, Isola,
-2019, arXiv:1906.05849), shipped verbatim as train/imagenet100_classes.txt (from
-github.com/HobbitLong/CMC, imagenet100.txt). Each class folder of the output links to the
+2019, arXiv:1906.05849), shipped verbatim as package data next to this module,
+imagenet100_classes.txt (from github.com/HobbitLong/CMC, imagenet100.txt), so an installed
+(non-editable) package finds it. Each class folder of the output links to the
 ImageNet class folder, so the subset costs no disk space and re-running is harmless.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from .errors import DataError
 
 SPLITS = ("train", "val")
-DEFAULT_CLASS_FILE = Path(__file__).resolve().parents[2] / "train" / "imagenet100_classes.txt"
+DEFAULT_CLASS_FILE = Path(__file__).with_name("imagenet100_classes.txt")
 WNID = re.compile(r"^n\d{8}$")
 
 

@@ -11,25 +11,37 @@ Safe defaults: `launch` binds to 127.0.0.1 and never opens a public share link u
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import hashlib
+import io
 import logging
 import shlex
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
+from ..atomic import write_bytes
 from ..backends import BackendUnavailable
 from . import saliency as sal
 from .inputs import DEFAULT_MAX_PIXELS, InputError, load_image
 from .predict import AUTO, AUTO_ORDER, Prediction, Variant, load_variants, resolution_choices
 
 log = logging.getLogger(__name__)
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
+if _LIBC is not None and not hasattr(_LIBC, "malloc_trim"):  # musl
+    _LIBC = None
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_FILE_SIZE = "25mb"
+# Gradio's cache (uploads, saliency PNGs): swept every 5 min of files older than 15 min.
+DELETE_CACHE = (300, 900)
 FASTEST = "⚡ fastest"
 MOST_ACCURATE = "★ most accurate"
 EXAMPLES = ("digit_0.png", "digit_3.png", "digit_7.png", "flower.jpg", "china.jpg")
@@ -84,6 +96,34 @@ def _info(variant: Variant, pred: Prediction, resolution: int, note: str = "") -
     return "  \n".join(lines)
 
 
+def _cached_png(image: np.ndarray, cache_dir: Union[str, Path]) -> str:
+    """`image` as a PNG in Gradio's cache, named by its content and written atomically.
+
+    Handing Gradio the array instead makes it rewrite one shared file in place whenever two
+    requests produce the same picture, while a third may be downloading it: that download comes
+    up short (h11: "Too little data for declared Content-Length"). A file already in the cache is
+    served as is, and `delete_cache` ages it out like Gradio's own.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    target = Path(cache_dir) / hashlib.sha256(data).hexdigest() / "saliency.png"
+    if not target.is_file():
+        write_bytes(target, data)
+    return str(target)
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc `malloc_trim`; a no-op elsewhere).
+
+    A large upload decodes into tens of MB freed right after the request, but glibc keeps such
+    blocks in per-thread arenas once its mmap threshold has adapted, so resident memory only
+    grew over bursts of big uploads; trimming after each request returns it.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def _saliency(variant: Variant, x, pred: Prediction, mode: str) -> tuple[Optional[np.ndarray], str]:
     if mode == sal.OFF:
         return None, ""
@@ -117,6 +157,11 @@ def build_app(
     variants = list(variants) if variants is not None else load_variants(run_dirs, backend, precision)
     loaded = [b for b in AUTO_ORDER if any(b in v.runners for v in variants)]
     resolutions = resolution_choices([v.card for v in variants])
+    # FLOPs of every choice now, not in a request: FlopCounterMode installs process-wide module
+    # hooks, which broke a concurrent request's saliency backward pass in another model.
+    for v in variants:
+        for size in resolutions:
+            v.gflops(size)
     default_res = max(v.card.img_size for v in variants)
     accurate = _most_accurate(variants)
     backend_choices = [AUTO, *loaded]
@@ -134,6 +179,12 @@ def build_app(
         if saliency_mode not in sal.MODES:
             raise gr.Error(f"saliency must be one of {list(sal.MODES)}, got {saliency_mode!r}")
         try:
+            return answer(payload, size, backend_choice, saliency_mode)
+        finally:
+            release_memory()
+
+    def answer(payload: Any, size: int, backend_choice: str, saliency_mode: str) -> list[Any]:
+        try:
             image = load_image(_payload_path(payload), max_pixels)
         except InputError as err:
             raise gr.Error(str(err), title="Unusable input", print_exception=False) from None
@@ -144,6 +195,7 @@ def build_app(
                 x = v.preprocess(image, size)
                 pred = v.predict(x, backend_choice)
                 overlay, note = _saliency(v, x, pred, saliency_mode)
+                overlay = _cached_png(overlay, demo.GRADIO_CACHE) if overlay is not None else None
                 results.append((v, pred, overlay, _info(v, pred, size, note)))
             except BackendUnavailable as err:
                 results.append((v, None, None, f"**failed:** {err}"))
@@ -161,7 +213,8 @@ def build_app(
             status += f" Fastest: **{fastest}**."
         return [status, *outputs]
 
-    with gr.Blocks(title="effvit-deploy: efficient attention side by side", analytics_enabled=False) as demo:
+    with gr.Blocks(title="effvit-deploy: efficient attention side by side", analytics_enabled=False,
+                   delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(
             "# Efficient ViT attention, side by side\n"
             "One image, every attention variant: top-5 classes, the latency of this prediction, "
@@ -190,7 +243,7 @@ def build_app(
                         gr.Markdown(_header(v, False, v.name in accurate), elem_id=f"header-{i}"),
                         gr.Label(num_top_classes=5, label=f"{v.name}: top-5", elem_id=f"label-{i}"),
                         gr.Markdown(f"top-1 (run): {_percent(v.top1)}", elem_id=f"info-{i}"),
-                        gr.Image(label=f"{v.name}: saliency", interactive=False, type="numpy", format="png",
+                        gr.Image(label=f"{v.name}: saliency", interactive=False, type="filepath", format="png",
                                  elem_id=f"saliency-{i}", height=200),
                     ]
         button.click(classify, inputs=[image, resolution, backend_box, saliency_box], outputs=outputs,

@@ -35,6 +35,8 @@ AUTO = "auto"
 # Fastest first: what `auto` picks among the backends a run has an artifact for.
 AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime", "torch")
 SERVABLE = AUTO_ORDER
+# Every precision some servable backend runs (an artifact of it must exist for that backend).
+PRECISIONS = tuple(dict.fromkeys(p for b in SERVABLE for p in get_backend(b).precisions))
 TOP_K = 5
 
 

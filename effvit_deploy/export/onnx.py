@@ -96,8 +96,9 @@ def graph_info(path: Union[str, Path]) -> dict:
 def make_tensorrt_friendly(path: Union[str, Path], min_res: int, img_size: int) -> dict[str, int]:
     """Exact rewrites that let the TensorRT ONNX parser read the exported graph; in place.
 
-    - Resize antialias: timm resamples the position embedding with `F.interpolate(bicubic,
-      antialias=True)`, exported as `Resize(antialias=1)`, which the TensorRT parser rejects
+    - Resize antialias: an `F.interpolate(..., antialias=True)` left in a model (the position
+      embedding's is written as matmuls by `export_onnx`; a mechanism may resample too) is
+      exported as `Resize(antialias=1)`, which the TensorRT parser rejects
       (onnx-tensorrt onnxOpCheckers.cpp, Resize). ONNX defines antialias to act only when
       downscaling, so when the profile's smallest resolution is at least the training one the
       attribute is a no-op and is cleared. Below that it is kept (ORT stays exact; TensorRT

@@ -14,9 +14,9 @@ on the fly), a CPU serving format.
 
 int8-static: `onnxruntime.quantization.quantize_static` in QDQ format, activation ranges
 calibrated on the run's training images (ONNX Runtime docs, "Quantize ONNX models", static
-quantisation). Only the weight-bearing MatMul/Gemm/Conv nodes are quantised (per-channel int8
-weights, int8 activations; `MatMulConstBOnly` leaves the activation x activation attention
-products in float), so LayerNorm, Softmax and GELU run in float, as post-training quantisation
+quantisation). Only the inputs of weight-bearing MatMul/Gemm/Conv nodes are quantised (per-channel
+int8 weights, int8 activations; their outputs and the activation x activation attention products
+stay float), so LayerNorm, Softmax and GELU run in float on float inputs, as post-training quantisation
 studies of ViTs recommend (Liu et al., "Post-Training Quantization for Vision Transformer",
 NeurIPS 2021; Lin et al., "FQ-ViT", IJCAI 2022: LayerNorm inputs and softmax outputs are the
 badly-distributed activations). The QDQ graph also runs on OpenVINO, which executes the
@@ -118,6 +118,18 @@ def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:
 STATIC_INT8_OPS = ["MatMul", "Gemm", "Conv"]
 
 
+def weight_nodes(path: Union[str, Path]) -> list[str]:
+    """Names of the nodes that multiply by a stored weight: Conv, and MatMul/Gemm whose second
+    input is an initializer (the linear layers; not the activation x activation attention products)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    weights |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node
+            if n.op_type == "Conv" or (n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in weights)]
+
+
 class _Batches:
     """onnxruntime CalibrationDataReader over float32 NCHW batches."""
 
@@ -141,9 +153,10 @@ def quantize_static_int8(src: Union[str, Path], dst: Union[str, Path], calibrati
             warnings.simplefilter("ignore")
             quantize_static(
                 str(src), str(dst), _Batches(input_name, (calibration[i:i + batch] for i in range(0, len(calibration), batch))),
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_INT8_OPS, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax, extra_options={"MatMulConstBOnly": True},
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_INT8_OPS, nodes_to_quantize=weight_nodes(src),
+                per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": STATIC_INT8_OPS},
             )
     finally:
         root.setLevel(level)

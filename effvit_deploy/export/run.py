@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path, remove_stale_temps, write_json
 from ..backends import MANIFEST, BackendUnavailable, ThreadPolicy, backend_status, ort_session
 from ..backends.onnxruntime import INPUT_NAME
 from ..backends.openvino import compiled_runner
@@ -110,14 +110,23 @@ def _resolve_profile(card: ModelCard, min_res, opt_res, max_res, max_batch) -> d
 
 
 def _plan(formats: Sequence[str], precisions: Sequence[str], int8: bool) -> list[tuple[str, str]]:
-    """(format, precision) in build order; an engine needs the ONNX graph of its precision."""
+    """(format, precision) in build order; an engine or IR needs the ONNX graph it is built from.
+
+    With several formats, each builds the requested precisions it has (`--formats onnx,openvino
+    --precision fp32,fp16`: fp16 ONNX, fp32 both); a precision no requested format has is an error.
+    """
     plan: list[tuple[str, str]] = []
     for fmt in formats:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    for prec in precisions:
+        if not any(prec in PRECISIONS[fmt] for fmt in formats):
+            valid = sorted({p for fmt in formats for p in PRECISIONS[fmt]})
+            raise ValueError(f"{', '.join(formats)} has no {prec} precision; valid: {', '.join(valid)}")
+    for fmt in formats:
         for prec in precisions:
             if prec not in PRECISIONS[fmt]:
-                raise ValueError(f"{fmt} has no {prec} precision; valid: {', '.join(PRECISIONS[fmt])}")
+                continue
             if fmt == "tensorrt":
                 plan += [("onnx", "fp32"), ("onnx", "fp16" if prec == "fp16" else "fp32")]
             if fmt == "openvino":
@@ -308,13 +317,14 @@ class _Exporter:
             extra = {**self.verify_artifact(runner, precision, label), "onnx": onnx_entry["path"],
                      "tool_versions": tool_versions()}
             del runner
-            bin_sha = sha256(xml.with_suffix(".bin"))
+            bin_sha, bin_bytes = sha256(xml.with_suffix(".bin")), xml.with_suffix(".bin").stat().st_size
             with atomic_path(final_bin) as tmp_bin:
                 os.replace(xml.with_suffix(".bin"), tmp_bin)
-            extra["weights_file"] = {"path": final_bin.name, "sha256": bin_sha}
+            extra["weights_file"] = {"path": final_bin.name, "sha256": bin_sha, "bytes": bin_bytes}
             with atomic_path(final) as tmp:
                 os.replace(xml, tmp)
                 entry = self.record("openvino", precision, final, tmp, extra)
+        entry["bytes"] += bin_bytes  # the artifact is the xml and its weights
         return entry
 
     def _tensorrt(self, precision: str) -> dict[str, Any]:
@@ -405,6 +415,8 @@ def export_run(
     _check_available({fmt for fmt, _ in plan})
     inputs = _resolve_profile(load_model_card(run_dir), min_res, opt_res, max_res, max_batch)
     exporter = _Exporter(run_dir, inputs, opset, verify, force, eval_limit)
+    for stale in remove_stale_temps(exporter.export_dir):
+        log.warning("removed %s, left by a killed export", stale)
     for fmt, precision in plan:
         if precision == "int8-static" and precision not in precisions and not exporter.card.data:
             log.warning("%s: no data set to calibrate on, int8-static skipped (dynamic int8 built)", run_dir)

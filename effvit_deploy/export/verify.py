@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..runs import ModelCard
+from .resample import portable_resampling
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,15 @@ class Reference:
 
 @torch.inference_mode()
 def _torch_logits(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    outs = [model(torch.from_numpy(images[i:i + batch])).float().numpy() for i in range(0, len(images), batch)]
+    """PyTorch fp32 logits, with the position embedding resampled as the exported graphs do it.
+
+    timm's fp32 `F.interpolate(bicubic, antialias=True)` is itself ~1e-6 (relative) away from
+    the exact resampling that `resample.py` computes (which matches it in float64 to 1e-13);
+    Nystrom's ill-conditioned pseudo-inverse amplifies that into logit differences near the fp32
+    tolerance at large sizes, so the reference uses the exact resampling too.
+    """
+    with portable_resampling():
+        outs = [model(torch.from_numpy(images[i:i + batch])).float().numpy() for i in range(0, len(images), batch)]
     return np.concatenate(outs)
 
 

@@ -127,9 +127,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value (e.g. optim.lr=1e-3 or epochs=3)")
     key, raw = text.split("=", 1)
-    if not key:
-        raise ConfigError(f"override {text!r} has no key")
-    return key.split("."), read_yaml(raw) if raw else None
+    if not key or "" in key.split("."):
+        raise ConfigError(f"override {text!r} has no valid key before '=' (e.g. optim.lr=1e-3)")
+    try:
+        return key.split("."), read_yaml(raw) if raw else None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not a YAML value"
+        raise ConfigError(
+            f"override {text!r}: the value {raw!r} is not valid YAML ({problem}); quote the whole argument "
+            f"in the shell, e.g. '{key}={{a: 1}}' or {key}=\"text\""
+        ) from None
 
 
 def _nest(path: list[str], value: Any) -> dict[str, Any]:
@@ -152,7 +159,9 @@ def load_config(
         try:
             recipe = read_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"recipe {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe {path} is not a text file: give a YAML recipe such as train/digits.yaml") from None
         if not isinstance(recipe, dict):
             raise ConfigError(f"recipe {path} must be a YAML mapping of keys to values")
         _merge(config, recipe, str(path))
@@ -165,21 +174,103 @@ def load_config(
     return config
 
 
+# Type and range of every fixed recipe key, checked before any work (a wrong value fails in
+# seconds with its key named, not hours later inside timm or torch): (kind, low, high, nullable).
+# kind: "int", "float" (an int is accepted), "bool", "str", "pair" (two floats); low/high inclusive.
+RULES: dict[str, tuple[str, Optional[float], Optional[float], bool]] = {
+    "model": ("str", None, None, False),
+    "img_size": ("int", 1, None, False),
+    "epochs": ("int", 1, None, False),
+    "batch_size": ("int", 1, None, False),
+    "eval_batch_size": ("int", 1, None, True),
+    "accum_steps": ("int", 1, None, False),
+    "num_workers": ("int", 0, None, False),
+    "seed": ("int", 0, 2**32 - 1, False),
+    "deterministic": ("bool", None, None, False),
+    "threads": ("int", 1, None, True),
+    "optim.opt": ("str", None, None, False),
+    "optim.lr": ("float", 0, None, False),
+    "optim.weight_decay": ("float", 0, None, False),
+    "optim.layer_decay": ("float", 0, 1, True),
+    "optim.momentum": ("float", 0, 1, False),
+    "optim.betas": ("pair", 0, 1, True),
+    "optim.eps": ("float", 0, None, True),
+    "sched.sched": ("str", None, None, False),
+    "sched.warmup_epochs": ("int", 0, None, False),
+    "sched.warmup_lr": ("float", 0, None, False),
+    "sched.min_lr": ("float", 0, None, False),
+    "sched.cooldown_epochs": ("int", 0, None, False),
+    "clip_grad": ("float", 0, None, True),
+    "amp.enabled": ("bool", None, None, False),
+    "ema.enabled": ("bool", None, None, False),
+    "ema.decay": ("float", 0, 1, False),
+    "compile": ("bool", None, None, False),
+    "log_interval": ("int", 1, None, False),
+    "data.name": ("str", None, None, False),
+    "data.root": ("str", None, None, True),
+    "data.num_classes": ("int", 1, None, False),
+    "data.train_size": ("int", 1, None, False),
+    "data.val_size": ("int", 1, None, False),
+    "data.seed": ("int", 0, None, False),
+}
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"), "amp.dtype": ("bfloat16", "float16"), "data.on_bad_image": ("skip", "error"),
+}
+_KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+              "pair": "a list of two numbers"}
+
+
+def _lookup(config: dict[str, Any], key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def _fits(kind: str, value: Any, low: Optional[float], high: Optional[float]) -> bool:
+    if kind == "pair":
+        return isinstance(value, (list, tuple)) and len(value) == 2 and all(_fits("float", v, low, high) for v in value)
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+    else:
+        ok = isinstance(value, {"bool": bool, "str": str}[kind])
+    return ok and (low is None or value >= low) and (high is None or value <= high)
+
+
+def _check_value(config: dict[str, Any], key: str, rule: tuple[str, Optional[float], Optional[float], bool]) -> None:
+    kind, low, high, nullable = rule
+    value = _lookup(config, key)
+    if (value is None and nullable) or _fits(kind, value, low, high):
+        return
+    bounds = [f">= {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
+    wanted = _KIND_TEXT[kind] + (f" ({' and '.join(b for b in bounds if b)})" if any(bounds) else "")
+    wanted += " or null" if nullable else ""
+    default = _lookup(DEFAULTS, key)
+    example = f"; e.g. {key}={default}" if default is not None and not isinstance(default, (list, dict)) else ""
+    raise ConfigError(f"{key} must be {wanted}, got {value!r} ({type(value).__name__}){example}")
+
+
 def validate(config: dict[str, Any]) -> None:
-    """Value checks that need no data or model (those come in `train`, still before training)."""
+    """Type, range and choice of every fixed key (RULES, CHOICES), before any data or model is
+    touched; checks that need them (patch size, data folders, weights) come in `train`."""
     if config["attention"] not in ATTENTIONS:
         close = difflib.get_close_matches(str(config["attention"]), list(ATTENTIONS), n=2)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         raise ConfigError(f"unknown attention {config['attention']!r}.{hint} Valid: {', '.join(ATTENTIONS)} (or all)")
-    for key in ("epochs", "batch_size", "accum_steps", "img_size", "log_interval"):
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
-    if config["amp"]["dtype"] not in ("bfloat16", "float16"):
-        raise ConfigError(f"amp.dtype must be bfloat16 or float16, got {config['amp']['dtype']!r}")
-    if config["device"] not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {config['device']!r}")
-    if config["data"]["on_bad_image"] not in ("skip", "error"):
-        raise ConfigError(f"data.on_bad_image must be skip or error, got {config['data']['on_bad_image']!r}")
+    for section in ("optim", "sched", "amp", "ema", "data", "attention_kwargs", "model_kwargs"):
+        if not isinstance(config[section], dict):
+            raise ConfigError(f"{section} must be a mapping of keys to values, got {config[section]!r}")
+    for key, choices in CHOICES.items():
+        if _lookup(config, key) not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {_lookup(config, key)!r}")
+    for key, rule in RULES.items():
+        if key.startswith("data.") and key.split(".")[1] not in config["data"]:
+            continue
+        _check_value(config, key, rule)
+    if not isinstance(config["pretrained"], (bool, str)):
+        raise ConfigError(f"pretrained must be false, true (timm hub) or a weights file path, got {config['pretrained']!r}")
     if config["init_from"] is not None and (not isinstance(config["init_from"], str) or config["pretrained"]):
         raise ConfigError(
             f"init_from must be one run directory (a string) and excludes pretrained=, got init_from="
@@ -187,6 +278,9 @@ def validate(config: dict[str, Any]) -> None:
         )
     if config["aug"] is not None and not isinstance(config["aug"], dict):
         raise ConfigError("aug must be null (no augmentation) or a mapping of timm augmentation keys")
+    for name, kwargs in config["attention_kwargs"].items():
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ConfigError(f"attention_kwargs.{name} must be a mapping of mechanism arguments, got {kwargs!r}")
 
 
 def model_arguments(config: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+"""How the five command-line tools fail: one line naming the file or key, the problem and the fix,
+and the same exit codes everywhere; the traceback only with `--debug` or EFFVIT_DEBUG=1.
+
+Exit codes:
+    0    success
+    1    the work ran and failed (a parity or compatibility check, a port in use, an internal error)
+    2    the input is wrong: arguments, recipe, config value, data, checkpoint or weights file
+    3    a backend or toolchain this needs cannot run here (TensorRT, CUDA, a missing runtime)
+    130  interrupted (Ctrl-C)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Any, Callable
+
+from ..backends import BackendUnavailable
+
+EXIT_RUNTIME, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
+DEBUG_ENV = "EFFVIT_DEBUG"
+# Errors whose message is written for the user; anything else is a bug and says so.
+USER_ERRORS = (ValueError, OSError, RuntimeError, EOFError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (instead of the usage block) and a `--debug` flag."""
+
+    def __init__(self, *args: Any, debug_flag: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        if debug_flag:
+            self.add_argument("--debug", action="store_true",
+                              help=f"print the full traceback of an error (or set {DEBUG_ENV}=1)")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (torch and PIL messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def exit_code(exc: BaseException) -> int:
+    if isinstance(exc, BackendUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, EOFError)):
+        return EXIT_USAGE
+    return EXIT_RUNTIME
+
+
+def debug_requested(flag: bool = False) -> bool:
+    return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def run_cli(prog: str, body: Callable[[], int], debug: bool = False) -> int:
+    """Run a command's body; turn any exception into one line on stderr and its exit code."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the one place a command's failures are reported
+        if debug_requested(debug):
+            traceback.print_exc()
+        if isinstance(exc, USER_ERRORS):
+            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        else:
+            print(f"{prog}: internal error ({type(exc).__name__}: {one_line(exc)}); rerun with --debug "
+                  "and report the traceback", file=sys.stderr)
+        return exit_code(exc)
