@@ -53,6 +53,7 @@ class Study:
         self.pretrain_recipe, self.recipe = pretrain_recipe, recipe
         self.eval_limit, self.bench_limit = eval_limit, bench_limit
         self.report_dir = out / "report"
+        self.bound = False  # the attention-free bound doubles the benchmark's models: opt in with --bound
         self.walls: dict[str, float] = {}
 
     def stage(self, number: int, title: str, work: Callable[[], T]) -> T:
@@ -175,7 +176,7 @@ def _bench(s: Study, runs: list[Path]) -> Path:
     from .bench import run_benchmark, write_report
 
     directory = s.report_dir
-    inputs = {"options": {"resolutions": s.resolutions, "limit": s.bench_limit},
+    inputs = {"options": {"resolutions": s.resolutions, "limit": s.bench_limit, "bound": s.bound},
               "runs": [_run_identity(r) for r in runs]}
     results = directory / "results.jsonl"
     if s.redo or not results.is_file() or not _is_current(directory, inputs):
@@ -185,7 +186,7 @@ def _bench(s: Study, runs: list[Path]) -> Path:
         results = run_benchmark(runs, backends=("torch", "onnxruntime"), resolutions=s.resolutions,
                                 batch_sizes=(1,), precisions=("fp32",), out_dir=directory,
                                 warmup=1, repeats=5, max_time_s=2.0, timeout_s=300.0,
-                                accuracy_limit=s.bench_limit, thread_policy="passive")
+                                accuracy_limit=s.bench_limit, thread_policy="passive", bound=s.bound)
         _record_inputs(directory, inputs)
     else:
         print(f"  reusing {results} (same runs and resolutions; --redo to measure again)")
@@ -280,10 +281,11 @@ def _write_study(s: Study, source: Path, runs: list[Path], evals: dict, command:
 
 def run(out: Path, redo: bool, resolutions: list[int], eval_resolutions: Optional[list[int]] = None,
         pretrain_recipe: Path = PRETRAIN_RECIPE, recipe: Path = RECIPE, eval_limit: int = 200,
-        bench_limit: int = 32, command: str = "python -m effvit_deploy.pipeline") -> dict[str, Path]:
+        bench_limit: int = 32, command: str = "python -m effvit_deploy.pipeline", bound: bool = False) -> dict[str, Path]:
     """All stages; returns where the study table, report, runs and error table are."""
     s = Study(out, redo, resolutions, eval_resolutions or resolutions[:1] + [r for r in resolutions[1:] if r <= 2 * resolutions[0]],
               pretrain_recipe, recipe, eval_limit, bench_limit)
+    s.bound = bound
     start = time.monotonic()
     source = s.stage(1, "pretrain the exact ViT", lambda: _pretrain(s))
     runs = s.stage(2, "fine-tune every mechanism from it (exact is the control)", lambda: _finetune(s, source))
@@ -320,11 +322,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--pretrain-recipe", type=Path, default=PRETRAIN_RECIPE, help="recipe of the exact source model")
     parser.add_argument("--recipe", type=Path, default=RECIPE, help="fine-tuning recipe (every mechanism)")
     parser.add_argument("--eval-limit", type=int, default=200, help="val images for the accuracy-vs-resolution table")
+    parser.add_argument("--bound", action="store_true",
+                        help="also benchmark each model's attention-free bound (the speed-up ceiling); doubles the benchmark")
     parser.add_argument("--bench-limit", type=int, default=32, help="val images per benchmarked cell's top-1")
     args = parser.parse_args(argv)
     try:
         run(args.out, args.redo, _sizes(args.resolutions), _sizes(args.eval_resolutions), args.pretrain_recipe,
-            args.recipe, args.eval_limit, args.bench_limit,
+            args.recipe, args.eval_limit, args.bench_limit, bound=args.bound,
             command=shlex.join(["python", "-m", "effvit_deploy.pipeline", *(argv if argv is not None else sys.argv[1:])]))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
