@@ -8,6 +8,7 @@ pretrained model sees the moment its attention is swapped.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -57,7 +58,7 @@ def _swap(exact: TimmAttention, mechanism: Mechanism, train_grid: tuple[int, int
     """`mechanism` with the exact layer's qkv/proj/norm weights and configuration."""
     cls = ATTENTIONS[mechanism.attention]
     kwargs = dict(mechanism.kwargs)
-    if mechanism.attention in ("linformer", "atrous"):
+    if "grid_size" in inspect.signature(cls.__init__).parameters:
         kwargs["grid_size"] = train_grid
     layer = cls(
         exact.qkv.in_features, exact.num_heads,
