@@ -64,7 +64,7 @@ def _names(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="effvit-bench", description=__doc__, epilog=EPILOG)
     p.add_argument("run_dirs", nargs="*", type=Path, help="run directories (model.json, weights, export/)")
-    p.add_argument("--config", type=Path, help="YAML benchmark matrix (keys = long options, e.g. serve/bench_cpu.yaml)")
+    p.add_argument("--config", type=Path, help="YAML benchmark matrix (keys = long options, e.g. serve/bench_cpu_vits.yaml)")
     p.add_argument("--model", help="timm ViT for shape-only runs (untrained, accuracy not applicable) or --layer-only dims")
     p.add_argument("--attention", default="all", help="variants for --model / --layer-only: all or a comma list")
     p.add_argument("--backends", default="auto", help="auto, or a comma list of: torch, torch-compile, onnxruntime, "
@@ -164,6 +164,7 @@ def _report_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backends import MANIFEST, load_manifest
     from ..bench import layer_subject, run_benchmark, shape_runs, write_report
     from ..bench.matrix import artifact_formats, resolve_backends
     from ..bench.results import RESULTS_JSONL, load_results
@@ -189,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
     if not_runs:
         raise FileNotFoundError(f"not training run directories (no model.json): {', '.join(not_runs)}; "
                                 "make them with effvit-train, or benchmark untrained variants with --model")
+    for run_dir in args.run_dirs:  # a damaged manifest stops the sweep before it writes anything
+        if (run_dir / "export" / MANIFEST).is_file():
+            load_manifest(run_dir)
     if not run_dirs and not layers:
         raise ValueError("nothing to benchmark: give RUN_DIR(s), --model NAME, or --layer-only")
     before = len(load_results(args.out / RESULTS_JSONL)) if (args.out / RESULTS_JSONL).is_file() else 0
