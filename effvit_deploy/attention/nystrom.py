@@ -29,11 +29,12 @@ activations of a trained exact ViT (benchmarks/results/approximation_error.md):
 - Defaults: ridge = 3e-4, where the iteration reaches its fixed point by 16 iterations (ridge
   1e-4 is closer at the exact limit but its larger condition number let ONNX Runtime and
   PyTorch drift apart by > 1e-4; 1e-3 damps kernels of moderate condition). The default
-  iteration count stays the paper's 6, from two trained exact models: on the near-uniform
-  attention of the digits model more iterations help (64 landmarks at 1,025 tokens: relative
-  error 0.105 at 6, 0.048 converged at 16; exact limit 1.8e-2 -> 1e-4), but on the peaked
-  attention of the cluttered-digits model a converged pseudo-inverse makes the approximation
-  worse (16 landmarks at 1,025 tokens: 0.52 at 6, 1.86 at 16). Raise `pinv_iterations` (16
+  iteration count stays the paper's 6, from two trained exact models
+  (benchmarks/results/approximation_error*.md): on the near-uniform attention of the digits
+  model more iterations help (64 landmarks at 1,025 tokens: relative error 0.109 at 6, 0.048
+  converged at 16; exact limit at 197 tokens 1.8e-2 -> 1e-4), but on the more peaked attention
+  of the cluttered-digits model a converged pseudo-inverse makes the approximation worse
+  (16 landmarks at 1,025 tokens: 0.52 at 6, 2.33 at 16; 64 at 4,097: 0.57 and 5.85). Raise `pinv_iterations` (16
   converges) for near-uniform attention or many landmarks; any count is stable.
 
 An optional depthwise convolution over the sequence on V (the official code's residual,
