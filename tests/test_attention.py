@@ -131,6 +131,17 @@ def test_nystrom_error_is_finite_and_non_increasing_over_pinv_iterations_on_trai
     assert errors[-1] < 2e-3 and errors[15] < 1.1 * errors[-1]  # the default 16 iterations are converged
 
 
+def test_nystrom_is_stable_under_bf16_autocast_for_any_iteration_count():
+    grid = (8, 8)
+    q, k, v = trained_like_qkv(grid)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    for iterations in (16, 40, 64):
+        attn = with_grid(NystromAttention(DIM, HEADS, landmarks=65, pinv_iterations=iterations, conv_kernel=0), grid)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attn.attend(q.bfloat16(), k.bfloat16(), v.bfloat16())
+        assert out.dtype == torch.bfloat16 and rel_error(out.float(), ref) < 1e-2  # bf16 inputs: ~3e-3
+
+
 def test_iterative_pinv_converges_to_the_ridge_inverse_on_an_ill_conditioned_kernel():
     q, k, _ = trained_like_qkv((8, 8))
     a = torch.softmax(q @ k.transpose(-1, -2) * HEAD_DIM**-0.5, dim=-1)
@@ -374,3 +385,39 @@ def test_performer_features_redraw_deterministically_by_step():
     redraw_features(b, 20)
     assert torch.equal(a.features, b.features)
     assert "features" in a.state_dict()
+
+
+ONNX_CASES = {
+    "nystrom": {"landmarks": 8, "conv_kernel": 3},  # 32 px: 5 tokens, fewer than the landmarks
+    "performer": {"num_features": 32},
+    "atrous": {"window_size": 2, "dilations": "pow2", "position_bias": True},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", sorted(ONNX_CASES))
+def test_changed_mechanisms_match_onnx_at_three_sizes_and_parse_in_tensorrt(tmp_path, attention):
+    import onnxruntime as ort
+
+    from effvit_deploy import build_model
+    from effvit_deploy.export import check_tensorrt_compat
+    from effvit_deploy.export.onnx import export_onnx, make_tensorrt_friendly
+
+    torch.manual_seed(0)
+    model = build_model("vit_tiny_patch16_224", attention=attention, num_classes=10, depth=1, img_size=32,
+                        patch_size=8, embed_dim=64, num_heads=2, **ONNX_CASES[attention]).eval()
+    with torch.no_grad():  # trained-like: non-zero position bias and gate
+        for name, p in model.named_parameters():
+            if "position_bias" in name or "gate" in name or "res_conv" in name:
+                p.normal_(std=0.5)
+    path = export_onnx(model, tmp_path / "model.onnx", sample_size=(64, 64), max_batch=2, max_res=256)
+    make_tensorrt_friendly(path, min_res=32, img_size=32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for h, w in [(32, 32), (64, 96), (128, 128)]:
+        x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h + w))
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert abs(got - expected).max() <= 1e-4, (attention, h, w)
+    report = check_tensorrt_compat(path)
+    assert report.ok, report.summary()

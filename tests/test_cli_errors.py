@@ -47,6 +47,9 @@ def workdir(tmp_path_factory) -> Path:
     (root / "not-a-run").mkdir()
     garbled = make_tiny_run(root / "garbled", "exact")
     (garbled / "model.json").write_text("{not json")
+    listed = make_tiny_run(root / "listed", "exact")
+    (listed / "export").mkdir()
+    (listed / "export" / "manifest.json").write_text('["model.onnx"]')
     damaged = make_tiny_run(root / "damaged", "exact")
     (damaged / "checkpoints" / "best.safetensors").write_bytes(os.urandom(2048))
     resume = root / "runs" / "corrupt-exact" / "checkpoints"
@@ -97,6 +100,8 @@ CASES = [
     ("bench-missing-config", "bench", ["--config", "{w}/nope.yaml"], 2, "nope.yaml"),
     ("bench-config-not-mapping", "bench", ["--config", "{w}/matrix.yaml"], 2, "matrix.yaml"),
     ("bench-not-a-run", "bench", ["{w}/not-a-run", "--out", "{w}/bench"], 2, "not-a-run"),
+    ("bench-manifest-not-a-manifest", "bench", ["{w}/listed", "--backends", "onnxruntime", "--out", "{w}/bench"], 2,
+     "manifest.json"),
     ("bench-unknown-attention", "bench", ["--layer-only", "--attention", "flash", "--out", "{w}/bench"], 2, "flash"),
     ("data-check-missing-folder", "data", ["check", "{w}/no-images"], 2, "no-images"),
     ("data-imagenet-missing", "data", ["imagenet100", "--imagenet", "{w}/no-imagenet", "--out", "{w}/in100"], 2,

@@ -73,7 +73,8 @@ def test_openvino_and_int8_artifacts_are_verified_and_served(tmp_path):
         assert len([k for k in entry["parity"] if k != "tolerance"]) >= 3, (fmt, precision)
         assert entry["accuracy"]["n"] == 40 and "top1_delta_vs_torch" in entry["accuracy"], (fmt, precision)
     assert entries[("onnx", "int8-static")]["quantization"]["calibration_images"] > 0
-    assert entries[("openvino", "fp32")]["weights_file"]["path"].endswith(".bin")
+    ir = entries[("openvino", "fp32")]
+    assert ir["weights_file"]["path"].endswith(".bin") and ir["bytes"] > ir["weights_file"]["bytes"] > 0
     assert "openvino" in servable_backends(run) and "openvino" in servable_backends(run, "int8-static")
     assert "onnxruntime" not in servable_backends(run, "fp16")
     logits = load_runner(run, "openvino")(np.zeros((1, 3, 96, 64), np.float32))

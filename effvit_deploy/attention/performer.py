@@ -16,10 +16,11 @@ lucidrains/performer-pytorch.
   paper's. Keys: the per-(sample, head) maximum of w^T k - |k|^2 / 2 is subtracted, so the
   largest key feature is exactly 1. Queries: exp(-|q|^2 / 2) is a per-query constant that
   cancels, so it is left out (in fp32 it underflows to zero for |q| above ~34 at head dim 32,
-  which returned all-zero rows), and each query's features are shifted by the maximum over
-  features of w^T q + log S_f, where S_f is feature f's sum over keys: the normaliser
-  sum_f phi_q(f) S_f is then >= 1 for every query at any norm, so no row is zero, infinite or
-  clamped, and rows of ordinary norm are unchanged up to rounding.
+  which returned all-zero rows). With S_f feature f's sum over keys, the output is computed as
+  sum_f a_f (kv_f / S_f) / sum_f a_f with a_f = exp(w_f^T q + log S_f - max_g(w_g^T q + log S_g)),
+  the same ratio as the paper's, but the largest a_f is exactly 1, so the normaliser is >= 1
+  for every query at any norm: no row is zero, infinite or clamped, and rows of ordinary norm
+  are unchanged up to rounding (<= 1e-6 relative).
 """
 from __future__ import annotations
 

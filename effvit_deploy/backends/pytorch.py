@@ -1,6 +1,7 @@
 """PyTorch eager and torch.compile: the run's own weights (checkpoints/best.safetensors)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,6 @@ from .base import TORCH_DTYPES, Backend, Runner, ThreadPolicy, torch_sync
 
 def apply_torch_threads(policy: ThreadPolicy) -> dict:
     """Set PyTorch's intra-op threads when the policy names a count; report what is in force."""
-    import os
-
     if policy.threads is not None:
         torch.set_num_threads(policy.threads)
     return {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),

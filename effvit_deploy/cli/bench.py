@@ -164,6 +164,7 @@ def _report_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backends import MANIFEST, load_manifest
     from ..bench import layer_subject, run_benchmark, shape_runs, write_report
     from ..bench.matrix import artifact_formats, resolve_backends
     from ..bench.results import RESULTS_JSONL, load_results
@@ -189,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
     if not_runs:
         raise FileNotFoundError(f"not training run directories (no model.json): {', '.join(not_runs)}; "
                                 "make them with effvit-train, or benchmark untrained variants with --model")
+    for run_dir in args.run_dirs:  # a damaged manifest stops the sweep before it writes anything
+        if (run_dir / "export" / MANIFEST).is_file():
+            load_manifest(run_dir)
     if not run_dirs and not layers:
         raise ValueError("nothing to benchmark: give RUN_DIR(s), --model NAME, or --layer-only")
     before = len(load_results(args.out / RESULTS_JSONL)) if (args.out / RESULTS_JSONL).is_file() else 0

@@ -317,13 +317,14 @@ class _Exporter:
             extra = {**self.verify_artifact(runner, precision, label), "onnx": onnx_entry["path"],
                      "tool_versions": tool_versions()}
             del runner
-            bin_sha = sha256(xml.with_suffix(".bin"))
+            bin_sha, bin_bytes = sha256(xml.with_suffix(".bin")), xml.with_suffix(".bin").stat().st_size
             with atomic_path(final_bin) as tmp_bin:
                 os.replace(xml.with_suffix(".bin"), tmp_bin)
-            extra["weights_file"] = {"path": final_bin.name, "sha256": bin_sha}
+            extra["weights_file"] = {"path": final_bin.name, "sha256": bin_sha, "bytes": bin_bytes}
             with atomic_path(final) as tmp:
                 os.replace(xml, tmp)
                 entry = self.record("openvino", precision, final, tmp, extra)
+        entry["bytes"] += bin_bytes  # the artifact is the xml and its weights
         return entry
 
     def _tensorrt(self, precision: str) -> dict[str, Any]:
