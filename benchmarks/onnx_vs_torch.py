@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "total_s": time.perf_counter() - started, "threads": args.threads,
         "thread_policy": ("passive (idle threads sleep: OMP_WAIT_POLICY=PASSIVE, ONNX Runtime allow_spinning=0; "
-                          "OpenVINO unchanged)") if args.passive else "each runtime's default (idle threads spin)", "rounds": args.rounds,
+                          "OpenVINO CPU pinning off)") if args.passive else "each runtime's default (idle threads spin)", "rounds": args.rounds,
         "repeats": args.repeats, "environment": environment(), "openvino": tool_versions("openvino").get("openvino"),
         "torch_threads_default": torch.get_num_threads(), "gemm": gemm, "gemm_peak_gflops": peak, "rows": rows,
         "bound": bound_table(rows),
