@@ -6,19 +6,36 @@ own activations at several sequence lengths (effvit_deploy.approximation).
         --data imagenet100/ --resolutions 224,384,512
 
 Writes OUT.md (mean relative error per mechanism and sequence length, plus per-block errors)
-and OUT.json beside it.
+and OUT.json beside it. `--mechanisms-from DIR` measures the attention modules of another
+checkout (e.g. `git worktree add --detach /tmp/before COMMIT`) on this checkout's model and
+data, for before/after tables on data sets the older checkout cannot load.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+import types
 from pathlib import Path
 
 import torch
 
-from effvit_deploy import build_model
+from effvit_deploy import approximation, build_model
 from effvit_deploy.approximation import error_table
 from effvit_deploy.runs import ModelCard, load_run
+
+
+def other_attentions(tree: Path) -> dict:
+    """ATTENTIONS of the checkout at `tree`, imported under another package name."""
+    folder = tree / "effvit_deploy" / "attention"
+    if not (folder / "__init__.py").is_file():
+        raise SystemExit(f"{tree} has no effvit_deploy/attention package: pass a checkout of this repository")
+    package = types.ModuleType("other_attention")
+    package.__path__ = [str(folder)]
+    sys.modules["other_attention"] = package
+    modules = {name: importlib.import_module(f"other_attention.{name}") for name in
+               ("exact", "linformer", "performer", "nystrom", "atrous")}
+    return {name: getattr(module, f"{name.capitalize()}Attention") for name, module in modules.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolutions", default="32,64,128", help="comma-separated square sizes")
     parser.add_argument("--images", type=int, default=16, help="validation images per resolution")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/approximation_error.md"))
+    parser.add_argument("--mechanisms-from", type=Path, help="measure the attention modules of this checkout instead")
     args = parser.parse_args(argv)
+    if args.mechanisms_from:
+        approximation.ATTENTIONS = other_attentions(args.mechanisms_from)
 
     torch.manual_seed(0)
     if args.run:

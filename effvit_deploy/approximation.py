@@ -8,6 +8,7 @@ pretrained model sees the moment its attention is swapped.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,13 +39,15 @@ def default_mechanisms(grid: int) -> list[Mechanism]:
     Linformer and atrous budgets scale with the grid and end at their exact limit (a full-rank
     projection, one window over the whole training grid); Performer and Nystrom use the
     paper-sized budgets, which fit any sequence (landmarks are capped at the token count).
-    Atrous is measured with its default rates (1, 2, 3) and ACC-ViT's power-of-two rates.
+    Nystrom is also measured with a converged pseudo-inverse (16 iterations), atrous with its
+    default rates (1, 2, 3) and with ACC-ViT's power-of-two rates.
     """
     cells = grid * grid
     mechanisms = [
         *(Mechanism("linformer", {"proj_len": p}) for p in sorted({max(1, cells // 16), max(1, cells // 4), cells})),
         *(Mechanism("performer", {"num_features": m}) for m in (64, 256, 1024)),
         *(Mechanism("nystrom", {"landmarks": m, "conv_kernel": 0}) for m in (16, 32, 64, 128)),
+        *(Mechanism("nystrom", {"landmarks": m, "pinv_iterations": 16, "conv_kernel": 0}) for m in (16, 64)),
         Mechanism("atrous", {"window_size": max(2, grid // 4), "dilations": (1, 2, 3)}),
         Mechanism("atrous", {"window_size": max(2, grid // 4), "dilations": "pow2"}),
         Mechanism("atrous", {"window_size": max(2, grid // 2), "dilations": (1, 2, 3)}),
@@ -57,7 +60,7 @@ def _swap(exact: TimmAttention, mechanism: Mechanism, train_grid: tuple[int, int
     """`mechanism` with the exact layer's qkv/proj/norm weights and configuration."""
     cls = ATTENTIONS[mechanism.attention]
     kwargs = dict(mechanism.kwargs)
-    if mechanism.attention in ("linformer", "atrous"):
+    if "grid_size" in inspect.signature(cls.__init__).parameters:
         kwargs["grid_size"] = train_grid
     layer = cls(
         exact.qkv.in_features, exact.num_heads,

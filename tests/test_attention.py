@@ -105,15 +105,15 @@ def test_nystrom_is_exact_with_all_landmarks():
     # Distinct softmax rows (a well-conditioned kernel): exact to rounding.
     q, k, v = qkv(37, scale=1.5)
     ref = F.scaled_dot_product_attention(q, k, v)
-    exact = NystromAttention(DIM, HEADS, landmarks=37, conv_kernel=0)
+    exact = NystromAttention(DIM, HEADS, landmarks=37, pinv_iterations=16, conv_kernel=0)
     assert rel_error(exact.attend(q, k, v), ref) < 1e-4
-    with_prefix = with_grid(NystromAttention(DIM, HEADS, landmarks=40, conv_kernel=0), (6, 6))
+    with_prefix = with_grid(NystromAttention(DIM, HEADS, landmarks=40, pinv_iterations=16, conv_kernel=0), (6, 6))
     assert rel_error(with_prefix.attend(q, k, v), ref) < 1e-4
     # Trained-like near-duplicate rows (condition number >= 1e7): exact up to the ridge.
     q, k, v = trained_like_qkv((8, 8))
     assert condition_number(q, k) >= 1e7
     ref = F.scaled_dot_product_attention(q, k, v)
-    all_landmarks = with_grid(NystromAttention(DIM, HEADS, landmarks=65, conv_kernel=0), (8, 8))
+    all_landmarks = with_grid(NystromAttention(DIM, HEADS, landmarks=65, pinv_iterations=16, conv_kernel=0), (8, 8))
     assert rel_error(all_landmarks.attend(q, k, v), ref) < 1e-3
 
 
@@ -128,7 +128,7 @@ def test_nystrom_error_is_finite_and_non_increasing_over_pinv_iterations_on_trai
     ]
     assert all(e == e and e < 1 for e in errors), errors  # finite (the paper's fp32 iteration: NaN by 40)
     assert all(later <= earlier * 1.01 + 1e-6 for earlier, later in zip(errors, errors[1:])), errors
-    assert errors[-1] < 2e-3 and errors[15] < 1.1 * errors[-1]  # the default 16 iterations are converged
+    assert errors[-1] < 2e-3 and errors[15] < 1.1 * errors[-1]  # converged by 16 iterations
 
 
 def test_nystrom_is_stable_under_bf16_autocast_for_any_iteration_count():
@@ -160,16 +160,17 @@ def test_iterative_pinv_converges_to_the_ridge_inverse_on_an_ill_conditioned_ker
     assert ((z - ridge_inverse).norm() / ridge_inverse.norm()).item() < 1e-3
 
 
-def test_nystrom_error_falls_with_landmarks_on_trained_like_inputs():
+@pytest.mark.parametrize("it", [6, 16])
+def test_nystrom_error_falls_with_landmarks_on_trained_like_inputs(it):
     grid = (8, 8)
     q, k, v = trained_like_qkv(grid)
     ref = F.scaled_dot_product_attention(q, k, v)
     errors = [
-        rel_error(with_grid(NystromAttention(DIM, HEADS, landmarks=m, conv_kernel=0), grid).attend(q, k, v), ref)
+        rel_error(with_grid(NystromAttention(DIM, HEADS, landmarks=m, pinv_iterations=it, conv_kernel=0), grid).attend(q, k, v), ref)
         for m in (4, 8, 16, 32, 48, 65)
     ]
     assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
-    assert errors[-1] < 2e-3
+    assert errors[-1] < (2e-3 if it == 16 else 5e-2)  # all landmarks: exact once the pseudo-inverse converges
 
 
 def test_nystrom_prefix_tokens_are_landmarks_of_their_own():
