@@ -1,7 +1,7 @@
 # Entry points, each self-contained on a fresh machine:
 #   make test        create .venv if missing, install the project with its test extras, run pytest
 #   make test-fast   the inner loop: every test not marked slow or browser (under a minute)
-#   make demo        the same set-up, then the main job on the bundled digits data
+#   make demo        the same set-up, then the main job: the attention-swap study on cluttered digits
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
