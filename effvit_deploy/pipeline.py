@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -241,7 +242,9 @@ def render_study(rows: list[dict], source: dict[str, Any], walls: dict[str, floa
         "# Attention-swap study: exact ViT -> each mechanism, fine-tuned (cluttered digits)", "",
         f"Command: `{command}`  ",
         f"Machine: {env.get('cpu_model')}, {env.get('cpu_cores')} cores, {env.get('memory_gib')} GiB, "
-        f"{env.get('gpu') or 'no GPU'}; shared with other jobs while it ran, so times are inflated and noisy.  ",
+        f"{env.get('gpu') or 'no GPU'}; load average (1/5/15 min) when written: "
+        + "/".join(f"{x:.1f}" for x in os.getloadavg())
+        + " (this run's own work counts; well above the core count means other jobs shared the machine and inflated the times)  ",
         f"git commit: {env.get('git_commit')}; torch {env.get('torch')}, timm {env.get('timm')}, "
         f"onnxruntime {env.get('onnxruntime')}  ",
         "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items())
