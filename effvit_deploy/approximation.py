@@ -38,8 +38,8 @@ def default_mechanisms(grid: int) -> list[Mechanism]:
 
     Linformer and atrous budgets scale with the grid and end at their exact limit (a full-rank
     projection, one window over the whole training grid); Performer and Nystrom use the
-    paper-sized budgets, which fit any sequence (landmarks are capped at the token count).
-    Nystrom is also measured with a converged pseudo-inverse (16 iterations), atrous with its
+    paper-sized budgets, which fit any sequence (landmarks are capped at the patch grid).
+    Nystrom is also measured with 64 pseudo-inverse iterations (the default is 8), atrous with its
     default rates (1, 2, 3) and with ACC-ViT's power-of-two rates.
     """
     cells = grid * grid
@@ -47,7 +47,7 @@ def default_mechanisms(grid: int) -> list[Mechanism]:
         *(Mechanism("linformer", {"proj_len": p}) for p in sorted({max(1, cells // 16), max(1, cells // 4), cells})),
         *(Mechanism("performer", {"num_features": m}) for m in (64, 256, 1024)),
         *(Mechanism("nystrom", {"landmarks": m, "conv_kernel": 0}) for m in (16, 32, 64, 128)),
-        *(Mechanism("nystrom", {"landmarks": m, "pinv_iterations": 16, "conv_kernel": 0}) for m in (16, 64)),
+        *(Mechanism("nystrom", {"landmarks": m, "pinv_iterations": 64, "conv_kernel": 0}) for m in (16, 64)),
         Mechanism("atrous", {"window_size": max(2, grid // 4), "dilations": (1, 2, 3)}),
         Mechanism("atrous", {"window_size": max(2, grid // 4), "dilations": "pow2"}),
         Mechanism("atrous", {"window_size": max(2, grid // 2), "dilations": (1, 2, 3)}),
@@ -76,16 +76,10 @@ def _swap(exact: TimmAttention, mechanism: Mechanism, train_grid: tuple[int, int
 
 
 @torch.no_grad()
-def block_errors(model: nn.Module, images: torch.Tensor, mechanisms: Iterable[Mechanism]) -> list[dict[str, Any]]:
-    """Relative error per (mechanism, block) at the resolution of `images` [B, 3, H, W].
-
-    `model` must use exact attention. Mechanisms whose budget does not fit this sequence
-    (e.g. a Linformer projection longer than the training grid) are reported with an "error"
-    message instead of figures.
-    """
+def attention_inputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """The tokens [B, N, dim] each block's attention layer receives when `model` sees `images`
+    (`layer.project_qkv` turns them into that layer's q, k, v)."""
     layers = [block.attn for block in model.blocks]
-    if not all(type(layer).__name__ == "ExactAttention" for layer in layers):
-        raise ValueError("block_errors needs a model with exact attention as the reference")
     inputs: dict[int, torch.Tensor] = {}
     hooks = [
         layer.register_forward_pre_hook(lambda m, args, i=i: inputs.__setitem__(i, args[0]))
@@ -96,6 +90,21 @@ def block_errors(model: nn.Module, images: torch.Tensor, mechanisms: Iterable[Me
     finally:
         for hook in hooks:
             hook.remove()
+    return [inputs[i] for i in range(len(layers))]
+
+
+@torch.no_grad()
+def block_errors(model: nn.Module, images: torch.Tensor, mechanisms: Iterable[Mechanism]) -> list[dict[str, Any]]:
+    """Relative error per (mechanism, block) at the resolution of `images` [B, 3, H, W].
+
+    `model` must use exact attention. Mechanisms whose budget does not fit this sequence
+    (e.g. a Linformer projection longer than the training grid) are reported with an "error"
+    message instead of figures.
+    """
+    layers = [block.attn for block in model.blocks]
+    if not all(type(layer).__name__ == "ExactAttention" for layer in layers):
+        raise ValueError("block_errors needs a model with exact attention as the reference")
+    inputs = attention_inputs(model, images)
     grid = layers[0].grid
     train_grid = tuple(model.patch_embed.grid_size)
     tokens = inputs[0].shape[1]

@@ -76,14 +76,19 @@ class TimmAttention(nn.Module):
                 "use attention='exact' for masked attention"
             )
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.project_qkv(x)
         x = self.attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal) if masked else self.attend(q, k, v)
         x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
         x = self.norm(x)
         x = self.proj(x)
         return self.proj_drop(x)
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, heads, N, head_dim] of tokens x [B, N, dim], q and k normalised if qk_norm."""
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
 
     def patch_grid(self, num_tokens: int) -> tuple[int, int, int]:
         """(H, W, num_prefix_tokens) of the current input; raises if the grid is unknown."""

@@ -1,50 +1,48 @@
 """Nystromformer: a Nystrom-based approximation of self-attention
 (Xiong et al. 2021, arXiv:2102.03902; official code mlpen/Nystromformer).
 
-With m landmarks Q~, K~, softmax(Q K^T) V is approximated as
+With landmark queries/keys Q~, K~, softmax(Q K^T) V is approximated as
 
     softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V,
 
-O(N * m) in time and memory. Choices beyond the paper, each measured on the query/key/value
-activations of a trained exact ViT (benchmarks/results/approximation_error.md):
+O(N * m) in time and memory for m landmarks. Choices beyond the paper, each measured on the
+query/key/value activations of two trained exact ViTs, one with near-uniform attention (digits)
+and one with peaked attention (cluttered digits); figures in benchmarks/results/nystrom_design.md
+and approximation_error*.md:
 
-- Landmarks. Prefix (class/register) tokens are landmarks of their own and the remaining
-  `landmarks - prefix` landmarks are means over contiguous segments of the patch tokens whose
-  sizes differ by at most one (as the official code, never padding at the front). Averaging
-  the class token into the first patch segment, as a plain segment mean does, mixes the one
-  token every query attends to with unrelated patches. Measured against that (same trained
-  digits model and images, default 6 iterations) the error falls at every budget and length
-  but one (128 landmarks, 1,025 tokens: 0.041 -> 0.046), e.g. 0.200 -> 0.109 at 64 landmarks
-  and 1,025 tokens; on the cluttered-digits model it falls at 64-128 landmarks and is mixed
-  below. It still does not fall monotonically from 16 to 64 landmarks at 1k-4k tokens on
-  either model. Segment sums are a gather
-  of each segment's tokens (about N * d work), not a dense [m, N] pooling matmul. With
-  `landmarks >= N` every token is a landmark and, with a converged pseudo-inverse
-  (`pinv_iterations=16`), the formula is exact attention up to the ridge (relative error ~1e-4
-  on a trained model's ill-conditioned kernels, ~5e-5 on well-conditioned inputs).
+- Landmarks are 2-D. The paper pools contiguous segments of a text sequence; on a ViT's
+  row-major patch sequence such a segment is a stripe of whole image rows, mixing unrelated
+  patches. Here `landmarks` patch landmarks are the means of the blocks of a rows x columns
+  grid laid over the patch grid (`landmark_grid`: 16 -> 4x4, 32 -> 4x8; capped at the patch
+  grid), i.e. adaptive average pooling as in SOFT's bottleneck tokens (Lu et al. 2021,
+  arXiv:2110.11945); the grids for m and 2m are nested. Prefix (class/register) tokens are
+  landmarks of their own, on top of `landmarks`. Without a known grid the sequence is pooled
+  into contiguous segments as in the paper.
 - Pseudo-inverse. The landmark kernel of a trained model is ill-conditioned (condition number
-  1e7-1e11): the paper's iteration, run in fp32, amplifies rounding along its tiny singular
-  directions and diverges past ~20 iterations (NaN at 40), while fewer iterations leave error.
-  `iterative_pinv` runs the same iteration on the ridge-augmented matrix [A; mu I], whose
-  pseudo-inverse's first block is the Tikhonov-regularised inverse (A^T A + mu^2 I)^-1 A^T and
-  whose condition number is at most ~1/ridge: it converges for any iteration count, in fp32
-  and under autocast (the kernels run in fp32), with matmuls only, so it exports to ONNX and
-  TensorRT. Iterating on A^T A + mu^2 I instead would square the condition number.
-- Defaults: ridge = 3e-4, where the iteration reaches its fixed point by 16 iterations (ridge
-  1e-4 is closer at the exact limit but its larger condition number let ONNX Runtime and
-  PyTorch drift apart by > 1e-4; 1e-3 damps kernels of moderate condition). The default
-  iteration count stays the paper's 6, from two trained exact models
-  (benchmarks/results/approximation_error*.md): on the near-uniform attention of the digits
-  model more iterations help (64 landmarks at 1,025 tokens: relative error 0.109 at 6, 0.048
-  converged at 16; exact limit at 197 tokens 1.8e-2 -> 1e-4), but on the more peaked attention
-  of the cluttered-digits model a converged pseudo-inverse makes the approximation worse
-  (16 landmarks at 1,025 tokens: 0.52 at 6, 2.33 at 16; 64 at 4,097: 0.57 and 5.85). Raise `pinv_iterations` (16
-  converges) for near-uniform attention or many landmarks; any count is stable.
+  1e7-1e19): the paper's iteration, run in fp32, diverges past ~20 iterations (NaN at 40), and
+  even an exact pseudo-inverse amplifies the kernel's tiny singular directions, so the error
+  first falls and then rises with iterations. `iterative_pinv` runs the same iteration on the
+  ridge-augmented matrix [A; mu I], which converges to the Tikhonov inverse
+  (A^T A + mu^2 I)^-1 A^T with matmuls only (exports to ONNX and TensorRT), for any iteration
+  count, in fp32 and under autocast (the kernels run in fp32).
+- Ridge = 2 / m (m = the kernel's size). The best ridge scales with 1/m on the peaked model
+  (0.1 at 16 landmarks, ~0.01-0.03 at 64-128): with a fixed small ridge a converged inverse
+  raises the error again at few landmarks (the old 3e-4 with 1-D landmarks: 0.52 at 6 and 2.33
+  at 16 iterations, 16 landmarks, 1,025 tokens). With 2/m the mean error over blocks is
+  non-increasing in iterations (0..64) and in landmarks (16..128) at 257, 1,025 and 4,097 tokens
+  on both models.
+- Iterations: 8 by default, where the ridge inverse has converged (the error at 8 is within
+  0.004 of 64 iterations on both models at every measured size); more iterations change nothing.
+- Exact limit. When every patch token is a landmark (N <= landmarks + prefix) the output is
+  exact attention, computed on those tokens and selected with a tensor test, so eager and
+  exported graphs agree.
 
 An optional depthwise convolution over the sequence on V (the official code's residual,
 kernel 33) is zero-initialised so a pretrained ViT starts unchanged.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -52,17 +50,20 @@ from torch import nn
 
 from .base import TimmAttention
 
-PINV_RIDGE = 3e-4
+PINV_RIDGE_SCALE = 2.0
+PINV_ITERATIONS = 8
 
 
-def segment_means(x: torch.Tensor, segments) -> torch.Tensor:
-    """Means of x [..., n, d] over `segments` <= n contiguous segments of near-equal size.
+def segment_means(x: torch.Tensor, segments, dim: int = -2) -> torch.Tensor:
+    """Means of x over `segments` <= n contiguous segments of near-equal size along `dim` (size n).
 
     Token i belongs to segment floor(i * segments / n), so segment j spans tokens
-    ceil(j * n / segments) .. ceil((j + 1) * n / segments) - 1. Each segment's tokens are
-    gathered into a [segments, longest] grid (short segments point at an appended zero row)
-    and summed: exact for any n, and the dynamic n survives export.
+    ceil(j * n / segments) .. ceil((j + 1) * n / segments) - 1, and the segments for 2s refine
+    those for s. Each segment's tokens are gathered into a [segments, longest] grid (short
+    segments point at an appended zero) and summed: exact for any n, and a dynamic n survives
+    export.
     """
+    x = x.movedim(dim, -2)
     n = x.shape[-2]
     longest = (n + segments - 1) // segments
     # truncating division of non-negative integers: floor division would export a sign test
@@ -74,21 +75,43 @@ def segment_means(x: torch.Tensor, segments) -> torch.Tensor:
     index = torch.where(index < bounds[1:, None], index, n)
     padded = F.pad(x, (0, 0, 0, 1))
     sums = padded.index_select(-2, index.flatten()).unflatten(-2, (segments, longest)).sum(-2)
-    return sums / (bounds[1:] - bounds[:-1]).unsqueeze(-1).to(x.dtype)
+    means = sums / (bounds[1:] - bounds[:-1]).unsqueeze(-1).to(x.dtype)
+    return means.movedim(-2, dim)
 
 
-def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float = PINV_RIDGE) -> torch.Tensor:
+def landmark_grid(landmarks: int) -> tuple[int, int]:
+    """(rows, columns) of the block grid that pools `landmarks` patch landmarks: the most square
+    factorisation rows * columns <= landmarks with rows <= columns (16 -> 4x4, 32 -> 4x8)."""
+    rows = math.isqrt(landmarks)
+    return rows, landmarks // rows
+
+
+def block_means(patches: torch.Tensor, grid, landmarks: int) -> torch.Tensor:
+    """Means of patch tokens [..., H * W, d] over the blocks of a `landmark_grid(landmarks)` grid
+    (capped at H x W): [..., rows * columns, d]. Means over rows of column-segment means are the
+    block means exactly, since every row of a block has the same number of columns."""
+    H, W = grid
+    rows, columns = landmark_grid(landmarks)
+    x = patches.unflatten(-2, (H, W))
+    x = segment_means(x, torch.sym_min(columns, W), dim=-2)
+    x = segment_means(x, torch.sym_min(rows, H), dim=-3)
+    return x.flatten(-3, -2)
+
+
+def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None) -> torch.Tensor:
     """Ridge-regularised pseudo-inverse (A^T A + mu^2 I)^-1 A^T of matrices a [..., m, m].
 
     The paper's third-order iteration Z <- Z (13 I - BZ (15 I - BZ (7 I - BZ))) / 4
     (Razavi et al. 2014) applied to B = [A; mu I] with mu = ridge * sqrt(||A||_1 ||A||_inf),
     in the left form Z <- p(ZB) Z, started from Z0 = B^T / (||B||_1 ||B||_inf) per sample and
     per head (never a max over the batch, which would couple samples). B has full column rank
-    and condition number <= ~1/ridge, so every singular direction converges monotonically in
-    exact arithmetic and rounding stays bounded in fp32 for any iteration count; singular values
-    of A well above mu are inverted unchanged, smaller ones are damped instead of amplified.
+    and condition number <= ~1/ridge, so every singular direction's gain rises monotonically to
+    its fixed point s / (s^2 + mu^2) and rounding stays bounded in fp32 for any iteration count;
+    singular values s of A well above mu are inverted unchanged, smaller ones are damped instead
+    of amplified. `ridge` defaults to PINV_RIDGE_SCALE / m (NystromAttention says why).
     """
     m = a.shape[-1]
+    ridge = PINV_RIDGE_SCALE / m if ridge is None else ridge
     eye = torch.eye(m, device=a.device, dtype=a.dtype)
     col_norm = a.abs().sum(dim=-2).amax(dim=-1, keepdim=True).unsqueeze(-1)
     row_norm = a.abs().sum(dim=-1).amax(dim=-1, keepdim=True).unsqueeze(-1)
@@ -102,7 +125,7 @@ def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float = PINV_RIDGE) 
 
 
 class NystromAttention(TimmAttention):
-    """Landmark (Nystrom) attention with `landmarks` landmarks, prefix tokens among them."""
+    """Landmark (Nystrom) attention: `landmarks` pooled patch landmarks plus the prefix tokens."""
 
     def __init__(
         self,
@@ -110,7 +133,7 @@ class NystromAttention(TimmAttention):
         num_heads: int = 8,
         *,
         landmarks: int = 64,
-        pinv_iterations: int = 6,
+        pinv_iterations: int = PINV_ITERATIONS,
         conv_kernel: int = 33,
         **kwargs,
     ) -> None:
@@ -137,30 +160,36 @@ class NystromAttention(TimmAttention):
             nn.init.zeros_(self.res_conv.weight)
 
     def _landmarks(self, x: torch.Tensor, prefix) -> torch.Tensor:
-        """[..., m, d]: the prefix tokens, then segment means of the patch tokens."""
-        patches = x.shape[-2] - prefix
-        segments = torch.sym_min(self.landmarks - prefix, patches)
-        return torch.cat([x[..., :prefix, :], segment_means(x[..., prefix:, :], segments)], dim=-2)
+        """[..., prefix + m', d]: the prefix tokens, then the patch block means (segment means of
+        the sequence when the patch grid is unknown)."""
+        if self.grid is None:
+            return segment_means(x, torch.sym_min(self.landmarks, x.shape[-2]))
+        return torch.cat([x[..., :prefix, :], block_means(x[..., prefix:, :], self.grid, self.landmarks)], dim=-2)
+
+    def _nystrom(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix) -> torch.Tensor:
+        q_land, k_land = self._landmarks(q, prefix), self._landmarks(k, prefix)
+        kernel_1 = torch.softmax(torch.matmul(q, k_land.transpose(-1, -2)), dim=-1)
+        kernel_2 = torch.softmax(torch.matmul(q_land, k_land.transpose(-1, -2)), dim=-1)
+        kernel_3 = self.attn_drop(torch.softmax(torch.matmul(q_land, k.transpose(-1, -2)), dim=-1))
+        return torch.matmul(
+            torch.matmul(kernel_1, iterative_pinv(kernel_2, self.pinv_iterations)), torch.matmul(kernel_3, v)
+        )
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out_dtype = v.dtype
-        prefix = 0 if self.grid is None else self.patch_grid(q.shape[-2])[2]
-        if self.landmarks <= prefix:
-            raise ValueError(
-                f"landmarks={self.landmarks} leaves none for the patch tokens after the {prefix} prefix "
-                f"(class/register) tokens, which are landmarks of their own: use landmarks > {prefix}"
-            )
+        n = q.shape[-2]
+        prefix = 0 if self.grid is None else self.patch_grid(n)[2]
         with torch.autocast(device_type=q.device.type, enabled=False):
-            q, k, v32 = q.float() * self.scale, k.float(), v.float()
-            q_land, k_land = self._landmarks(q, prefix), self._landmarks(k, prefix)
-            kernel_1 = torch.softmax(torch.matmul(q, k_land.transpose(-1, -2)), dim=-1)
-            kernel_2 = torch.softmax(torch.matmul(q_land, k_land.transpose(-1, -2)), dim=-1)
-            kernel_3 = torch.softmax(torch.matmul(q_land, k.transpose(-1, -2)), dim=-1)
-            kernel_3 = self.attn_drop(kernel_3)
-            out = torch.matmul(
-                torch.matmul(kernel_1, iterative_pinv(kernel_2, self.pinv_iterations)),
-                torch.matmul(kernel_3, v32),
-            )
+            q32, k32, v32 = q.float() * self.scale, k.float(), v.float()
+            out = self._nystrom(q32, k32, v32, prefix)
+            # With every token a landmark the limit is exact attention: computed on the first
+            # `landmarks + prefix` tokens (all of them then; a few landmarks^2 * d otherwise) and
+            # selected by a tensor test, so eager and exported graphs take the same path.
+            head = torch.sym_min(n, self.landmarks + prefix)
+            exact = self.attn_drop(torch.softmax(torch.matmul(q32[..., :head, :], k32[..., :head, :].transpose(-1, -2)), dim=-1))
+            exact = F.pad(torch.matmul(exact, v32[..., :head, :]), (0, 0, 0, n - head))
+            covered = torch.arange(n, device=q.device)[-1] < self.landmarks + prefix
+            out = torch.where(covered, exact, out)
         out = out.to(out_dtype)
         if self.res_conv is not None:
             out = out + self.res_conv(v)
