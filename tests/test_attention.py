@@ -482,3 +482,30 @@ def test_changed_mechanisms_match_onnx_at_three_sizes_and_parse_in_tensorrt(tmp_
         assert abs(got - expected).max() <= 1e-4, (attention, h, w)
     report = check_tensorrt_compat(path)
     assert report.ok, report.summary()
+
+
+class _Attend(torch.nn.Module):
+    def __init__(self, layer) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, q, k, v):
+        return self.layer.attend(q, k, v)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resolution", ["128", "256"])
+def test_nystrom_onnx_parity_on_a_trained_models_activations(tmp_path, resolution):
+    """The ridge bounds the rounding that the ill-conditioned kernels of a trained model amplify:
+    ONNX Runtime and PyTorch agree on its q/k/v to float32 rounding."""
+    import onnxruntime as ort
+
+    q, k, v = trained_qkv(resolution, "3")
+    layer = with_grid(NystromAttention(96, 3, landmarks=64, conv_kernel=0), TRAINED_GRIDS[resolution]).eval()
+    path = tmp_path / "nystrom.onnx"
+    with torch.no_grad():
+        expected = layer.attend(q, k, v)
+        torch.onnx.export(_Attend(layer).eval(), (q, k, v), str(path), dynamo=True, optimize=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, dict(zip([i.name for i in session.get_inputs()], (q.numpy(), k.numpy(), v.numpy()))))[0])
+    assert rel_error(got, expected) < 1e-5 and (got - expected).abs().max() < 1e-4

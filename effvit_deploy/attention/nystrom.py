@@ -7,35 +7,41 @@ With landmark queries/keys Q~, K~, softmax(Q K^T) V is approximated as
 
 O(N * m) in time and memory for m landmarks. Choices beyond the paper, each measured on the
 query/key/value activations of two trained exact ViTs, one with near-uniform attention (digits)
-and one with peaked attention (cluttered digits); figures in benchmarks/results/nystrom_design.md
-and approximation_error*.md:
+and one with peaked attention (cluttered digits), at 257, 1,025 and 4,097 tokens
+(benchmarks/nystrom_design.py; benchmarks/results/nystrom_design.md):
 
 - Landmarks are 2-D. The paper pools contiguous segments of a text sequence; on a ViT's
   row-major patch sequence such a segment is a stripe of whole image rows, mixing unrelated
-  patches. Here `landmarks` patch landmarks are the means of the blocks of a rows x columns
-  grid laid over the patch grid (`landmark_grid`: 16 -> 4x4, 32 -> 4x8; capped at the patch
-  grid), i.e. adaptive average pooling as in SOFT's bottleneck tokens (Lu et al. 2021,
-  arXiv:2110.11945); the grids for m and 2m are nested. Prefix (class/register) tokens are
-  landmarks of their own, on top of `landmarks`. Without a known grid the sequence is pooled
-  into contiguous segments as in the paper.
+  patches. Here the `landmarks` patch landmarks are the means of the blocks of a
+  rows x columns grid laid over the patch grid (`landmark_grid`: 16 -> 4x4, 32 -> 4x8; capped at
+  the patch grid), i.e. adaptive average pooling as for SOFT's bottleneck tokens (Lu et al.
+  2021, arXiv:2110.11945); the grids for m and 2m are nested. Prefix (class/register) tokens
+  are landmarks of their own, on top of `landmarks`. Without a known grid the sequence is
+  pooled into contiguous segments as in the paper. At 1,025 tokens, 8 iterations, 16/32/64/128
+  landmarks: cluttered 0.60/0.60/0.54/0.23 (1-D, class token averaged in, ridge 3e-4) ->
+  0.30/0.23/0.16/0.09; digits 0.24/0.24/0.17/0.03 -> 0.13/0.07/0.03/0.01.
 - Pseudo-inverse. The landmark kernel of a trained model is ill-conditioned (condition number
   1e7-1e19): the paper's iteration, run in fp32, diverges past ~20 iterations (NaN at 40), and
-  even an exact pseudo-inverse amplifies the kernel's tiny singular directions, so the error
-  first falls and then rises with iterations. `iterative_pinv` runs the same iteration on the
-  ridge-augmented matrix [A; mu I], which converges to the Tikhonov inverse
-  (A^T A + mu^2 I)^-1 A^T with matmuls only (exports to ONNX and TensorRT), for any iteration
-  count, in fp32 and under autocast (the kernels run in fp32).
-- Ridge = 2 / m (m = the kernel's size). The best ridge scales with 1/m on the peaked model
-  (0.1 at 16 landmarks, ~0.01-0.03 at 64-128): with a fixed small ridge a converged inverse
-  raises the error again at few landmarks (the old 3e-4 with 1-D landmarks: 0.52 at 6 and 2.33
-  at 16 iterations, 16 landmarks, 1,025 tokens). With 2/m the mean error over blocks is
-  non-increasing in iterations (0..64) and in landmarks (16..128) at 257, 1,025 and 4,097 tokens
-  on both models.
-- Iterations: 8 by default, where the ridge inverse has converged (the error at 8 is within
-  0.004 of 64 iterations on both models at every measured size); more iterations change nothing.
+  even an exact pseudo-inverse amplifies the kernel's tiny singular directions.
+  `iterative_pinv` runs the same iteration on the ridge-augmented matrix [A; mu I], which
+  converges monotonically to the Tikhonov inverse (A^T A + mu^2 I)^-1 A^T with matmuls only
+  (exports to ONNX and TensorRT), for any iteration count, in fp32 and under autocast (the
+  kernels run in fp32).
+- Ridge 2 / m (m: the kernel's size). With a small fixed ridge a converged inverse makes the
+  approximation worse again on peaked attention (ridge 3e-4, 2-D landmarks, cluttered: the mean
+  error rises by up to 0.55 between iteration counts; 1-D: 0.52 at 6, 2.33 at 16 iterations).
+  The best ridge fell roughly as 1/m there (0.1 at 16 landmarks, 0.01-0.03 at 64-128); with
+  2/m the mean error over blocks is non-increasing in iterations (0..64) and in landmarks
+  (16..128) at every measured size on both models. Costs: near-uniform attention would prefer
+  a smaller ridge (digits, 16 landmarks, 1,025 tokens: 0.128 against 0.048 with 3e-4), and on
+  single heads of the peaked model the error can still dip a few percent below its converged
+  value at 3-6 iterations (the Nystrom estimate, not the pseudo-inverse, is non-monotone there).
+- Iterations: 8 by default, where the ridge inverse has converged (within 1e-4 of its fixed
+  point on trained kernels; the mean error at 8 is within 2e-4 of 64 iterations everywhere
+  measured); more iterations cost time and change nothing.
 - Exact limit. When every patch token is a landmark (N <= landmarks + prefix) the output is
-  exact attention, computed on those tokens and selected with a tensor test, so eager and
-  exported graphs agree.
+  exact attention, computed on those first tokens and selected with a tensor test, so eager
+  and exported graphs agree at every size.
 
 An optional depthwise convolution over the sequence on V (the official code's residual,
 kernel 33) is zero-initialised so a pretrained ViT starts unchanged.
