@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=16, help="validation images per resolution")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/approximation_error.md"))
     parser.add_argument("--mechanisms-from", type=Path, help="measure the attention modules of this checkout instead")
+    parser.add_argument("--note", default="", help="a line for the table's header (what is compared, the model's training)")
     args = parser.parse_args(argv)
     if args.mechanisms_from:
         approximation.ATTENTIONS = other_attentions(args.mechanisms_from)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     resolutions = [int(r) for r in args.resolutions.split(",")]
-    error_table(model, card, data, resolutions, args.out, label, command, images=args.images)
+    error_table(model, card, data, resolutions, args.out, label, command, images=args.images, note=args.note)
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 0
 

@@ -2,6 +2,6 @@
 from .attention import ATTENTIONS
 from .models import build_model
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["ATTENTIONS", "build_model", "__version__"]

@@ -147,6 +147,7 @@ def error_table(
     label: str,
     command: str,
     images: int = 32,
+    note: str = "",
 ) -> Path:
     """Measure `default_mechanisms` against the exact `model` at each resolution on `images`
     validation images of `data`; write `out` (markdown) and its .json twin, with the environment."""
@@ -158,13 +159,15 @@ def error_table(
     for resolution in resolutions:
         rows += block_errors(model, validation_images(data, card, resolution, images), mechanisms)
     env = environment()
-    write_json(out.with_suffix(".json"), {"source": label, "command": command, "environment": env, "rows": rows})
-    write_text(out, render_table(rows, label, command, env))
+    write_json(out.with_suffix(".json"), {"source": label, "command": command, "environment": env, "rows": rows,
+                                          "note": note})
+    write_text(out, render_table(rows, label, command, env, note))
     return out
 
 
-def render_table(rows: list[dict], label: str, command: str, env: dict[str, Any]) -> str:
-    """Markdown: mean error per mechanism and sequence length, then per-block errors."""
+def render_table(rows: list[dict], label: str, command: str, env: dict[str, Any], note: str = "") -> str:
+    """Markdown: mean error per mechanism and sequence length, then per-block errors; `note`
+    (what was compared, how the model was trained) goes under the header."""
     token_counts = sorted({r["tokens"] for r in rows})
     mechanisms = list(dict.fromkeys(r["mechanism"] for r in rows))
     by_key = {(r["mechanism"], r["tokens"]): r for r in rows}
@@ -180,6 +183,7 @@ def render_table(rows: list[dict], label: str, command: str, env: dict[str, Any]
         f"activations (the input each block's attention receives), mean over blocks. Source: {label}.",
         f"Command: `{command}` at commit {env.get('git_commit')}, CPU: {env.get('cpu_model')}, torch {torch.__version__}.",
         "n/a: the budget does not fit that sequence (e.g. a projection longer than the training grid).",
+        *([note] if note else []),
         "",
         "| mechanism | " + " | ".join(f"{t} tokens" for t in token_counts) + " |",
         "|---|" + "---:|" * len(token_counts),
