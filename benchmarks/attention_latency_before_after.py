@@ -31,6 +31,7 @@ DIM, HEADS = 384, 6
 CONFIGS = [
     ("nystrom(landmarks=64)", "nystrom", {"landmarks": 64}, ("before", "after")),
     ("nystrom(landmarks=64, pinv_iterations=16)", "nystrom", {"landmarks": 64, "pinv_iterations": 16}, ("before", "after")),
+    ("nystrom(landmarks=128)", "nystrom", {"landmarks": 128}, ("before", "after")),
     ("performer(num_features=256)", "performer", {"num_features": 256}, ("before", "after")),
     ("atrous(window_size=7, dilations=(1, 2, 3))", "atrous", {"window_size": 7, "dilations": [1, 2, 3]}, ("before", "after")),
     ("atrous(window_size=7, dilations=pow2, position_bias=True)", "atrous",
@@ -91,9 +92,11 @@ def render(rows: list[dict], meta: dict) -> str:
         f"after = commit {meta['after']}. Median of {meta['rounds']} rounds (each the median of "
         f"{meta['calls']} calls after {meta['warmup']} warm-up calls), spread = min-max over rounds; "
         "ratio = after / before of the round medians, measured in the same run, each version in its "
-        "own process. The machine (2 cores) was shared with other jobs while this ran: read ratios, "
-        "not absolute times. No GPU was available; these are CPU figures only.",
+        f"own process. Load average {meta['load_before']:.1f} before and {meta['load_after']:.1f} after the run "
+        f"on {meta['cores']} cores (a load above the core count means other jobs shared the machine). "
+        "No GPU was available; these are CPU figures only.",
         f"Command: `{meta['command']}`, {meta['date_utc']} UTC.",
+        *(["", meta["note"]] if meta.get("note") else []),
         "",
         "| mechanism | tokens | before ms (spread) | after ms (spread) | after / before |",
         "|---|---:|---:|---:|---:|",
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--note", default="", help="a paragraph for the results header (what changed between the versions)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attention_latency_before_after.md")
     args = parser.parse_args(argv)
     if args.worker:
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from effvit_deploy.atomic import write_json, write_text
     from effvit_deploy.environment import environment
 
+    load_before = os.getloadavg()[0]
     trees = {"before": args.before_tree.resolve(), "after": ROOT}
     workers = {version: start_worker(tree) for version, tree in trees.items()}
     jobs = [(label, version) for label, _, _, versions in CONFIGS for version in versions]
@@ -166,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
         "cpu": env["cpu_model"], "threads": args.threads, "before": before_commit, "after": env["git_commit"],
         "rounds": args.rounds, "calls": args.calls, "warmup": args.warmup, "torch": torch.__version__,
-        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "shared_machine": True,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "load_before": load_before, "load_after": os.getloadavg()[0], "cores": os.cpu_count(), "note": args.note,
     }
     write_json(args.out.with_suffix(".json"), {"meta": meta, "environment": env, "rows": rows})
     write_text(args.out, render(rows, meta))
