@@ -36,6 +36,8 @@ and one with peaked attention (cluttered digits), at 257, 1,025 and 4,097 tokens
   a smaller ridge (digits, 16 landmarks, 1,025 tokens: 0.128 against 0.048 with 3e-4), and on
   single heads of the peaked model the error can still dip a few percent below its converged
   value at 3-6 iterations (the Nystrom estimate, not the pseudo-inverse, is non-monotone there).
+  Landmark means summarise a trained ViT's spatially smooth q/k; on unstructured random q/k
+  of large norm they summarise nothing and the error is ~1 or above, rising with landmarks.
 - Iterations: 8 by default, where the ridge inverse has converged (within 1e-4 of its fixed
   point on trained kernels; the mean error at 8 is within 2e-4 of 64 iterations everywhere
   measured); more iterations cost time and change nothing.
