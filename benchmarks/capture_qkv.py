@@ -15,10 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
-from effvit_deploy.approximation import attention_inputs, validation_images
+from effvit_deploy.approximation import attention_qkv, validation_images
 from effvit_deploy.atomic import atomic_path
 from effvit_deploy.environment import environment
 from effvit_deploy.runs import load_run
@@ -38,12 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     blocks = [int(b) for b in args.blocks.split(",")]
     tensors, grids = {}, {}
     for resolution in (int(r) for r in args.resolutions.split(",")):
-        inputs = attention_inputs(model, validation_images(card.data, card, resolution, args.images))
+        per_block = attention_qkv(model, validation_images(card.data, card, resolution, args.images))
         for b in blocks:
-            layer = model.blocks[b].attn
-            with torch.no_grad():
-                q, k, v = layer.project_qkv(inputs[b])
-            H, W, prefix = layer.patch_grid(q.shape[-2])
+            q, k, v, (H, W), prefix = per_block[b]
             grids[str(resolution)] = {"grid": [H, W], "prefix": prefix}
             for name, t in (("q", q), ("k", k), ("v", v)):
                 tensors[f"{resolution}/{b}/{name}"] = t.half().contiguous()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from effvit_deploy.approximation import attention_inputs, validation_images
+from effvit_deploy.approximation import attention_qkv, validation_images
 from effvit_deploy.atomic import write_json, write_text
 from effvit_deploy.attention.nystrom import block_means, iterative_pinv, segment_means
 from effvit_deploy.environment import environment
@@ -128,15 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         if card.attention != "exact":
             parser.error(f"{run} uses {card.attention} attention; the sweep needs an exact run")
         for resolution in (int(r) for r in args.resolutions.split(",")):
-            images = validation_images(card.data, card, resolution, args.images)
+            per_block = attention_qkv(model, validation_images(card.data, card, resolution, args.images))
             sums: dict = {}
-            layers = [block.attn for block in model.blocks]
-            for layer, tokens_in in zip(layers, attention_inputs(model, images)):
-                with torch.no_grad():
-                    q, k, v = layer.project_qkv(tokens_in)
-                H, W, prefix = layer.patch_grid(q.shape[-2])
-                for key, error in sweep(q * layer.scale, k, v, (H, W), prefix).items():
-                    sums[key] = sums.get(key, 0.0) + error / len(layers)
+            for (q, k, v, grid, prefix), block in zip(per_block, model.blocks):
+                for key, error in sweep(q * block.attn.scale, k, v, grid, prefix).items():
+                    sums[key] = sums.get(key, 0.0) + error / len(per_block)
             tokens = q.shape[-2]
             for layout in LAYOUTS:
                 for rule in RIDGES:

@@ -78,7 +78,7 @@ def _swap(exact: TimmAttention, mechanism: Mechanism, train_grid: tuple[int, int
 @torch.no_grad()
 def attention_inputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     """The tokens [B, N, dim] each block's attention layer receives when `model` sees `images`
-    (`layer.project_qkv` turns them into that layer's q, k, v)."""
+    (`attention_qkv` turns them into each layer's q, k, v)."""
     layers = [block.attn for block in model.blocks]
     inputs: dict[int, torch.Tensor] = {}
     hooks = [
@@ -91,6 +91,19 @@ def attention_inputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tenso
         for hook in hooks:
             hook.remove()
     return [inputs[i] for i in range(len(layers))]
+
+
+@torch.no_grad()
+def attention_qkv(model: nn.Module, images: torch.Tensor) -> list[tuple]:
+    """Per block of `model` seeing `images`: (q, k, v, (H, W), prefix), the q, k, v
+    [B, heads, N, head_dim] its attention layer's `attend` receives, the patch grid and the
+    number of prefix tokens."""
+    rows = []
+    for block, tokens in zip(model.blocks, attention_inputs(model, images)):
+        q, k, v = block.attn.project_qkv(tokens)
+        H, W, prefix = block.attn.patch_grid(q.shape[-2])
+        rows.append((q, k, v, (H, W), prefix))
+    return rows
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Each mechanism reduces to exact attention in its limit, and its error shrinks with its budget."""
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -188,13 +189,17 @@ def test_nystrom_error_falls_with_landmarks_on_trained_like_inputs(it):
 TRAINED_GRIDS = {"128": (16, 16), "256": (32, 32)}
 
 
+@functools.lru_cache(maxsize=1)
+def _trained_tensors() -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(__file__).parent / "data" / "cluttered_qkv.safetensors"))
+
+
 def trained_qkv(resolution: str, block: str):
     """q, k, v of one image in block `block` of a trained exact ViT (cluttered digits, 3 heads of
     32) at `resolution` px: 1 class + 256 or 1,024 patch tokens (tests/data/README.md)."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(Path(__file__).parent / "data" / "cluttered_qkv.safetensors"))
-    return tuple(tensors[f"{resolution}/{block}/{name}"].float() for name in "qkv")
+    return tuple(_trained_tensors()[f"{resolution}/{block}/{name}"].float() for name in "qkv")
 
 
 @pytest.mark.parametrize("resolution", ["128", "256"])
