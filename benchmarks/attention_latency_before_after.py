@@ -15,6 +15,7 @@ rounds), and the after/before ratio of round medians taken in the same run.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import random
@@ -50,17 +51,20 @@ def worker() -> None:
         torch.set_num_threads(spec["threads"])
         torch.manual_seed(0)
         layer = ATTENTIONS[spec["attention"]](DIM, HEADS, **spec["kwargs"]).eval()
+        # versions up to 0.3.0 read the grid from `layer.grid`; later ones take it as an argument
+        takes_grid = "grid" in inspect.signature(layer.forward).parameters
         times = {}
         with torch.inference_mode():
             for side in spec["grids"]:
                 layer.grid = (side, side)
+                kwargs = {"grid": (side, side)} if takes_grid else {}
                 x = torch.randn(1, 1 + side * side, DIM)
                 for _ in range(spec["warmup"]):
-                    layer(x)
+                    layer(x, **kwargs)
                 calls = []
                 for _ in range(spec["calls"]):
                     start = time.perf_counter()
-                    layer(x)
+                    layer(x, **kwargs)
                     calls.append(time.perf_counter() - start)
                 times[str(side)] = statistics.median(calls)
         print(json.dumps(times), flush=True)

@@ -76,13 +76,15 @@ def _swap(exact: TimmAttention, mechanism: Mechanism, train_grid: tuple[int, int
 
 
 @torch.no_grad()
-def attention_inputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """The tokens [B, N, dim] each block's attention layer receives when `model` sees `images`
-    (`attention_qkv` turns them into each layer's q, k, v)."""
+def attention_inputs(model: nn.Module, images: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """(tokens [B, N, dim], patch grid (H, W)) that each block's attention layer receives when
+    `model` sees `images` (`attention_qkv` turns them into each layer's q, k, v)."""
     layers = [block.attn for block in model.blocks]
-    inputs: dict[int, torch.Tensor] = {}
+    inputs: dict[int, tuple] = {}
     hooks = [
-        layer.register_forward_pre_hook(lambda m, args, i=i: inputs.__setitem__(i, args[0]))
+        layer.register_forward_pre_hook(
+            lambda m, args, kwargs, i=i: inputs.__setitem__(i, (args[0], kwargs.get("grid"))), with_kwargs=True
+        )
         for i, layer in enumerate(layers)
     ]
     try:
@@ -99,9 +101,9 @@ def attention_qkv(model: nn.Module, images: torch.Tensor) -> list[tuple]:
     [B, heads, N, head_dim] its attention layer's `attend` receives, the patch grid and the
     number of prefix tokens."""
     rows = []
-    for block, tokens in zip(model.blocks, attention_inputs(model, images)):
+    for block, (tokens, grid) in zip(model.blocks, attention_inputs(model, images)):
         q, k, v = block.attn.project_qkv(tokens)
-        H, W, prefix = block.attn.patch_grid(q.shape[-2])
+        H, W, prefix = block.attn.patch_grid(q.shape[-2], grid)
         rows.append((q, k, v, (H, W), prefix))
     return rows
 
@@ -118,9 +120,8 @@ def block_errors(model: nn.Module, images: torch.Tensor, mechanisms: Iterable[Me
     if not all(type(layer).__name__ == "ExactAttention" for layer in layers):
         raise ValueError("block_errors needs a model with exact attention as the reference")
     inputs = attention_inputs(model, images)
-    grid = layers[0].grid
     train_grid = tuple(model.patch_embed.grid_size)
-    tokens = inputs[0].shape[1]
+    tokens = inputs[0][0].shape[1]
     rows = []
     for mechanism in mechanisms:
         row: dict[str, Any] = {"mechanism": mechanism.label, "attention": mechanism.attention,
@@ -131,10 +132,9 @@ def block_errors(model: nn.Module, images: torch.Tensor, mechanisms: Iterable[Me
             rows.append({**row, "error": str(error)})
             continue
         errors = []
-        for i, (exact, approx) in enumerate(zip(layers, swapped)):
-            approx.grid = grid
-            reference = exact(inputs[i])
-            errors.append(((approx(inputs[i]) - reference).norm() / reference.norm()).item())
+        for (tokens_in, grid), exact, approx in zip(inputs, layers, swapped):
+            reference = exact(tokens_in, grid=grid)
+            errors.append(((approx(tokens_in, grid=grid) - reference).norm() / reference.norm()).item())
         rows.append({**row, "block_errors": errors, "mean_error": sum(errors) / len(errors)})
     return rows
 

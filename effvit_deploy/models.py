@@ -3,9 +3,10 @@
 The model is timm's own (`timm.create_model`), built with `attn_layer=partial(Mechanism, ...)`
 and `dynamic_img_size=True`, so every timm feature (pretrained configs, position-embedding
 resampling, forward_features/forward_head, EMA, grad checkpointing) keeps working. Two
-additions: a forward pre-hook on the patch embedding that tells every attention layer the
-current patch grid (`GridBroadcast`), and weight loading that copies a timm checkpoint into
-the swapped model and reports which tensors were loaded and which are new to the mechanism.
+additions: the model and its blocks pass each input's patch grid to the attention layers as a
+forward argument (`GridVisionTransformer`, `GridBlock`), and weight loading that copies a timm
+checkpoint into the swapped model and reports which tensors were loaded and which are new to
+the mechanism.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models import checkpoint
+from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
 from .attention import ATTENTIONS, TimmAttention
@@ -51,34 +54,130 @@ class LoadReport:
         return "; ".join(parts)
 
 
-class GridBroadcast:
-    """Forward pre-hook on `patch_embed`: sets `.grid = (H, W)` on every attention layer.
+def check_input_size(x: torch.Tensor, patch_size: tuple[int, int], padded: bool) -> None:
+    """Refuse images that are not [B, C, H, W] or, unless the model pads them
+    (`dynamic_img_pad`), whose H and W are not multiples of the patch size.
 
-    The attention layers only see [B, N, C]; this carries the patch grid of the current input to
-    them without changing timm's forward. It is a plain object (not a closure) so `deepcopy`
-    (EMA, torch.compile) maps its targets to the copied modules, and it runs as ordinary Python
-    under `torch.export`, where H and W stay symbolic.
+    Raises:
+        ValueError: naming the shape and a size that works. Symbolic sizes (export, FX) pass.
+    """
+    if isinstance(x, torch.Tensor) and x.dim() != 4:
+        raise ValueError(f"expected images [B, C, H, W], got a tensor of shape {tuple(x.shape)}")
+    H, W = x.shape[-2:]
+    ph, pw = patch_size
+    if not padded and isinstance(H, int) and isinstance(W, int) and (H % ph or W % pw):
+        fix_h, fix_w = max(ph, round(H / ph) * ph), max(pw, round(W / pw) * pw)
+        raise ValueError(
+            f"input {H}x{W} is not a multiple of the patch size {ph}x{pw}: "
+            f"resize or crop it to e.g. {fix_h}x{fix_w}, or build the model with dynamic_img_pad=True"
+        )
+
+
+class GridBlock(Block):
+    """timm's `Block` whose forward also takes the patch grid and hands it to the attention layer."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+        grid: Optional[tuple[int, int]] = None,
+    ) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal, grid=grid)))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class GridVisionTransformer(VisionTransformer):
+    """timm's `VisionTransformer` that passes each input's patch grid to every block as an argument.
+
+    The grid is read from the patch embedding's output [B, H, W, C] (the model is built with
+    `dynamic_img_size=True`), so it is the grid of the tokens actually processed, after any
+    `dynamic_img_pad` padding or `set_input_size(patch_size=...)` change. Because it is an
+    argument and not module state, a checkpointed block recomputes with its own grid (two
+    forwards at different sizes before one backward are correct) and FX / `torch.export` see it
+    as part of the graph. `forward_features` and `forward_intermediates` follow timm 1.0.31's
+    (timm/models/vision_transformer.py) with the grid added to each block call.
     """
 
-    def __init__(self, targets: list[TimmAttention], patch_size: tuple[int, int]) -> None:
-        self.targets = targets
-        self.patch_size = patch_size
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Tokens [B, N, C] ready for the blocks, and the (H, W) patch grid of images x [B, C, H, W]."""
+        check_input_size(x, tuple(self.patch_embed.patch_size), self.patch_embed.dynamic_img_pad)
+        x = self.patch_embed(x)
+        grid = (x.shape[1], x.shape[2])
+        x = self.norm_pre(self.patch_drop(self._pos_embed(x)))
+        return x, grid
 
-    def __call__(self, module: nn.Module, args: tuple) -> None:
-        x = args[0]
-        if x.dim() != 4:
-            raise ValueError(f"expected images [B, C, H, W], got a tensor of shape {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        ph, pw = self.patch_size
-        if isinstance(H, int) and isinstance(W, int) and (H % ph or W % pw):
-            fix_h, fix_w = max(ph, round(H / ph) * ph), max(pw, round(W / pw) * pw)
-            raise ValueError(
-                f"input {H}x{W} is not a multiple of the patch size {ph}x{pw}: "
-                f"resize or crop it to e.g. {fix_h}x{fix_w}"
-            )
-        grid = (H // ph, W // pw)
-        for target in self.targets:
-            target.grid = grid
+    def _block(self, block: nn.Module, x: torch.Tensor, grid, attn_mask, is_causal) -> torch.Tensor:
+        if self.grad_checkpointing and attn_mask is None and not is_causal and not torch.jit.is_scripting():
+            return checkpoint(block, x, grid=grid)
+        return block(x, attn_mask=attn_mask, is_causal=is_causal, grid=grid)
+
+    def forward_features(
+        self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        x, grid = self._embed(x)
+        for block in self.blocks:
+            x = self._block(block, x, grid, attn_mask, is_causal)
+        return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]], dict[str, Any]]:
+        """timm's `forward_intermediates` (same arguments and outputs), the grid passed to each block."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B = x.shape[0]
+        x, grid = self._embed(x)
+        blocks = self.blocks if not stop_early else self.blocks[: max_index + 1]
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = self._block(block, x, grid, attn_mask, is_causal)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix_tokens = None
+        if self.num_prefix_tokens:
+            prefix_tokens = [y[:, : self.num_prefix_tokens] for y in intermediates]
+            intermediates = [y[:, self.num_prefix_tokens :] for y in intermediates]
+        if output_fmt == "NCHW":
+            H, W = grid
+            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if output_dict:
+            result: dict[str, Any] = {"image_intermediates": intermediates}
+            if prefix_tokens is not None and return_prefix_tokens:
+                result["image_intermediates_prefix"] = prefix_tokens
+            if not intermediates_only:
+                result["image_features"] = self.norm(x)
+            return result
+        if return_prefix_tokens and prefix_tokens is not None:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+
+def _adopt_grid_classes(model: VisionTransformer, model_name: str) -> None:
+    """Turn a freshly built timm ViT into a `GridVisionTransformer` of `GridBlock`s in place
+    (same modules and weights; only the forwards that carry the grid differ)."""
+    other = sorted({type(b).__name__ for b in model.blocks if type(b) is not Block})
+    if other:
+        raise ValueError(
+            f"{model_name!r} uses {', '.join(other)} blocks; effvit_deploy swaps attention in timm "
+            "ViTs built from the standard Block (e.g. vit_small_patch16_224, deit_tiny_patch16_224)"
+        )
+    for block in model.blocks:
+        block.__class__ = GridBlock
+    model.__class__ = GridVisionTransformer
 
 
 def bind_arguments(mechanism: type[TimmAttention], **bound: Any) -> type[TimmAttention]:
@@ -158,8 +257,7 @@ def build_model(
     model = timm.create_model(
         model_name, pretrained=False, attn_layer=bind_arguments(mechanism, **attn_kwargs), **model_kwargs
     )
-    targets = [m for m in model.modules() if isinstance(m, TimmAttention)]
-    model.patch_embed.register_forward_pre_hook(GridBroadcast(targets, tuple(model.patch_embed.patch_size)))
+    _adopt_grid_classes(model, model_name)
     model.effvit_spec = {
         "model": model_name,
         "attention": attention,

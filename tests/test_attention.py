@@ -35,9 +35,27 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm()).item()
 
 
-def with_grid(module, grid):
-    module.grid = grid
-    return module
+class with_grid:
+    """A mechanism called on a fixed patch grid: the grid argument filled in for every call."""
+
+    def __init__(self, module, grid):
+        self.module, self.grid = module, grid
+
+    def __call__(self, x):
+        return self.module(x, grid=self.grid)
+
+    def attend(self, q, k, v):
+        return self.module.attend(q, k, v, self.grid)
+
+    def _landmarks(self, x, prefix):
+        return self.module._landmarks(x, self.grid, prefix)
+
+    def eval(self):
+        self.module.eval()
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
 
 
 def trained_like_qkv(grid=(8, 8), norm: float = 3.0, seed: int = 0, batch: int = 2):

@@ -74,12 +74,14 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("size", [(224, 224), (160, 256)])
 def test_every_variant_trains_at_square_and_non_square_sizes(attention, size):
     model = tiny_model(attention).train()
+    grids = []
+    model.blocks[0].attn.register_forward_pre_hook(lambda m, a, kw: grids.append(kw["grid"]), with_kwargs=True)
     x = torch.randn(2, 3, *size)
     loss = model(x).logsumexp(-1).mean()
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert model.blocks[0].attn.grid == (size[0] // 16, size[1] // 16)
+    assert grids == [(size[0] // 16, size[1] // 16)]
 
 
 def test_every_variant_is_deterministic_in_eval_and_finite_under_bf16(attention):
@@ -91,12 +93,12 @@ def test_every_variant_is_deterministic_in_eval_and_finite_under_bf16(attention)
             assert torch.isfinite(model(x).float()).all()
 
 
-def test_grid_follows_deepcopies_such_as_ema():
+def test_a_deep_copy_such_as_ema_computes_the_same_outputs():
     model = tiny_model("atrous")
     twin = copy.deepcopy(model)
-    twin(torch.randn(1, 3, 32, 80))
-    assert twin.blocks[0].attn.grid == (2, 5)
-    assert model.blocks[0].attn.grid != (2, 5)
+    x = torch.randn(1, 3, 32, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x))
 
 
 def test_unknown_attention_lists_the_valid_ones():

@@ -20,7 +20,7 @@ rates), the gate is a linear map of the query rather than of the pooled input, t
 bias starts at zero (so a pretrained ViT, and the exact limit below, are unchanged at
 initialisation), and the default dilations stay (1, 2, 3).
 
-The patch grid (H, W) is read per forward (`TimmAttention.grid`), so any resolution and aspect
+The patch grid (H, W) comes with each forward (`TimmAttention.forward(x, grid=)`), so any resolution and aspect
 ratio works. A window never extends past its sub-grid: at dilation d it is
 min(window_size, ceil(H / d)) rows by min(window_size, ceil(W / d)) columns, which leaves the
 keys every query sees unchanged while padding 14x14 at window 7, dilation 3 to 15x15 instead
@@ -150,9 +150,9 @@ class AtrousAttention(TimmAttention):
         out = from_windows(out.reshape(B, h, windows, L, c), window, d, Hp, Wp)
         return out[:, :, :H, :W].reshape(B, h, H * W, c)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         B, h, N, c = q.shape
-        H, W, P = self.patch_grid(N)
+        H, W, P = self.patch_grid(N, grid)
         prefix_out = F.scaled_dot_product_attention(
             q[:, :, :P], k, v, dropout_p=self.attn_drop.p if self.training else 0.0
         )

@@ -11,14 +11,18 @@ from typing import Optional
 import torch
 from torch import nn
 
+Grid = tuple[int, int]
+
 
 class TimmAttention(nn.Module):
     """Multi-head self-attention with timm's constructor and parameter names.
 
-    Subclasses mix values with `attend`. Mechanisms that need the patch grid (Linformer's
-    resampled projection, atrous windows) read `self.grid`, which `build_model` keeps current
-    for every forward pass (see `effvit_deploy.models.GridBroadcast`); the prefix (class and
-    register) tokens are the first `N - H * W` tokens.
+    Subclasses mix values with `attend(q, k, v, grid)`. The patch grid (H, W) of the input being
+    processed travels with the forward as an argument, never as module state, so gradient
+    checkpoint recompute, a changed patch size, input padding and graph tracing all see the grid
+    that belongs to the tokens (`effvit_deploy.models` passes it from each block); the prefix
+    (class and register) tokens are the first `N - H * W` tokens. Mechanisms that need the grid
+    (Linformer's resampled projection, atrous windows) raise when it is missing.
     """
 
     supports_masks = False
@@ -49,7 +53,6 @@ class TimmAttention(nn.Module):
         self.head_dim = attn_head_dim or dim // num_heads
         self.attn_dim = num_heads * self.head_dim
         self.scale = self.head_dim**-0.5
-        self.grid: Optional[tuple[int, int]] = None
 
         self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias, **dd)
         self.q_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
@@ -59,8 +62,9 @@ class TimmAttention(nn.Module):
         self.proj = nn.Linear(self.attn_dim, dim_out or dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Mix values: q, k, v are [B, heads, N, head_dim]; returns [B, heads, N, head_dim]."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Optional[Grid]) -> torch.Tensor:
+        """Mix values: q, k, v are [B, heads, N, head_dim], grid the (H, W) patch grid or None;
+        returns [B, heads, N, head_dim]."""
         raise NotImplementedError
 
     def forward(
@@ -68,7 +72,9 @@ class TimmAttention(nn.Module):
         x: torch.Tensor,
         attn_mask: Optional[torch.Tensor] = None,
         is_causal: bool = False,
+        grid: Optional[Grid] = None,
     ) -> torch.Tensor:
+        """x [B, N, dim] -> [B, N, dim_out]; `grid` is the (H, W) patch grid of x's patch tokens."""
         masked = attn_mask is not None or is_causal
         if masked and not self.supports_masks:
             raise ValueError(
@@ -77,7 +83,10 @@ class TimmAttention(nn.Module):
             )
         B, N, _ = x.shape
         q, k, v = self.project_qkv(x)
-        x = self.attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal) if masked else self.attend(q, k, v)
+        if masked:
+            x = self.attend(q, k, v, grid, attn_mask=attn_mask, is_causal=is_causal)
+        else:
+            x = self.attend(q, k, v, grid)
         x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
         x = self.norm(x)
         x = self.proj(x)
@@ -90,12 +99,16 @@ class TimmAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         return self.q_norm(q), self.k_norm(k), v
 
-    def patch_grid(self, num_tokens: int) -> tuple[int, int, int]:
-        """(H, W, num_prefix_tokens) of the current input; raises if the grid is unknown."""
-        if self.grid is None:
+    def patch_grid(self, num_tokens: int, grid: Optional[Grid]) -> tuple[int, int, int]:
+        """(H, W, num_prefix_tokens) of an input of `num_tokens` tokens on patch grid `grid`.
+
+        Raises:
+            RuntimeError: the grid is unknown (None).
+        """
+        if grid is None:
             raise RuntimeError(
                 f"{type(self).__name__} needs the patch grid: build the model with "
-                "effvit_deploy.build_model, or set `module.grid = (H, W)` before calling it"
+                "effvit_deploy.build_model, or call the layer as `layer(x, grid=(H, W))`"
             )
-        H, W = self.grid
+        H, W = grid
         return H, W, num_tokens - H * W

@@ -23,6 +23,7 @@ class ExactAttention(TimmAttention):
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
+        grid: Optional[tuple[int, int]] = None,
         attn_mask: Optional[torch.Tensor] = None,
         is_causal: bool = False,
     ) -> torch.Tensor:

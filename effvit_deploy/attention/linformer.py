@@ -85,8 +85,8 @@ class LinformerAttention(TimmAttention):
         resized = F.interpolate(proj, size=(H, W), mode="bilinear", align_corners=False)
         return resized.flatten(2) * ((Ht * Wt) / (H * W))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        H, W, P = self.patch_grid(q.shape[2])
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
+        H, W, P = self.patch_grid(q.shape[2], grid)
         e_k = self._resampled(self.proj_k, H, W).to(k.dtype)
         e_v = e_k if self.proj_v is None else self._resampled(self.proj_v, H, W).to(v.dtype)
         k = torch.cat([k[:, :, :P], torch.matmul(e_k, k[:, :, P:])], dim=2)

@@ -167,15 +167,15 @@ class NystromAttention(TimmAttention):
         if self.res_conv is not None and not self.res_conv.weight.is_meta:
             nn.init.zeros_(self.res_conv.weight)
 
-    def _landmarks(self, x: torch.Tensor, prefix) -> torch.Tensor:
+    def _landmarks(self, x: torch.Tensor, grid, prefix) -> torch.Tensor:
         """[..., prefix + m', d]: the prefix tokens, then the patch block means (segment means of
         the sequence when the patch grid is unknown)."""
-        if self.grid is None:
+        if grid is None:
             return segment_means(x, torch.sym_min(self.landmarks, x.shape[-2]))
-        return torch.cat([x[..., :prefix, :], block_means(x[..., prefix:, :], self.grid, self.landmarks)], dim=-2)
+        return torch.cat([x[..., :prefix, :], block_means(x[..., prefix:, :], grid, self.landmarks)], dim=-2)
 
-    def _nystrom(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix) -> torch.Tensor:
-        q_land, k_land = self._landmarks(q, prefix), self._landmarks(k, prefix)
+    def _nystrom(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, prefix) -> torch.Tensor:
+        q_land, k_land = self._landmarks(q, grid, prefix), self._landmarks(k, grid, prefix)
         kernel_1 = torch.softmax(torch.matmul(q, k_land.transpose(-1, -2)), dim=-1)
         kernel_2 = torch.softmax(torch.matmul(q_land, k_land.transpose(-1, -2)), dim=-1)
         kernel_3 = self.attn_drop(torch.softmax(torch.matmul(q_land, k.transpose(-1, -2)), dim=-1))
@@ -183,13 +183,13 @@ class NystromAttention(TimmAttention):
             torch.matmul(kernel_1, iterative_pinv(kernel_2, self.pinv_iterations)), torch.matmul(kernel_3, v)
         )
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         out_dtype = v.dtype
         n = q.shape[-2]
-        prefix = 0 if self.grid is None else self.patch_grid(n)[2]
+        prefix = 0 if grid is None else self.patch_grid(n, grid)[2]
         with torch.autocast(device_type=q.device.type, enabled=False):
             q32, k32, v32 = q.float() * self.scale, k.float(), v.float()
-            out = self._nystrom(q32, k32, v32, prefix)
+            out = self._nystrom(q32, k32, v32, grid, prefix)
             # With every token a landmark the limit is exact attention: computed on the first
             # `landmarks + prefix` tokens (all of them then; a few landmarks^2 * d otherwise) and
             # selected by a tensor test, so eager and exported graphs take the same path.

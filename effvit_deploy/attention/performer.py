@@ -78,7 +78,7 @@ class PerformerAttention(TimmAttention):
     def _projection(self, x: torch.Tensor) -> torch.Tensor:
         return torch.matmul(x * self.head_dim**-0.25, self.features.to(x.dtype).t())
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         out_dtype = v.dtype
         with torch.autocast(device_type=q.device.type, enabled=False):
             q, k, v = q.float(), k.float(), v.float()

@@ -38,10 +38,21 @@ def layer_input(batch: int, resolution: int, patch: int, dim: int) -> np.ndarray
     return np.random.default_rng(0).standard_normal((batch, n, dim), dtype=np.float32)
 
 
+class OnGrid(nn.Module):
+    """An attention layer called on a fixed patch grid: forward(x [B, N, dim]) = layer(x, grid=grid)."""
+
+    def __init__(self, layer: nn.Module, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.layer, self.grid = layer, grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, grid=self.grid)
+
+
 def layer_flops(layer: nn.Module, resolution: int, patch: int, dim: int) -> int:
     """Forward FLOPs of the layer for one image's tokens."""
-    layer.grid = (resolution // patch, resolution // patch)
-    return forward_flops(layer, torch.zeros(1, tokens_for(resolution, patch), dim))
+    grid = (resolution // patch, resolution // patch)
+    return forward_flops(OnGrid(layer, grid), torch.zeros(1, tokens_for(resolution, patch), dim))
 
 
 def load_layer_runner(config: dict[str, Any]) -> Runner:
@@ -53,9 +64,8 @@ def load_layer_runner(config: dict[str, Any]) -> Runner:
             f"(use {', '.join(LAYER_BACKENDS)})"
         )
     layer = build_layer(config["attention"], config["dim"], config["heads"], **config.get("attention_kwargs", {}))
-    grid = config["resolution"] // config["patch"]
-    layer.grid = (grid, grid)
-    return module_runner(layer, backend, precision)
+    side = config["resolution"] // config["patch"]
+    return module_runner(OnGrid(layer, (side, side)), backend, precision)
 
 
 def module_runner(module: nn.Module, backend: str, precision: str) -> Runner:

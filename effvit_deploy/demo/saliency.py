@@ -47,20 +47,22 @@ def class_token_attention(model: nn.Module, x: torch.Tensor) -> Optional[np.ndar
     if not isinstance(attn, ExactAttention):
         return None
     captured: list[torch.Tensor] = []
-    hook = attn.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    hook = attn.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.append((args[0], kwargs.get("grid"))), with_kwargs=True
+    )
     param = next(model.parameters())
     try:
         with torch.inference_mode():
             model(x.to(device=param.device, dtype=param.dtype))
     finally:
         hook.remove()
-    tokens = captured[0]
+    tokens, patch_grid = captured[0]
     B, N, _ = tokens.shape
     with torch.inference_mode():
         qkv = attn.qkv(tokens).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
         weights = (q[:, :, :1] @ k.transpose(-2, -1) * attn.scale).softmax(dim=-1)  # [B, heads, 1, N]
-    gh, gw, prefix = attn.patch_grid(N)
+    gh, gw, prefix = attn.patch_grid(N, patch_grid)
     grid = weights[0, :, 0, prefix:].mean(0).reshape(1, 1, gh, gw).float()
     pixels = F.interpolate(grid, size=tuple(x.shape[-2:]), mode="nearest")
     return pixels[0, 0].cpu().numpy()
