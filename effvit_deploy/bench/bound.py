@@ -42,8 +42,22 @@ PARITY_RTOL = 1e-4
 class NoTokenMixing(TimmAttention):
     """A token mixer that mixes nothing: the projections of attention without the attention."""
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         return v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+        grid: Optional[tuple[int, int]] = None,
+    ) -> torch.Tensor:
+        """x [B, N, dim] -> [B, N, dim]: the qkv projection (all of it, as every mechanism pays
+        for it), the value columns taken as they are, then the output projection. The same
+        result as `attend` returning v, without the head split/merge reshapes that a mechanism
+        needs and no mixing does."""
+        values = self.qkv(x)[..., 2 * self.attn_dim :]
+        return self.proj_drop(self.proj(self.norm(values)))
 
     @classmethod
     def replacing(cls, attn: TimmAttention) -> "NoTokenMixing":
