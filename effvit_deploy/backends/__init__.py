@@ -11,6 +11,7 @@ Backends and what they run (`artifact`: the export manifest's format; none: the 
 
     torch                 checkpoints/best.safetensors, eager PyTorch (CUDA when visible)
     torch-compile         the same, through torch.compile
+    torch-compile-cudagraphs  the same, compiled with mode="reduce-overhead" (CUDA graphs; CUDA only)
     onnxruntime           "onnx" artifact, CPU execution provider (fp32, fp16, int8, int8-static)
     onnxruntime-cuda      "onnx" artifact, CUDA execution provider (onnxruntime-gpu)
     onnxruntime-tensorrt  "onnx" artifact, TensorRT execution provider, CUDA as fallback
@@ -41,12 +42,12 @@ from .base import (CPU_INSTALL_HINT, GPU_INSTALL_HINT, MANIFEST, RUNTIME_DEFAULT
                    profile_shapes)
 from .onnxruntime import ONNXRUNTIME, ONNXRUNTIME_CUDA, ONNXRUNTIME_TENSORRT, ort_session
 from .openvino import OPENVINO
-from .pytorch import TORCH, TORCH_COMPILE
+from .pytorch import TORCH, TORCH_COMPILE, TORCH_COMPILE_CUDAGRAPHS
 from .tensorrt import TENSORRT
 from .torch_tensorrt import TORCH_TENSORRT
 
 BACKENDS: dict[str, Backend] = {
-    b.name: b for b in (TORCH, TORCH_COMPILE, ONNXRUNTIME, ONNXRUNTIME_CUDA, ONNXRUNTIME_TENSORRT, OPENVINO,
+    b.name: b for b in (TORCH, TORCH_COMPILE, TORCH_COMPILE_CUDAGRAPHS, ONNXRUNTIME, ONNXRUNTIME_CUDA, ONNXRUNTIME_TENSORRT, OPENVINO,
                         TENSORRT, TORCH_TENSORRT)
 }
 

@@ -15,9 +15,10 @@ from torch import nn
 
 from ..flops import forward_flops
 from ..attention import ATTENTIONS
-from ..backends import TORCH_DTYPES, BackendUnavailable, Runner
+from ..backends import BackendUnavailable, Runner
+from ..backends.pytorch import COMPILE_OPTIONS, torch_runner
 
-LAYER_BACKENDS = ("torch", "torch-compile")
+LAYER_BACKENDS = tuple(COMPILE_OPTIONS)
 VIT_S_DIM, VIT_S_HEADS = 384, 6
 
 
@@ -69,22 +70,9 @@ def load_layer_runner(config: dict[str, Any]) -> Runner:
 
 
 def module_runner(module: nn.Module, backend: str, precision: str) -> Runner:
-    """A Runner over an in-memory PyTorch module (eager, or `torch.compile` for "torch-compile"),
-    on the GPU when there is one: the layer-only study and the attention-free bound time modules
-    that have no artifact of their own."""
+    """A Runner over an in-memory PyTorch module (eager, torch.compile, or torch.compile with CUDA
+    graphs: `backends.pytorch.COMPILE_OPTIONS`, the same settings the run backends use), on the GPU
+    when there is one: the layer-only study and the attention-free bound time modules that have no
+    artifact of their own. Raises BackendUnavailable for CUDA graphs without a GPU."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = TORCH_DTYPES[precision]
-    module = module.to(device=device, dtype=dtype)
-    forward = torch.compile(module) if backend == "torch-compile" else module
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return forward(x)
-
-    return Runner(
-        backend, precision, device, card=None,
-        prepare=lambda b: torch.from_numpy(np.ascontiguousarray(b)).to(device=device, dtype=dtype),
-        run=run,
-        to_numpy=lambda y: y.float().cpu().numpy(),
-        synchronize=torch.cuda.synchronize if device == "cuda" else (lambda: None),
-    )
+    return torch_runner(module, backend, precision, device)

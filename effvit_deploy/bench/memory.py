@@ -100,8 +100,10 @@ class NvmlUsedDelta(MemoryProbe):
 
 def memory_probe(backend: str, device: str) -> MemoryProbe:
     """The probe that can measure this backend on this device, or a no-op probe with a note."""
+    from ..backends.pytorch import COMPILE_OPTIONS
+
     if device == "cuda":
-        if backend in ("torch", "torch-compile"):
+        if backend in COMPILE_OPTIONS:
             return TorchCudaPeak()
         try:
             return NvmlUsedDelta()

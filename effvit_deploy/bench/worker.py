@@ -54,7 +54,8 @@ def implementation(runner: Runner, bound: bool = False) -> str:
     if runner.artifact is not None:
         return f"{runner.backend}: {runner.artifact.name}"
     what = "attention-free bound module" if bound else "PyTorch module"
-    return f"{runner.backend}: {what}" + (" (torch.compile)" if runner.backend == "torch-compile" else " (eager)")
+    how = {"torch": "eager", "torch-compile": "torch.compile", "torch-compile-cudagraphs": "torch.compile, CUDA graphs"}
+    return f"{runner.backend}: {what} ({how.get(runner.backend, runner.backend)})"
 
 
 def _model_runner(config: dict[str, Any]) -> Runner:
@@ -78,6 +79,8 @@ def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Ru
                               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "") or "runtime default",
                               "thread_policy": config.get("thread_policy", "default")}
     try:
+        if config["backend"].startswith("torch-compile"):
+            torch._dynamo.reset()  # in-process sweeps: a fresh compile, never dynamo's recompile limit (eager fallback)
         probe.before_load()
         runner = factory(config)
         result["runtime_threads"] = runner.threads

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML benchmark matrix (keys = long options, e.g. serve/bench_cpu_vits.yaml)")
     p.add_argument("--model", help="timm ViT for shape-only runs (untrained, accuracy not applicable) or --layer-only dims")
     p.add_argument("--attention", default="all", help="variants for --model / --layer-only: all or a comma list")
-    p.add_argument("--backends", default="auto", help="auto, or a comma list of: torch, torch-compile, onnxruntime, "
+    p.add_argument("--backends", default="auto", help="auto, or a comma list of: torch, torch-compile, "
+                   "torch-compile-cudagraphs (CUDA graphs, for batch-1 latency on a GPU), onnxruntime, "
                    "onnxruntime-cuda, onnxruntime-tensorrt, openvino, tensorrt, torch-tensorrt")
     p.add_argument("--resolutions", type=_ints, default=[224, 384, 512, 768, 1024], help="square input sizes (px)")
     p.add_argument("--batch-sizes", type=_ints, default=[1], help="batch sizes")
