@@ -45,14 +45,15 @@ def write_csv(rows: Iterable[dict[str, Any]], path: Union[str, Path]) -> None:
     write_text(path, buf.getvalue())
 
 
-def append_results(out_dir: Union[str, Path], new_rows: Iterable[dict[str, Any]]) -> Path:
-    """Append rows to out_dir/results.jsonl and regenerate results.csv; returns the JSONL path."""
+def append_results(out_dir: Union[str, Path], new_rows: Iterable[dict[str, Any]], stem: str = "results") -> Path:
+    """Append rows to out_dir/STEM.jsonl and regenerate STEM.csv; returns the JSONL path
+    (stem "results": the inference sweep; "train_step": the training-step sweep)."""
     out_dir = Path(out_dir)
-    path = out_dir / RESULTS_JSONL
+    path = out_dir / f"{stem}.jsonl"
     old = path.read_text() if path.is_file() else ""
     if old and not old.endswith("\n"):
         old += "\n"
     text = old + "".join(json.dumps(r, sort_keys=False) + "\n" for r in new_rows)
     write_text(path, text)
-    write_csv(load_results(path), out_dir / RESULTS_CSV)
+    write_csv(load_results(path), out_dir / f"{stem}.csv")
     return path

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=True,
                    help="measure top-1 of each artifact on its backend (else the training summary's)")
     p.add_argument("--accuracy-limit", type=int, help="validation images for accuracy (default: all)")
+    p.add_argument("--train-step", action="store_true", help="time training steps (forward, backward, AdamW; "
+                   "--precision fp32 or bf16 autocast) instead of inference: ms/step, images/s, peak memory, epoch "
+                   "time; writes OUT/train_step.jsonl and .md")
+    p.add_argument("--epoch-images", type=int, default=126_689, help="--train-step: training images per epoch for "
+                   "the epoch time (default: ImageNet-100's 126,689)")
     p.add_argument("--report-only", action="store_true", help="only (re)write the report of OUT/results.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -163,6 +168,20 @@ def _report_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _train_step(args: argparse.Namespace) -> int:
+    from ..bench.shapes import parse_attentions, shape_runs
+    from ..bench.train_step import check_train_precisions, train_step_sweep, write_train_report
+
+    check_train_precisions(args.precision)
+    run_dirs = list(args.run_dirs) + (shape_runs(args.model, parse_attentions(args.attention), args.out / "cache")
+                                      if args.model else [])
+    results = train_step_sweep(run_dirs, args.resolutions, args.batch_sizes, args.precision, args.out, bound=args.bound,
+                               warmup=args.warmup, repeats=args.repeats, max_time_s=args.max_time,
+                               epoch_images=args.epoch_images, progress=not args.no_progress)
+    print(f"results: {results}\nreport: {write_train_report(results, args.out)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..backends import MANIFEST, load_manifest
     from ..bench import layer_subject, run_benchmark, shape_runs, write_report
@@ -175,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {write_report(results, args.out, **_report_options(args))}")
         return 0
     run_dirs, layers = list(args.run_dirs), []
+    if args.train_step:
+        return _train_step(args)
     if args.layer_only:
         dim, heads, patch = _layer_dims(args)
         layers = [layer_subject(a, dim, heads, patch) for a in parse_attentions(args.attention)]
