@@ -37,6 +37,7 @@ def test_epoch_time_is_whole_steps_times_the_median_step():
                                                   "epoch_s": pytest.approx(1980 * 0.019)}
 
 
+@pytest.mark.slow
 def test_cli_train_step_sweep_times_each_run_and_the_bound_and_reports_epoch_time(tmp_path, capsys):
     runs = [str(make_tiny_run(tmp_path / a, a)) for a in ("exact", "nystrom")]
     rc = main([*runs, "--train-step", "--resolutions", "32,64", "--batch-sizes", "2", "--precision", "bf16",

@@ -8,10 +8,11 @@ accuracy is reported as not applicable) and exports the artifacts the benchmarke
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -34,13 +35,18 @@ def parse_attentions(spec: Union[str, Sequence[str]]) -> list[str]:
     return names
 
 
-def shape_run(model_name: str, attention: str, cache_dir: Union[str, Path], num_classes: int = 1000) -> Path:
-    """An untrained, loadable run of `model_name` with `attention` (seed 0), made once."""
-    run_dir = Path(cache_dir) / f"{model_name}-{attention}"
+def shape_run(model_name: str, attention: str, cache_dir: Union[str, Path], num_classes: int = 1000,
+              **kwargs: Any) -> Path:
+    """An untrained, loadable run of `model_name` with `attention` (seed 0), made once; `kwargs`
+    go to `build_model` (mechanism and timm arguments, e.g. depth=2, landmarks=8) and, with a
+    non-default class count, name the run apart (a short hash) so a cache never mixes shapes."""
+    asked = {**kwargs, **({"num_classes": num_classes} if num_classes != 1000 else {})}
+    suffix = "-" + hashlib.sha1(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:8] if asked else ""
+    run_dir = Path(cache_dir) / f"{model_name}-{attention}{suffix}"
     if (run_dir / MODEL_CARD).is_file() and (run_dir / "checkpoints" / "best.safetensors").is_file():
         return run_dir
     torch.manual_seed(0)
-    model = build_model(model_name, attention=attention, num_classes=num_classes)
+    model = build_model(model_name, attention=attention, num_classes=num_classes, **kwargs)
     card = ModelCard.for_model(model, img_size=int(model.patch_embed.img_size[0]), data={})
     write_run(run_dir, model, card)
     return run_dir
@@ -69,13 +75,18 @@ def shape_runs(
     min_res: Optional[int] = None,
     max_res: int = 1024,
     max_batch: int = 32,
+    num_classes: int = 1000,
+    build_kwargs: Optional[dict[str, dict[str, Any]]] = None,
 ) -> list[Path]:
     """One untrained run per attention variant under cache_dir, exported to `formats` (e.g.
-    ("onnx", "openvino"); none by default)."""
+    ("onnx", "openvino"); none by default). `build_kwargs` maps an attention name (or "*", for
+    every variant) to `build_model` arguments, e.g. {"*": {"depth": 2}, "nystrom": {"landmarks": 8}}."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_text(cache_dir / ".gitignore", "*\n")
-    runs = [shape_run(model_name, a, cache_dir) for a in parse_attentions(attentions)]
+    build_kwargs = build_kwargs or {}
+    runs = [shape_run(model_name, a, cache_dir, num_classes, **{**build_kwargs.get("*", {}), **build_kwargs.get(a, {})})
+            for a in parse_attentions(attentions)]
     if formats:
         from ..export import export_run
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The project's GPU check, in one go on a lent GPU machine (docs/gpu_check.md):
+#
+#   GIT_COMMIT=$(git rev-parse HEAD) benchmarks/gpu_check.sh            # on the GPU machine, < 8 min on one H200
+#   OUT=/tmp/out RESULTS=/tmp/gpu-smoke benchmarks/gpu_check.sh --cpu-smoke   # the same path on CPU, tiny sizes
+#
+# OUT (default: a new temp folder; the device runner sets it) receives summary.txt (this script's
+# whole output) and results.tgz (the results folder, packed again after every step). RESULTS
+# (default benchmarks/results/<gpu>-<date>) receives results.jsonl/.csv (inference), train_step.*
+# (training), summary.md/.json, report.md and plots, machine.txt. Model caches stay out of the archive.
+# Each step runs under its own timeout, the most important first, so a hang or an OOM costs one step.
+set -u
+SMOKE=""
+if [[ "${1:-}" == "--cpu-smoke" || "${1:-}" == "--dry-run" ]]; then
+    SMOKE="--cpu-smoke"
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # no spinning thread pool on a shared CPU host
+fi
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/summary.txt") 2>&1
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+if ls .whl/timm-*.whl >/dev/null 2>&1; then  # the pinned timm, brought as a wheel (no package index there)
+    pip install -q --no-index --no-deps --target /tmp/site .whl/timm-*.whl && SITE=/tmp/site
+fi
+export PYTHONPATH=$ROOT${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}
+export GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+if [[ -n $SMOKE ]]; then
+    GPU=cpu-smoke
+else
+    GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')
+fi
+RESULTS=${RESULTS:-$ROOT/benchmarks/results/${GPU:-gpu}-$(date -u +%F)}
+mkdir -p "$RESULTS"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$RESULTS/machine.txt" 2>/dev/null \
+    || rm -f "$RESULTS/machine.txt"
+COMMAND="GIT_COMMIT=$GIT_COMMIT benchmarks/gpu_check.sh $*"
+echo "gpu_check: $(date -u +%FT%TZ) commit $GIT_COMMIT results $RESULTS"
+python -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
+
+step() {  # step KIND SECONDS
+    local kind=$1 limit=$2 start=$SECONDS
+    echo "== $kind (limit ${limit} s) $(date -u +%T)"
+    timeout -k 10 "$limit" python benchmarks/gpu_check.py "$kind" --out "$RESULTS" $SMOKE --command "$COMMAND"
+    echo "== $kind: exit $? after $((SECONDS - start)) s"
+    tar czf "$OUT/results.tgz" --exclude=cache -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
+}
+
+step infer-b64-bf16 150
+step train-b64-bf16 110
+step infer-b1-bf16 60
+step infer-b1-cudagraphs 150
+step infer-b64-fp32 50
+step summary 30
+cat "$RESULTS/summary.md" 2>/dev/null
+echo "gpu_check: finished in $SECONDS s; results in $RESULTS and $OUT/results.tgz"
