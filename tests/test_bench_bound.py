@@ -5,6 +5,8 @@ import json
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from effvit_deploy.bench.bound import NoTokenMixing, bound_run, load_bound_model, remove_token_mixing
 from effvit_deploy.bench.report import write_report
@@ -88,3 +90,47 @@ def test_recommendations_rank_by_top1_measured_at_the_cells_resolution(tmp_path)
     assert "| 448 px | - | nystrom (onnxruntime fp32, 200 ms, 70.0%) |" in recommend, \
         "exact's 448 px top-1 was measured at 224 px only: it must not outrank a figure measured at 448"
     assert "Not on the plot (top-1 not measured at their own resolution): exact onnxruntime fp32 448 px" in text
+
+
+class _BlockDispatches(TorchDispatchMode):
+    """Aten ops dispatched, and bytes they write to new storage (views and in-place results that
+    alias an input are free), while `recording` is on: what a GPU pays in launches and traffic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recording, self.ops, self.bytes_written = False, [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.recording:
+            inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+            self.ops.append(str(func))
+            self.bytes_written += sum(t.numel() * t.element_size() for t in tree_flatten(out)[0]
+                                      if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs)
+        return out
+
+
+def _one_block(model, size: tuple[int, int], autocast: bool) -> _BlockDispatches:
+    """Dispatches of the first block in one forward (batch 2) of `model` at `size` (H, W)."""
+    counter = _BlockDispatches()
+    block = model.blocks[0]
+    block.register_forward_pre_hook(lambda *_: setattr(counter, "recording", True))
+    block.register_forward_hook(lambda *_: setattr(counter, "recording", False))
+    x = torch.randn(2, 3, *size)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), counter:
+        model(x)
+    return counter
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("size", [(64, 64), (64, 96)], ids=["64x64", "64x96"])
+def test_the_bound_block_dispatches_no_more_ops_and_writes_no_more_bytes_than_exact(size, autocast):
+    """Item 5 of the efficiency issue: the bound is a bound on any backend only if it does no work
+    exact attention skips; counted as a GPU would pay it (kernels, bytes written), per block."""
+    exact = _one_block(tiny_model("exact"), size, autocast)
+    bound = _one_block(remove_token_mixing(tiny_model("exact")), size, autocast)
+    assert "aten.scaled_dot_product_attention.default" in exact.ops, "the control: exact's block mixes tokens"
+    assert len(bound.ops) <= len(exact.ops), (bound.ops, exact.ops)
+    assert bound.bytes_written <= exact.bytes_written
+    assert not any("permute" in op or "transpose" in op or "unbind" in op for op in bound.ops), \
+        "the bound needs no head split/merge"
