@@ -258,8 +258,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="results folder (shared by every kind)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU: the same code path in seconds")
     p.add_argument("--command", default=" ".join(sys.argv), help="the command recorded in the summary")
+    p.add_argument("--repeats", type=int, help="timed calls per configuration (default: 10 on GPU, 3 in the smoke)")
+    p.add_argument("--max-time", type=float, help="timed-work budget per configuration in s (default: 3 on GPU)")
     args = p.parse_args(argv)
-    plan = SMOKE if args.cpu_smoke else FULL
+    plan = dict(SMOKE if args.cpu_smoke else FULL)
+    if args.repeats:
+        plan["repeats"] = plan["train_repeats"] = args.repeats
+    if args.max_time:
+        plan["max_time_s"] = args.max_time
     if not args.cpu_smoke:
         import torch
 

@@ -7,7 +7,8 @@ harness.py times one runner, memory.py measures its peak memory, worker.py measu
 configuration (in a fresh process), matrix.py sweeps the matrix, bound.py builds the
 attention-free bound every speed-up is read against, accuracy.py scores top-1 per resolution,
 results.py writes the results file with the environment, analysis.py fits scaling laws and
-crossovers, report.py draws them.
+crossovers, report.py draws them. train_step.py times training steps (forward, backward, AdamW)
+with the same harness, into train_step.jsonl beside the results file.
 """
 from __future__ import annotations
 
