@@ -21,7 +21,7 @@ exec > >(tee "$OUT/summary.txt") 2>&1
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 if ls .whl/timm-*.whl >/dev/null 2>&1; then  # the pinned timm, brought as a wheel (no package index there)
-    pip install -q --no-index --no-deps --target /tmp/site .whl/timm-*.whl && SITE=/tmp/site
+    python -m pip install -q --no-index --no-deps --target /tmp/site .whl/timm-*.whl && SITE=/tmp/site
 fi
 export PYTHONPATH=$ROOT${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}
 export GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
@@ -36,7 +36,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
     || rm -f "$RESULTS/machine.txt"
 COMMAND="GIT_COMMIT=$GIT_COMMIT benchmarks/gpu_check.sh $*"
 echo "gpu_check: $(date -u +%FT%TZ) commit $GIT_COMMIT results $RESULTS"
-python -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
+python - <<'PY' || { echo "gpu_check: error: the project cannot import here (above); nothing measured"; exit 3; }
+import torch, timm
+import effvit_deploy.bench.matrix, effvit_deploy.bench.train_step  # every dependency the sweeps need
+print("torch", torch.__version__, "timm", timm.__version__, "cuda", torch.version.cuda,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU visible")
+PY
 
 step() {  # step KIND SECONDS
     local kind=$1 limit=$2 start=$SECONDS
@@ -46,11 +51,11 @@ step() {  # step KIND SECONDS
     tar czf "$OUT/results.tgz" --exclude=cache -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
 }
 
-step infer-b64-bf16 150
-step train-b64-bf16 110
-step infer-b1-bf16 60
-step infer-b1-cudagraphs 150
-step infer-b64-fp32 50
-step summary 30
+step infer-b64-bf16 150   # expected ~100 s on one H200; caps sum to 565 s, under a 10-minute session limit
+step train-b64-bf16 100   # ~50 s
+step infer-b1-bf16 70     # ~40 s
+step infer-b1-cudagraphs 160  # one compile per model, ~20 s each
+step infer-b64-fp32 60    # ~45 s
+step summary 25
 cat "$RESULTS/summary.md" 2>/dev/null
 echo "gpu_check: finished in $SECONDS s; results in $RESULTS and $OUT/results.tgz"

@@ -76,7 +76,7 @@ def train_runner(model: nn.Module, precision: str, device: str, num_classes: int
     def step(xy: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = xy
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device, dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.autocast(device_type=device, dtype=amp or torch.bfloat16, enabled=amp is not None):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
