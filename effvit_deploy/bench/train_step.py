@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..atomic import write_text
-from ..backends import Runner, backend_device
+from ..backends import TORCH_DTYPES, Runner, backend_device
 from ..environment import environment
 from ..runs import load_run
 from .bound import BOUND, load_bound_model
@@ -45,7 +45,7 @@ from .results import append_results, load_results
 
 TRAIN_STEP = "train_step"  # OUT/train_step.jsonl, .csv, .md
 IMAGENET100_TRAIN_IMAGES = 126_689
-TRAIN_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # precision -> autocast dtype
+TRAIN_PRECISIONS = ("fp32", "bf16")  # bf16: autocast to backends.TORCH_DTYPES["bf16"], weights fp32
 EXACT = "exact"
 
 
@@ -65,7 +65,7 @@ def train_runner(model: nn.Module, precision: str, device: str, num_classes: int
     `device`; its AdamW state is created by the first (warm-up) step.
     """
     check_train_precisions([precision])
-    amp = TRAIN_PRECISIONS[precision]
+    amp = None if precision == "fp32" else TORCH_DTYPES[precision]
     model = model.to(device).train()
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=0.05)
 
