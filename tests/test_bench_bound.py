@@ -134,3 +134,22 @@ def test_the_bound_block_dispatches_no_more_ops_and_writes_no_more_bytes_than_ex
     assert bound.bytes_written <= exact.bytes_written
     assert not any("permute" in op or "transpose" in op or "unbind" in op for op in bound.ops), \
         "the bound needs no head split/merge"
+
+
+@pytest.mark.slow
+def test_the_bound_onnx_graph_has_no_node_kind_more_than_exact(tmp_path):
+    """The graph ONNX Runtime, OpenVINO and TensorRT run: the bound has no node type more often
+    than exact's graph, and no attention at all (no Softmax)."""
+    import collections
+
+    import onnx
+
+    from effvit_deploy.export.onnx import export_onnx
+
+    counts = {}
+    for name, model in (("exact", tiny_model("exact")), ("bound", remove_token_mixing(tiny_model("exact")))):
+        path = export_onnx(model, tmp_path / f"{name}.onnx", sample_size=(64, 64), max_batch=2, max_res=128)
+        counts[name] = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
+    assert counts["exact"]["Softmax"] > 0 and counts["bound"]["Softmax"] == 0
+    more = {op: (n, counts["exact"][op]) for op, n in counts["bound"].items() if n > counts["exact"][op]}
+    assert not more, f"the bound's graph has more of these nodes than exact's (bound, exact): {more}"

@@ -84,3 +84,14 @@ def test_a_precision_training_does_not_take_is_one_clear_line(tmp_path, capsys):
     assert main([run, "--train-step", "--precision", "int8", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "valid: fp32, bf16" in err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_on_cuda_a_step_is_timed_with_events_and_its_peak_read_from_the_allocator(tmp_path):
+    run = make_tiny_run(tmp_path / "performer", "performer")
+    result = ts.measure_train_step({"run_dir": str(run), "bound": False, "precision": "bf16", "batch": 4,
+                                    "resolution": 64, "warmup": 2, "repeats": 3, "max_time_s": None})
+    assert result["status"] == "ok", result["reason"]
+    assert result["device"] == "cuda" and result["mem_method"] == "torch-cuda-max-allocated"
+    assert result["peak_mem_bytes"] > 0 and result["epoch_s"] > 0
