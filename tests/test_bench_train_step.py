@@ -79,11 +79,14 @@ def test_an_oom_is_recorded_and_only_that_runs_larger_sizes_are_skipped(tmp_path
     assert status[("exact", 32)][0] == status[("exact", 64)][0] == "ok"
 
 
-def test_a_precision_training_does_not_take_is_one_clear_line(tmp_path, capsys):
+def test_a_precision_training_does_not_take_or_an_empty_epoch_is_one_clear_line(tmp_path, capsys):
     run = str(make_tiny_run(tmp_path / "exact", "exact"))
     assert main([run, "--train-step", "--precision", "int8", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "valid: fp32, bf16" in err
+    assert main([run, "--train-step", "--epoch-images", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--epoch-images must be a positive" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists(), "refused before anything is built or written"
 
 
 @pytest.mark.cuda

@@ -49,12 +49,15 @@ TRAIN_PRECISIONS = ("fp32", "bf16")  # bf16: autocast to backends.TORCH_DTYPES["
 EXACT = "exact"
 
 
-def check_train_precisions(precisions: Sequence[str]) -> None:
-    """Raises ValueError naming the valid precisions when one is not a training precision."""
+def check_train_options(precisions: Sequence[str], epoch_images: int = IMAGENET100_TRAIN_IMAGES) -> None:
+    """Raises ValueError (one line, the valid values) for a precision training does not take or
+    a data set size that is not positive."""
     bad = [p for p in precisions if p not in TRAIN_PRECISIONS]
     if bad:
         raise ValueError(f"--train-step precision {', '.join(bad)} is not supported; valid: "
                          f"{', '.join(TRAIN_PRECISIONS)} (bf16 = bf16 autocast, fp32 weights)")
+    if epoch_images <= 0:
+        raise ValueError(f"--epoch-images must be a positive number of training images, got {epoch_images}")
 
 
 def train_runner(model: nn.Module, precision: str, device: str, num_classes: int, lr: float = 1e-4) -> Runner:
@@ -64,7 +67,7 @@ def train_runner(model: nn.Module, precision: str, device: str, num_classes: int
     `run` returns the detached loss (a scalar tensor). The model is put in train mode on
     `device`; its AdamW state is created by the first (warm-up) step.
     """
-    check_train_precisions([precision])
+    check_train_options([precision])
     amp = None if precision == "fp32" else TORCH_DTYPES[precision]
     model = model.to(device).train()
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=0.05)
@@ -151,9 +154,7 @@ def train_step_sweep(
     """
     from .matrix import bound_subjects, model_subject
 
-    check_train_precisions(precisions)
-    if epoch_images <= 0:
-        raise ValueError(f"epoch images must be positive, got {epoch_images}")
+    check_train_options(precisions, epoch_images)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dirs = [Path(d) for d in run_dirs]

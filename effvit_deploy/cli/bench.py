@@ -170,9 +170,9 @@ def _report_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train_step(args: argparse.Namespace) -> int:
     from ..bench.shapes import parse_attentions, shape_runs
-    from ..bench.train_step import check_train_precisions, train_step_sweep, write_train_report
+    from ..bench.train_step import check_train_options, train_step_sweep, write_train_report
 
-    check_train_precisions(args.precision)
+    check_train_options(args.precision, args.epoch_images)
     run_dirs = list(args.run_dirs) + (shape_runs(args.model, parse_attentions(args.attention), args.out / "cache")
                                       if args.model else [])
     results = train_step_sweep(run_dirs, args.resolutions, args.batch_sizes, args.precision, args.out, bound=args.bound,
