@@ -59,3 +59,4 @@ step infer-b64-fp32 60    # ~45 s
 step summary 25
 cat "$RESULTS/summary.md" 2>/dev/null
 echo "gpu_check: finished in $SECONDS s; results in $RESULTS and $OUT/results.tgz"
+sleep 1  # let tee write the last lines of summary.txt before the machine collects OUT
