@@ -5,8 +5,9 @@ What a training run pays per step, measured the way the inference sweep measures
 or `time.perf_counter` on CPU, device synchronised; median and spread): one step is
 `zero_grad(set_to_none=True)`, the forward under autocast (precision "bf16": bf16 autocast, fp32
 weights and optimizer state, as mixed-precision training runs; "fp32": no autocast), cross-entropy
-on fixed labels, `backward()` and the optimizer step (AdamW from timm's `create_optimizer_v2`,
-as `effvit-train` builds it). Each configuration gets a fresh model and optimizer.
+on fixed labels, `backward()` and the optimizer step (AdamW, weight decay 0.05, from timm's
+`create_optimizer_v2`, the factory `effvit-train` uses; its layer-wise lr decay changes parameter
+groups, not the work, and is left out). Each configuration gets a fresh model and optimizer.
 
 Reported per row: ms/step (`latency_*_ms` fields, the harness's names), images/s
 (`throughput_ips`), peak memory (`peak_mem_bytes`: on CUDA `torch.cuda.max_memory_allocated`
