@@ -16,7 +16,6 @@ from typing import Any, Iterable, Union
 from ..atomic import write_text
 
 RESULTS_JSONL = "results.jsonl"
-RESULTS_CSV = "results.csv"
 
 
 def load_results(path: Union[str, Path]) -> list[dict[str, Any]]:
