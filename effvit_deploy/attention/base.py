@@ -6,12 +6,37 @@ pretrained timm ViT's weights load unchanged (timm/layers/attention.py).
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 Grid = tuple[int, int]
+Size = Union[int, torch.SymInt, torch.Tensor]
+
+
+def size_min(a: Size, b: Size) -> Size:
+    """min(a, b) of two sizes, wherever sizes are symbolic: ints and SymInts (eager,
+    torch.export, torch.compile) via `torch.sym_min`, 0-dim tensors (`torch.jit.trace` records
+    sizes as tensors) via `torch.minimum`. Registered with `torch.fx.wrap`, so FX symbolic tracing
+    (and torchvision's create_feature_extractor) records it as one call instead of branching on a
+    traced value. Modules that import it must also call `torch.fx.wrap("size_min")`."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.sym_min(a, b)
+
+
+torch.fx.wrap("size_min")
+
+
+def fp32_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on x's device, so the maths inside run in the dtype of
+    their inputs (float32 once cast). A no-op where autocast has no meaning: FX proxies (their
+    device is itself traced) and devices autocast does not know (meta)."""
+    if isinstance(x, torch.fx.Proxy) or x.device.type not in ("cpu", "cuda", "xpu", "mps", "hpu"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 class TimmAttention(nn.Module):
