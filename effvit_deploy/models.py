@@ -29,6 +29,7 @@ from typing import Any, Iterator, Optional, Union
 import timm
 import torch
 from timm.models._manipulate import adapt_input_conv
+from timm.layers import resample_abs_pos_embed
 from timm.models import checkpoint, load_pretrained, register_model, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
@@ -92,6 +93,18 @@ def check_input_size(x: torch.Tensor, patch_size: tuple[int, int], padded: bool)
 torch.fx.wrap("check_input_size")
 
 
+def resample_pos_embed(
+    pos_embed: torch.Tensor, grid: tuple[int, int], build_grid: tuple[int, int], num_prefix_tokens: int
+) -> torch.Tensor:
+    """timm's `resample_abs_pos_embed` of position embeddings [1, P + Ht * Wt, C] to `grid`.
+    Registered with `torch.fx.wrap` (timm registers it only with its own FX tracer), so
+    `torch.fx.symbolic_trace` and torchvision's create_feature_extractor record one call."""
+    return resample_abs_pos_embed(pos_embed, new_size=grid, old_size=build_grid, num_prefix_tokens=num_prefix_tokens)
+
+
+torch.fx.wrap("resample_pos_embed")
+
+
 class GridBlock(Block):
     """timm's `Block` whose forward also takes the patch grid and hands it to the attention layer."""
 
@@ -144,6 +157,29 @@ class GridVisionTransformer(VisionTransformer):
                 spec["model_kwargs"]["patch_size"] = list(self.patch_embed.patch_size)
             if "grid_size" in spec["attention_kwargs"]:
                 spec["attention_kwargs"]["grid_size"] = list(grid)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """timm 1.0.31's `_pos_embed` for patch tokens x [B, H, W, C] (the model is built with
+        `dynamic_img_size=True`) -> [B, P + H * W, C], the resampling through the FX-wrapped
+        `resample_pos_embed`."""
+        if self.pos_embed is None or not self.dynamic_img_size:
+            return super()._pos_embed(x)
+        B, H, W, C = x.shape
+        prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+        pos_embed = resample_pos_embed(self.pos_embed, (H, W), tuple(self.patch_embed.grid_size), prefix)
+        x = x.view(B, -1, C)
+        to_cat = []
+        if self.cls_token is not None:
+            to_cat.append(self.cls_token.expand(B, -1, -1))
+        if self.reg_token is not None:
+            to_cat.append(self.reg_token.expand(B, -1, -1))
+        if self.no_embed_class:
+            x = x + pos_embed
+            x = torch.cat(to_cat + [x], dim=1) if to_cat else x
+        else:
+            x = torch.cat(to_cat + [x], dim=1) if to_cat else x
+            x = x + pos_embed
+        return self.pos_drop(x)
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Tokens [B, N, C] ready for the blocks, and the (H, W) patch grid of images x [B, C, H, W]."""

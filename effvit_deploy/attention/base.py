@@ -30,6 +30,26 @@ def size_min(a: Size, b: Size) -> Size:
 torch.fx.wrap("size_min")
 
 
+def refuse_masks(x: torch.Tensor, attn_mask: Optional[torch.Tensor], is_causal: bool, mechanism: str) -> torch.Tensor:
+    """x itself, after refusing an attention mask or causal attention for a mechanism without
+    them. Registered with `torch.fx.wrap`, so in an FX graph (where the mask arguments are
+    traced placeholders) the check runs when the graph runs; its output feeds the layer, so
+    dead-code elimination keeps it.
+
+    Raises:
+        ValueError: a mask was given.
+    """
+    if attn_mask is not None or is_causal:
+        raise ValueError(
+            f"{mechanism} does not support attention masks or causal attention; "
+            "use attention='exact' for masked attention"
+        )
+    return x
+
+
+torch.fx.wrap("refuse_masks")
+
+
 def fp32_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """A context that turns autocast off on x's device, so the maths inside run in the dtype of
     their inputs (float32 once cast). A no-op where autocast has no meaning: FX proxies (their
@@ -100,12 +120,10 @@ class TimmAttention(nn.Module):
         grid: Optional[Grid] = None,
     ) -> torch.Tensor:
         """x [B, N, dim] -> [B, N, dim_out]; `grid` is the (H, W) patch grid of x's patch tokens."""
-        masked = attn_mask is not None or is_causal
-        if masked and not self.supports_masks:
-            raise ValueError(
-                f"{type(self).__name__} does not support attention masks or causal attention; "
-                "use attention='exact' for masked attention"
-            )
+        if self.supports_masks:
+            masked = attn_mask is not None or is_causal
+        else:
+            x, masked = refuse_masks(x, attn_mask, is_causal, type(self).__name__), False
         B, N, _ = x.shape
         q, k, v = self.project_qkv(x)
         if masked:
