@@ -30,7 +30,7 @@ import timm
 import torch
 from timm.models._manipulate import adapt_input_conv
 from timm.layers import resample_abs_pos_embed
-from timm.models import checkpoint, load_pretrained, register_model, resolve_pretrained_cfg
+from timm.models import PretrainedCfg, checkpoint, load_pretrained, register_model, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
@@ -414,8 +414,8 @@ def build_model(
         if "unexpected keyword argument" in str(error):
             name = str(error).split("unexpected keyword argument")[-1].strip()
             raise TypeError(
-                f"build_model() got an unexpected keyword argument {name}: neither a {attention} argument "
-                f"({', '.join(sorted(mechanism_arguments(attention))) or 'none'}) nor a {model_name} argument"
+                f"build_model() got an unexpected keyword argument {name}: not an argument of attention="
+                f"{attention!r} ({', '.join(sorted(mechanism_arguments(attention))) or 'it takes none'}) nor of {model_name}"
             ) from None
         raise TypeError(f"cannot build {model_name!r} with these arguments: {error}") from None
     except (ValueError, AssertionError, RuntimeError) as error:
@@ -493,8 +493,9 @@ def effvit_vit(
     (class count and input channels adapted as timm does)."""
     model = build_model(base_model, attention, **(attention_kwargs or {}), **kwargs)
     inner = model.model if isinstance(model, FeatureGetterNet) else model
-    source = pretrained_cfg if pretrained_cfg or not pretrained else inner.pretrained_cfg
-    cfg = resolve_pretrained_cfg(ENTRY_POINT, pretrained_cfg=source or dict(inner.pretrained_cfg), pretrained_cfg_overlay=pretrained_cfg_overlay).to_dict()
+    # the saved config (local-dir:, hf-hub:) when there is one, else the base model's (mean, std, ...)
+    source = pretrained_cfg if isinstance(pretrained_cfg, (dict, PretrainedCfg)) and pretrained_cfg else dict(inner.pretrained_cfg)
+    cfg = resolve_pretrained_cfg(ENTRY_POINT, pretrained_cfg=source, pretrained_cfg_overlay=pretrained_cfg_overlay).to_dict()
     cfg["architecture"] = ENTRY_POINT
     inner.pretrained_cfg = cfg
     inner.pretrained_model_args = pretrained_model_args or {}
