@@ -44,6 +44,12 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 _TIMM_ATTENTION_ARGS = set(inspect.signature(TimmAttention.__init__).parameters) - {"self"}
 
 
+class ArgumentError(TypeError, ValueError):
+    """A `build_model` argument of the wrong type, or a keyword nobody takes: a TypeError as
+    timm raises for these, and a ValueError so callers that report bad input in one line (the
+    CLIs) treat it as bad input."""
+
+
 @dataclass
 class LoadReport:
     """Which tensors came from a checkpoint, which are new, and which were left behind."""
@@ -304,7 +310,7 @@ def mechanism_arguments(attention: str) -> set[str]:
 def split_attention_kwargs(attention: str, kwargs: dict[str, Any]) -> tuple[dict, dict]:
     """Split keyword arguments into (mechanism arguments, timm model arguments)."""
     if not isinstance(attention, str):
-        raise TypeError(f"attention must be a mechanism name ({', '.join(sorted(ATTENTIONS))}), got {attention!r}")
+        raise ArgumentError(f"attention must be a mechanism name ({', '.join(sorted(ATTENTIONS))}), got {attention!r}")
     if attention not in ATTENTIONS:
         raise _unknown("attention", attention, sorted(ATTENTIONS))
     own = mechanism_arguments(attention)
@@ -319,15 +325,15 @@ def _check_arguments(model_name: Any, num_classes: Any, pretrained: Any) -> None
         TypeError / ValueError / FileNotFoundError: one line naming the argument and the fix.
     """
     if not isinstance(model_name, str):
-        raise TypeError(f"model_name must be a timm model name such as 'vit_small_patch16_224', got {model_name!r}")
+        raise ArgumentError(f"model_name must be a timm model name such as 'vit_small_patch16_224', got {model_name!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be an int (0 for no classifier), got {num_classes!r}")
+        raise ArgumentError(f"num_classes must be an int (0 for no classifier), got {num_classes!r}")
     if num_classes < 0:
         raise ValueError(f"num_classes={num_classes} must be >= 0: the number of classes, or 0 to build without a classifier")
     if isinstance(pretrained, bool):
         return
     if not isinstance(pretrained, (str, os.PathLike)):
-        raise TypeError(f"pretrained must be True/False or the path of a weights file, got {pretrained!r}")
+        raise ArgumentError(f"pretrained must be True/False or the path of a weights file, got {pretrained!r}")
     path = Path(pretrained).expanduser()
     if path.is_dir():
         raise ValueError(
@@ -385,7 +391,8 @@ def build_model(
     loaded, `effvit_load_report` (a `LoadReport`).
 
     Raises:
-        TypeError: an argument of the wrong type, or a keyword neither the mechanism nor timm knows.
+        ArgumentError (a TypeError and ValueError): an argument of the wrong type, or a keyword
+            neither the mechanism nor timm knows.
         ValueError / FileNotFoundError: a value that cannot work, in one line naming it and the fix.
     """
     _check_arguments(model_name, num_classes, pretrained)
@@ -393,7 +400,7 @@ def build_model(
     features = {k: model_kwargs.pop(k) for k in ("out_indices", "output_fmt", "norm", "feature_cls") if k in model_kwargs}
     features_only = model_kwargs.pop("features_only", False)
     if features and not features_only:
-        raise TypeError(f"{', '.join(features)} only apply with features_only=True")
+        raise ArgumentError(f"{', '.join(features)} only apply with features_only=True")
     if features.pop("feature_cls", "getter") != "getter":
         raise ValueError("features_only for a ViT uses timm's FeatureGetterNet: feature_cls must be 'getter'")
     if model_name not in timm.list_models():
@@ -413,11 +420,11 @@ def build_model(
             raise not_a_vit from None
         if "unexpected keyword argument" in str(error):
             name = str(error).split("unexpected keyword argument")[-1].strip()
-            raise TypeError(
+            raise ArgumentError(
                 f"build_model() got an unexpected keyword argument {name}: not an argument of attention="
                 f"{attention!r} ({', '.join(sorted(mechanism_arguments(attention))) or 'it takes none'}) nor of {model_name}"
             ) from None
-        raise TypeError(f"cannot build {model_name!r} with these arguments: {error}") from None
+        raise ArgumentError(f"cannot build {model_name!r} with these arguments: {error}") from None
     except (ValueError, AssertionError, RuntimeError) as error:
         raise ValueError(f"cannot build {model_name!r} with {model_kwargs}: {' '.join(str(error).split()) or type(error).__name__}") from None
     if not isinstance(probe, VisionTransformer):
