@@ -28,10 +28,10 @@ from typing import Any, Iterator, Optional, Union
 
 import timm
 import torch
-from timm.models._manipulate import adapt_input_conv
 from timm.layers import resample_abs_pos_embed
 from timm.models import PretrainedCfg, checkpoint, load_pretrained, register_model, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
+from timm.models._manipulate import adapt_input_conv
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
@@ -469,15 +469,12 @@ def build_model(
 ENTRY_POINT = "effvit_vit"
 
 
-def _filter_for(model: nn.Module):
-    """timm's ViT checkpoint filter plus Linformer projections resampled to `model`'s grid."""
-
-    def filter_fn(state: dict[str, torch.Tensor], _model: nn.Module = model) -> dict[str, torch.Tensor]:
-        state = checkpoint_filter_fn(state, model)
-        resample_linformer_projections(state, model)
-        return state
-
-    return filter_fn
+def filter_checkpoint(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's ViT checkpoint filter (position embeddings, patch kernel resampled) plus Linformer
+    projections resampled to `model`'s grid: the `filter_fn` for timm's `load_pretrained`."""
+    state = checkpoint_filter_fn(state, model)
+    resample_linformer_projections(state, model)
+    return state
 
 
 @register_model
@@ -509,7 +506,7 @@ def effvit_vit(
     if pretrained:
         load_pretrained(
             inner, pretrained_cfg=cfg, num_classes=inner.num_classes, in_chans=inner.patch_embed.proj.in_channels,
-            filter_fn=_filter_for(inner), strict=True, cache_dir=cache_dir,
+            filter_fn=filter_checkpoint, strict=True, cache_dir=cache_dir,
         )
     return model
 

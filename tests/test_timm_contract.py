@@ -395,3 +395,20 @@ def test_gradient_checkpointing_at_two_sizes_before_one_backward_equals_no_check
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for name, grad in grads[0].items():
         close(grads[1][name], grad, tol=1e-5)
+
+
+def test_timm_entry_point_builds_what_build_model_builds():
+    torch.manual_seed(0)
+    via_timm = timm.create_model(
+        "effvit_vit", base_model=TINY, attention="linformer", attention_kwargs=BUDGETS["linformer"],
+        num_classes=10, depth=2, img_size=64,
+    ).eval()
+    direct = make("linformer")
+    assert type(via_timm.blocks[0].attn) is ATTENTIONS["linformer"] and via_timm.blocks[0].attn.proj_len == 8
+    with torch.no_grad():
+        close(via_timm(images(48, 80)), direct(images(48, 80)))
+    features = timm.create_model(
+        "effvit_vit", base_model=TINY, attention="nystrom", attention_kwargs=BUDGETS["nystrom"],
+        depth=2, img_size=64, features_only=True, out_indices=(1,),
+    )
+    assert [tuple(f.shape) for f in features(images(64, 64))] == [(2, 192, 4, 4)]
