@@ -363,6 +363,10 @@ def test_init_weights_redraws_what_the_constructor_drew(variant):
         for tensor in list(model.parameters()) + list(model.buffers()):
             tensor.zero_()
     model.init_weights()
+    built = dict(list(fresh.named_parameters()) + list(fresh.named_buffers()))
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if built[name].std() > 0:  # drawn at construction (constant ones, e.g. zero biases, stay constant)
+            assert tensor.std() > 0, name
     for (name, a), (_, b) in zip(model.named_buffers(), fresh.named_buffers()):
         assert torch.equal(a, b), name  # buffers (Performer's features) are deterministic
 
