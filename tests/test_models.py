@@ -142,3 +142,32 @@ def test_flops_count_cpu_sdpa_like_timms_explicit_matmuls():
         block.attn.fused_attn = False
     assert count_flops(ours, 224) == count_flops(ref, 224)
     assert count_flops(tiny_model("linformer"), 224) < count_flops(ours, 224)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(num_classes=-1), ValueError, r"^num_classes=-1 must be >= 0: the number of classes, or 0 to build without a classifier$"),
+        (dict(num_classes=2.5), TypeError, r"^num_classes must be an int"),
+        (dict(img_size=30), ValueError, r"^img_size=30 is not a multiple of the patch size 16x16: use e.g. img_size=32, or dynamic_img_pad=True$"),
+        (dict(img_size=8), ValueError, r"^img_size=8 is not a multiple of the patch size 16x16: use e.g. img_size=16"),
+        (dict(attention=None), TypeError, r"^attention must be a mechanism name \(atrous, exact, linformer, nystrom, performer\), got None$"),
+        (dict(pretrained=1.5), TypeError, r"^pretrained must be True/False or the path of a weights file, got 1.5$"),
+        (dict(frobnicate=3), TypeError, r"^build_model\(\) got an unexpected keyword argument 'frobnicate': not an argument of attention='exact' \(it takes none\) nor of vit_tiny_patch16_224$"),
+        (dict(out_indices=(0,)), TypeError, r"^out_indices only apply with features_only=True$"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors_naming_the_argument(kwargs, error, message):
+    with pytest.raises(error, match=message) as info:
+        build_model(TINY_MODEL, **{"depth": 2, **kwargs})
+    assert "\n" not in str(info.value)
+
+
+def test_pretrained_folder_is_refused_as_a_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"^pretrained='.*' is a folder, expected a weights file \(.safetensors, .*\): pass the file inside it$"):
+        build_model(TINY_MODEL, pretrained=str(tmp_path))
+
+
+def test_img_size_need_not_be_a_multiple_with_dynamic_img_pad():
+    model = build_model(TINY_MODEL, depth=1, img_size=30, dynamic_img_pad=True, num_classes=3)
+    assert model(torch.randn(1, 3, 30, 30)).shape == (1, 3)

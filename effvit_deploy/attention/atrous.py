@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import TimmAttention
+from .base import TimmAttention, size_min
+
+torch.fx.wrap("size_min")
 
 _MASKED = -1e4  # additive bias for padded keys: finite, so an all-padding window gives no NaN
 
@@ -121,7 +123,7 @@ class AtrousAttention(TimmAttention):
         """Window attention of patch queries at one dilation -> [B, h, H * W, c]."""
         B, h, _, _, c = q.shape
         d = self.dilations[branch]
-        window = (torch.sym_min(self.window_size, (H + d - 1) // d), torch.sym_min(self.window_size, (W + d - 1) // d))
+        window = (size_min(self.window_size, (H + d - 1) // d), size_min(self.window_size, (W + d - 1) // d))
         Hp = (H + window[0] * d - 1) // (window[0] * d) * (window[0] * d)
         Wp = (W + window[1] * d - 1) // (window[1] * d) * (window[1] * d)
         pad = (0, 0, 0, Wp - W, 0, Hp - H)

@@ -6,12 +6,57 @@ pretrained timm ViT's weights load unchanged (timm/layers/attention.py).
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 Grid = tuple[int, int]
+Size = Union[int, torch.SymInt, torch.Tensor]
+
+
+def size_min(a: Size, b: Size) -> Size:
+    """min(a, b) of two sizes, wherever sizes are symbolic: ints and SymInts (eager,
+    torch.export, torch.compile) via `torch.sym_min`, 0-dim tensors (`torch.jit.trace` records
+    sizes as tensors) via `torch.minimum`. Registered with `torch.fx.wrap`, so FX symbolic tracing
+    (and torchvision's create_feature_extractor) records it as one call instead of branching on a
+    traced value. Modules that import it must also call `torch.fx.wrap("size_min")`."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.sym_min(a, b)
+
+
+torch.fx.wrap("size_min")
+
+
+def refuse_masks(x: torch.Tensor, attn_mask: Optional[torch.Tensor], is_causal: bool, mechanism: str) -> torch.Tensor:
+    """x itself, after refusing an attention mask or causal attention for a mechanism without
+    them. Registered with `torch.fx.wrap`, so in an FX graph (where the mask arguments are
+    traced placeholders) the check runs when the graph runs; its output feeds the layer, so
+    dead-code elimination keeps it.
+
+    Raises:
+        ValueError: a mask was given.
+    """
+    if attn_mask is not None or is_causal:
+        raise ValueError(
+            f"{mechanism} does not support attention masks or causal attention; "
+            "use attention='exact' for masked attention"
+        )
+    return x
+
+
+torch.fx.wrap("refuse_masks")
+
+
+def fp32_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on x's device, so the maths inside run in the dtype of
+    their inputs (float32 once cast). A no-op where autocast has no meaning: FX proxies (their
+    device is itself traced) and devices autocast does not know (meta)."""
+    if isinstance(x, torch.fx.Proxy) or x.device.type not in ("cpu", "cuda", "xpu", "mps", "hpu"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 class TimmAttention(nn.Module):
@@ -75,12 +120,10 @@ class TimmAttention(nn.Module):
         grid: Optional[Grid] = None,
     ) -> torch.Tensor:
         """x [B, N, dim] -> [B, N, dim_out]; `grid` is the (H, W) patch grid of x's patch tokens."""
-        masked = attn_mask is not None or is_causal
-        if masked and not self.supports_masks:
-            raise ValueError(
-                f"{type(self).__name__} does not support attention masks or causal attention; "
-                "use attention='exact' for masked attention"
-            )
+        if self.supports_masks:
+            masked = attn_mask is not None or is_causal
+        else:
+            x, masked = refuse_masks(x, attn_mask, is_causal, type(self).__name__), False
         B, N, _ = x.shape
         q, k, v = self.project_qkv(x)
         if masked:

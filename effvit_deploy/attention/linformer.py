@@ -20,6 +20,8 @@ Choices beyond the paper, so the module is a ViT drop-in:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,15 +33,27 @@ def pooling_projection(grid: tuple[int, int], proj_len: int) -> torch.Tensor:
     """[proj_len, Ht, Wt] area-pooling matrix from the patch grid to `proj_len` regions."""
     Ht, Wt = grid
     n = Ht * Wt
-    eye = torch.eye(n).reshape(n, 1, Ht, Wt)
+    eye = torch.eye(n, device="cpu").reshape(n, 1, Ht, Wt)
     pairs = [(a, proj_len // a) for a in range(1, proj_len + 1) if proj_len % a == 0]
     pairs = [(a, b) for a, b in pairs if a <= Ht and b <= Wt]
     if pairs:
-        ph, pw = min(pairs, key=lambda p: abs(torch.tensor(p[0] * Wt / (p[1] * Ht)).log()))
+        ph, pw = min(pairs, key=lambda p: abs(math.log(p[0] * Wt / (p[1] * Ht))))
         pooled = F.adaptive_avg_pool2d(eye, (ph, pw)).reshape(n, proj_len)
     else:
         pooled = F.adaptive_avg_pool1d(eye.reshape(n, 1, n), proj_len).reshape(n, proj_len)
     return pooled.t().reshape(proj_len, Ht, Wt).contiguous()
+
+
+def resample_projection(proj: torch.Tensor, grid: tuple) -> torch.Tensor:
+    """E [heads, proj_len, Ht, Wt] resampled to the (H, W) patch grid, [heads, proj_len, H, W]:
+    bilinear (as timm resamples position embeddings), scaled by (Ht * Wt) / (H * W) so each
+    projected row keeps its mass. The identity when (H, W) == (Ht, Wt). The forward at another
+    input size, `LinformerAttention.set_grid` and weight loading into another build size all use
+    this one function, so a resized model equals one built at the new size."""
+    Ht, Wt = proj.shape[-2:]
+    H, W = grid
+    resized = F.interpolate(proj, size=(H, W), mode="bilinear", align_corners=False)
+    return resized * ((Ht * Wt) / (H * W))
 
 
 class LinformerAttention(TimmAttention):
@@ -79,11 +93,24 @@ class LinformerAttention(TimmAttention):
             if p is not None and not p.is_meta:
                 p.copy_(pool.expand_as(p))
 
+    @torch.no_grad()
+    def set_grid(self, grid: tuple[int, int]) -> None:
+        """Store E at another patch grid (`resample_projection`), as `set_input_size` does for
+        position embeddings; the forward then needs no resampling at that grid."""
+        grid = (int(grid[0]), int(grid[1]))
+        if grid == self.train_grid:
+            return
+        if grid[0] * grid[1] < self.proj_len:
+            raise ValueError(f"a {grid[0]}x{grid[1]} patch grid has fewer tokens than proj_len={self.proj_len}")
+        for name in ("proj_k", "proj_v"):
+            p = getattr(self, name)
+            if p is not None:
+                setattr(self, name, nn.Parameter(resample_projection(p, grid), requires_grad=p.requires_grad))
+        self.train_grid = grid
+
     def _resampled(self, proj: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """[heads or 1, proj_len, H * W]: E resampled to the input grid, mass preserved."""
-        Ht, Wt = self.train_grid
-        resized = F.interpolate(proj, size=(H, W), mode="bilinear", align_corners=False)
-        return resized.flatten(2) * ((Ht * Wt) / (H * W))
+        return resample_projection(proj, (H, W)).flatten(2)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         H, W, P = self.patch_grid(q.shape[2], grid)

@@ -56,7 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import TimmAttention
+from .base import TimmAttention, fp32_region, size_min
+
+torch.fx.wrap("size_min")
 
 PINV_RIDGE_SCALE = 2.0
 PINV_ITERATIONS = 8
@@ -101,8 +103,8 @@ def block_means(patches: torch.Tensor, grid, landmarks: int) -> torch.Tensor:
     H, W = grid
     rows, columns = landmark_grid(landmarks)
     x = patches.unflatten(-2, (H, W))
-    x = segment_means(x, torch.sym_min(columns, W), dim=-2)
-    x = segment_means(x, torch.sym_min(rows, H), dim=-3)
+    x = segment_means(x, size_min(columns, W), dim=-2)
+    x = segment_means(x, size_min(rows, H), dim=-3)
     return x.flatten(-3, -2)
 
 
@@ -171,7 +173,7 @@ class NystromAttention(TimmAttention):
         """[..., prefix + m', d]: the prefix tokens, then the patch block means (segment means of
         the sequence when the patch grid is unknown)."""
         if grid is None:
-            return segment_means(x, torch.sym_min(self.landmarks, x.shape[-2]))
+            return segment_means(x, size_min(self.landmarks, x.shape[-2]))
         return torch.cat([x[..., :prefix, :], block_means(x[..., prefix:, :], grid, self.landmarks)], dim=-2)
 
     def _nystrom(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid, prefix) -> torch.Tensor:
@@ -187,13 +189,13 @@ class NystromAttention(TimmAttention):
         out_dtype = v.dtype
         n = q.shape[-2]
         prefix = 0 if grid is None else self.patch_grid(n, grid)[2]
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        with fp32_region(q):
             q32, k32, v32 = q.float() * self.scale, k.float(), v.float()
             out = self._nystrom(q32, k32, v32, grid, prefix)
             # With every token a landmark the limit is exact attention: computed on the first
             # `landmarks + prefix` tokens (all of them then; a few landmarks^2 * d otherwise) and
             # selected by a tensor test, so eager and exported graphs take the same path.
-            head = torch.sym_min(n, self.landmarks + prefix)
+            head = size_min(n, self.landmarks + prefix)
             exact = self.attn_drop(torch.softmax(torch.matmul(q32[..., :head, :], k32[..., :head, :].transpose(-1, -2)), dim=-1))
             exact = F.pad(torch.matmul(exact, v32[..., :head, :]), (0, 0, 0, n - head))
             covered = torch.arange(n, device=q.device)[-1] < self.landmarks + prefix

@@ -29,18 +29,18 @@ import math
 import torch
 from torch import nn
 
-from .base import TimmAttention
+from .base import TimmAttention, fp32_region
 
 
 def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator) -> torch.Tensor:
     """[num_features, dim] blocks of orthogonal rows, each row scaled to a chi(dim) norm (paper §4)."""
     blocks = []
     for _ in range(math.ceil(num_features / dim)):
-        gaussian = torch.randn(dim, dim, generator=generator)
+        gaussian = torch.randn(dim, dim, generator=generator, device="cpu")
         q, _ = torch.linalg.qr(gaussian)
         blocks.append(q.t())
     rows = torch.cat(blocks)[:num_features]
-    norms = torch.randn(num_features, dim, generator=generator).norm(dim=1, keepdim=True)
+    norms = torch.randn(num_features, dim, generator=generator, device="cpu").norm(dim=1, keepdim=True)
     return rows * norms
 
 
@@ -63,8 +63,15 @@ class PerformerAttention(TimmAttention):
         self.num_features = num_features
         self.redraw_interval = redraw_interval
         self.feature_seed = feature_seed
-        features = orthogonal_gaussian(num_features, self.head_dim, self._generator(0))
-        self.register_buffer("features", features.to(device=kwargs.get("device")))
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        self.register_buffer("features", torch.empty(num_features, self.head_dim, **dd))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """(Re)draw the features of step 0: timm's `init_weights` calls this, so a model built on
+        the meta device and materialised with `to_empty` gets real features, not garbage."""
+        if not self.features.is_meta:
+            self.redraw(0)
 
     def _generator(self, step: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.feature_seed * 1_000_003 + step)
@@ -80,7 +87,7 @@ class PerformerAttention(TimmAttention):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         out_dtype = v.dtype
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        with fp32_region(q):
             q, k, v = q.float(), k.float(), v.float()
             key_logits = self._projection(k) - (k * k).sum(-1, keepdim=True) * (self.head_dim**-0.5 / 2)
             phi_k = torch.exp(key_logits - key_logits.amax(dim=(-1, -2), keepdim=True).detach())
