@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -94,8 +95,15 @@ def load_model_card(run_dir: Union[str, Path]) -> ModelCard:
 
 
 def save_weights(model: nn.Module, path: Union[str, Path]) -> None:
-    """safetensors weights, written atomically (shared tensors are cloned, as safetensors needs)."""
+    """safetensors weights, written atomically (shared tensors are cloned, as safetensors needs).
+
+    Raises ValueError, writing nothing, when a floating-point tensor holds NaN or inf: such weights
+    never replace a checkpoint.
+    """
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"refusing to write {path}: {len(bad)} tensor(s) hold NaN or inf (first: {bad[0]})")
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
 

@@ -211,7 +211,7 @@ class _Exporter:
             images = reference.val_images if reference.val_images is not None else self.calibration()
             reference = image_reference(self.model, images, list(reference.inputs))
         return {"parity": check_parity(predict, reference, precision, label),
-                "accuracy": check_accuracy(predict, self.reference)}
+                "accuracy": check_accuracy(predict, self.reference, precision, label)}
 
     def record(self, fmt: str, precision: str, final: Path, tmp: Path, extra: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -1,0 +1,175 @@
+"""Integrity: a non-finite number never passes as a result, a stale or unfinished artifact never
+serves silently, and nothing a failed stage started is left behind."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_run, tiny_model
+from effvit_deploy.cli import train as train_cli
+from effvit_deploy.export.verify import ParityError, Reference, check_accuracy, check_parity
+from effvit_deploy.runs import save_weights
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = str(REPO / "train" / "digits.yaml")
+FAST = ["model_kwargs.depth=2", "sched.warmup_epochs=0", "log_interval=1000"]
+
+
+# -- finite or fail: training ---------------------------------------------------------------------
+
+def test_nan_loss_stops_training_with_one_line_and_keeps_the_previous_best(tmp_path, monkeypatch, capsys):
+    """Epoch 1 trains; epoch 2's loss turns NaN: exit 1, one line naming lr and clip_grad, and
+    best/last weights and the resumable state are byte-for-byte those of epoch 1."""
+    from effvit_deploy.train import run as run_module
+
+    real = run_module.train_one_epoch
+    seen: dict[str, bytes] = {}
+    ckpt = tmp_path / "digits-exact" / "checkpoints"
+
+    def poisoned_second_epoch(trainer, batches, num_batches, progress):
+        if (ckpt / "best.safetensors").is_file():  # epoch 1 is complete: remember it, then diverge
+            seen.update({p.name: p.read_bytes() for p in ckpt.iterdir()})
+            trainer.loss_fn = lambda logits, target: logits.sum() * float("nan")
+        return real(trainer, batches, num_batches, progress)
+
+    monkeypatch.setattr(run_module, "train_one_epoch", poisoned_second_epoch)
+    code = train_cli.main(["--config", RECIPE, "--attention", "exact", "--out", str(tmp_path), "epochs=2", *FAST])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("effvit-train")]
+    assert code == 1, err
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "loss became nan" in lines[0] and "optim.lr" in lines[0] and "clip_grad" in lines[0], lines[0]
+    assert "epoch 2/2" in lines[0] and "kept unchanged" in lines[0]
+    assert seen and {p.name: p.read_bytes() for p in ckpt.iterdir()} == seen
+    assert not (tmp_path / "digits-exact" / "summary.json").exists()
+
+
+def test_divergence_in_the_first_epoch_leaves_no_half_run(tmp_path, capsys):
+    code = train_cli.main(["--config", RECIPE, "--attention", "exact", "--out", str(tmp_path), "epochs=1",
+                           "optim.lr=1e4", "clip_grad=null", *FAST])
+    err = capsys.readouterr().err
+    assert code == 1 and "training diverged" in err and "clip_grad (now off)" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_memory_is_one_line_naming_batch_size_and_leaves_no_half_run(tmp_path, monkeypatch, capsys):
+    from effvit_deploy.train import run as run_module
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(run_module, "train_one_epoch", oom)
+    code = train_cli.main(["--config", RECIPE, "--attention", "exact", "--out", str(tmp_path), "epochs=1", *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "out of memory" in err and "batch_size=" in err and "img_size" in err and "Tried to allocate" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    model = tiny_model("exact")
+    target = tmp_path / "best.safetensors"
+    save_weights(model, target)
+    before = target.read_bytes()
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        save_weights(model, target)
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
+
+
+# -- finite or fail: export verification ----------------------------------------------------------
+
+def _reference(with_images: bool = True) -> Reference:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ref = Reference({(32, 32): x}, {(32, 32): rng.standard_normal((2, 5)).astype(np.float32)})
+    if with_images:
+        ref.val_images = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
+        ref.val_labels = np.arange(6) % 5
+        ref.val_logits = rng.standard_normal((6, 5)).astype(np.float32)
+    return ref
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_non_finite_logits_fail_parity(bad, precision):
+    ref = _reference()
+
+    def predict(x):
+        out = ref.logits[(32, 32)].copy()
+        out[1, 2] = bad
+        return out
+
+    with pytest.raises(ParityError, match="NaN|inf"):
+        check_parity(predict, ref, precision, "ONNX test")
+
+
+def test_all_nan_logits_fail_parity_although_nan_exceeds_no_tolerance():
+    ref = _reference()
+    with pytest.raises(ParityError, match="NaN in 2 of 2 rows"):
+        check_parity(lambda x: np.full((len(x), 5), np.nan, np.float32), ref, "fp32", "ONNX test")
+
+
+def test_non_finite_reference_fails_and_blames_the_weights():
+    ref = _reference()
+    ref.logits[(32, 32)][0, 0] = np.nan
+    with pytest.raises(ParityError, match="PyTorch fp32 logits .* diverged"):
+        check_parity(lambda x: np.zeros((len(x), 5), np.float32), ref, "fp32", "ONNX test")
+
+
+def test_non_finite_logits_on_validation_images_fail_accuracy():
+    ref = _reference()
+
+    def predict(x):
+        out = np.zeros((len(x), 5), np.float32)
+        out[-1, 0] = np.nan
+        return out
+
+    with pytest.raises(ParityError, match="validation images"):
+        check_accuracy(predict, ref, "int8", "ONNX test")
+
+
+def test_fp16_parity_is_also_gated_on_validation_images():
+    """Noise parity passes, but the validation images' logits are 5% off: fp16 fails, int8 records it."""
+    ref = _reference()
+    off = lambda x: ref.val_logits[: len(x)] * 1.05 if len(x) == 6 else ref.logits[(32, 32)]  # noqa: E731
+    check_parity(off, ref, "fp16", "ONNX test")
+    with pytest.raises(ParityError, match="6 validation images"):
+        check_accuracy(lambda x: ref.val_logits * 1.05, ref, "fp16", "ONNX test")
+    figures = check_accuracy(lambda x: ref.val_logits * 1.05, ref, "int8", "ONNX test")
+    assert figures["image_parity"]["rel"] == pytest.approx(0.05, rel=1e-3) and not figures["image_parity"]["gated"]
+
+
+def test_export_of_a_run_with_nan_weights_writes_nothing_and_exits_1(tmp_path, capsys):
+    from effvit_deploy.cli import export as export_cli
+    from safetensors.torch import load_file, save_file
+
+    run = make_tiny_run(tmp_path / "nan-run", "exact")
+    weights = run / "checkpoints" / "best.safetensors"
+    state = load_file(str(weights))
+    state["head.weight"] = torch.full_like(state["head.weight"], float("nan"))
+    save_file(state, str(weights))
+    code = export_cli.main([str(run), "--eval-limit", "0", "--max-res", "128"])
+    err = capsys.readouterr().err
+    assert code == 1 and "NaN" in err and "Traceback" not in err, err
+    assert not list((run / "export").glob("*.onnx")) and not (run / "export" / "manifest.json").exists()
+
+
+def test_bench_accuracy_of_nan_logits_is_none_not_the_training_figure(tmp_path):
+    from effvit_deploy.backends import Runner
+    from effvit_deploy.bench.accuracy import artifact_accuracy
+    from effvit_deploy.runs import load_model_card
+
+    run = make_tiny_run(tmp_path / "run", "exact", top1=0.9)
+    card = load_model_card(run)
+    nan = Runner("onnxruntime", "fp16", "cpu", card, prepare=lambda x: x,
+                 run=lambda x: np.full((len(x), card.num_classes), np.nan, np.float32),
+                 to_numpy=lambda x: x, synchronize=lambda: None)
+    row = artifact_accuracy(run, card, lambda: nan, True, limit=8)
+    assert row["top1"] is None and "NaN" in row["top1_source"]
+    assert json.loads((run / "summary.json").read_text())["top1"] == 0.9
