@@ -173,3 +173,83 @@ def test_bench_accuracy_of_nan_logits_is_none_not_the_training_figure(tmp_path):
     row = artifact_accuracy(run, card, lambda: nan, True, limit=8)
     assert row["top1"] is None and "NaN" in row["top1_source"]
     assert json.loads((run / "summary.json").read_text())["top1"] == 0.9
+
+
+# -- fp16 keeps the attention maths in fp32 -------------------------------------------------------
+
+def _large_activation_run(root: Path, attention: str, scale: float = 8.0) -> Path:
+    """A tiny run whose q and k rows are scaled by `scale` (trained models reach such norms)."""
+    from effvit_deploy.runs import load_run
+
+    run = make_tiny_run(root / f"large-{attention}", attention)
+    model, _ = load_run(run)
+    with torch.no_grad():
+        for block in model.blocks:
+            dim = block.attn.qkv.in_features
+            block.attn.qkv.weight[: 2 * dim] *= scale
+            block.attn.qkv.bias[: 2 * dim] *= scale
+    save_weights(model, run / "checkpoints" / "best.safetensors")
+    return run
+
+
+@pytest.mark.parametrize("attention", ["performer", "nystrom"])
+def test_fp16_export_keeps_attention_in_fp32_and_matches_on_real_images(attention, tmp_path):
+    """q/k scaled by 8: the fp16 graph marks every attention-math node, keeps them fp32 with no
+    fp16 round trip between them, and matches fp32 on 64 digits validation images within the
+    fp16 tolerance (rel 1e-2). For Performer the control, the same graph converted without the
+    marks (what 0.3.0 did after onnxslim), is outside that tolerance on the same images."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from effvit_deploy.export import export_run
+    from effvit_deploy.export.precision import ATTENTION_MARK, FP32_OPS
+    from effvit_deploy.export.run import ort_predict
+    from effvit_deploy.export.verify import TOLERANCES
+
+    run = _large_activation_run(tmp_path, attention)
+    manifest = export_run(run, precisions=["fp32", "fp16"], eval_limit=64, max_res=128)
+    fp32, fp16 = manifest["artifacts"]
+    assert fp32["attention_nodes_marked"] > 0 and fp16["fp32_attention_nodes"] == fp32["attention_nodes_marked"]
+    image = fp16["accuracy"]["image_parity"]
+    assert image["gated"] and image["rel"] <= TOLERANCES["fp16"]["rel"], image
+
+    half = onnx.load(str(run / "export" / fp16["path"]))
+    kept = [n for n in half.graph.node if any(p.key == ATTENTION_MARK for p in n.metadata_props)]
+    assert len(kept) == fp16["fp32_attention_nodes"]
+    producer = {o: n for n in half.graph.node for o in n.output}
+    for node in kept:  # no marked node reads a value that was rounded to fp16 by a marked producer
+        for name in node.input:
+            cast = producer.get(name)
+            if cast is not None and cast.op_type == "Cast" and cast.input and cast.input[0] in producer:
+                assert not cast.name.endswith("_cast_to_fp16_node"), node.name
+
+    if attention == "performer":
+        from effvit_deploy.export.verify import load_validation, _torch_logits
+        from effvit_deploy.runs import load_run
+
+        model, card = load_run(run)
+        images, _ = load_validation(card, 64, card.img_size)
+        reference = _torch_logits(model, images)
+        unmarked = convert_float_to_float16(onnx.load(str(run / "export" / fp32["path"])), keep_io_types=True,
+                                            op_block_list=FP32_OPS)
+        onnx.save(unmarked, str(tmp_path / "unmarked.onnx"))
+        got = ort_predict(tmp_path / "unmarked.onnx")(images)
+        rel = np.abs(got - reference).max() / np.abs(reference).max()
+        assert rel > TOLERANCES["fp16"]["rel"], rel
+
+
+def test_fp16_of_a_graph_without_marks_fails_loudly(tmp_path):
+    import onnx
+
+    from effvit_deploy.export.onnx import export_onnx
+    from effvit_deploy.export.precision import Fp16Unsafe, convert_fp16
+
+    path = export_onnx(tiny_model("performer").eval(), tmp_path / "model.onnx", sample_size=(64, 64), max_res=128)
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        del node.metadata_props[:]  # what onnxslim leaves, and every 0.3.0 model.onnx
+    onnx.save(proto, str(path))
+    with pytest.raises(Fp16Unsafe, match="--force"):
+        convert_fp16(path, tmp_path / "model.fp16.onnx", "performer")
+    assert not (tmp_path / "model.fp16.onnx").exists()
+    assert convert_fp16(path, tmp_path / "model.fp16.onnx", "exact") == 0  # exact needs no marks

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import yaml
 
 from ..export import ExportUnavailable, ParityError, TensorRTIncompatible, check_tensorrt_compat, export_run
+from ..export.precision import Fp16Unsafe
 from ..export.run import FORMATS
 from .errors import EXIT_RUNTIME, Parser, exit_code, one_line, run_cli
 
@@ -134,7 +135,7 @@ def _export(target: Path, opts: dict[str, Any]) -> int:
     run so the other runs still export."""
     try:
         print_table(export_run(target, **opts))
-    except (ParityError, TensorRTIncompatible) as exc:
+    except (ParityError, TensorRTIncompatible, Fp16Unsafe) as exc:
         print(f"effvit-export: error: {target}: {one_line(exc)}", file=sys.stderr)
         return EXIT_RUNTIME
     except ExportUnavailable:

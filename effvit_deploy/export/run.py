@@ -39,7 +39,7 @@ from ..backends.tensorrt import load_engine_runner
 from ..backends.torch_tensorrt import load_torch_tensorrt_runner
 from ..runs import ModelCard, load_model_card, load_run, run_name, weights_path
 from .onnx import DEFAULT_OPSET, export_onnx, graph_info, make_tensorrt_friendly, slim_onnx
-from .precision import convert_fp16, quantize_int8, quantize_static_int8
+from .precision import attention_scopes, convert_fp16, mark_attention_math, quantize_int8, quantize_static_int8
 from .trt_compat import check_tensorrt_compat, require_tensorrt_compat
 from .verify import Reference, build_reference, check_accuracy, check_parity, image_reference, parity_resolutions
 
@@ -52,6 +52,9 @@ ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.in
               "int8-static": "model.int8-static.onnx"}
 _TOOLS = ("torch", "timm", "onnx", "onnxscript", "onnxruntime", "onnxslim", "openvino")
 CALIBRATION_IMAGES = 64
+# Bumped when the graphs' contents change for the same options (2: attention-math nodes marked
+# for fp16), so artifacts of an older effvit-deploy are rebuilt, not reused.
+ARTIFACT_LAYOUT = 2
 
 
 class ExportUnavailable(BackendUnavailable):
@@ -178,7 +181,7 @@ class _Exporter:
     def source(self, fmt: str, precision: str) -> dict[str, Any]:
         """What an artifact depends on; a GPU artifact also on the GPU and its TensorRT build."""
         source = {"weights_sha256": self.weights_sha256, "format": fmt, "precision": precision,
-                  "inputs": self.inputs, "opset": self.opset, "verified": self.verify}
+                  "inputs": self.inputs, "opset": self.opset, "verified": self.verify, "layout": ARTIFACT_LAYOUT}
         if precision == "int8-static":
             source["calibration_images"] = self.calibration_images
         if fmt == "openvino":
@@ -255,11 +258,13 @@ class _Exporter:
                 export_onnx(self.model, tmp, sample_size=(h[0], h[0]), max_batch=self.inputs["batch"][2],
                             max_res=h[2], opset=self.opset)
                 extra["rewrites"] = make_tensorrt_friendly(tmp, h[0], self.card.img_size)
+                scopes = attention_scopes(tmp)  # before onnxslim, which drops the exporter's name scopes
                 extra.update(self._slim_if_exact(tmp, label))
+                extra["attention_nodes_marked"] = mark_attention_math(tmp, scopes)
             else:
                 src = self.export_dir / ONNX_NAMES["fp32"]
                 if precision == "fp16":
-                    convert_fp16(src, tmp, self.card.attention)
+                    extra["fp32_attention_nodes"] = convert_fp16(src, tmp, self.card.attention)
                     extra["io_dtype"] = "float32"
                 elif precision == "int8-static":
                     extra["quantization"] = quantize_static_int8(src, tmp, self.calibration(), INPUT_NAME)
