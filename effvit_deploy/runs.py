@@ -130,6 +130,40 @@ def load_run(run_dir: Union[str, Path], which: str = "best") -> tuple[nn.Module,
     return model.eval(), card
 
 
+def run_state(run_dir: Union[str, Path]) -> dict[str, Any]:
+    """Whether training finished: {"complete", "epochs_done", "epochs"}.
+
+    A run is unfinished when training started it (metrics.jsonl or a resumable state exists) but
+    never wrote summary.json: its best weights are those of an epoch before the planned last one.
+    Runs written without training (`write_run`) count as complete.
+    """
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    done = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.is_file() else None
+    epochs = None
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        try:
+            epochs = (yaml.safe_load(config.read_text()) or {}).get("epochs")
+        except (yaml.YAMLError, AttributeError):
+            epochs = None
+    started = metrics.is_file() or (run_dir / "checkpoints" / "last_state.pt").is_file()
+    return {"complete": (run_dir / SUMMARY).is_file() or not started, "epochs_done": done, "epochs": epochs}
+
+
+def unfinished_note(run_dir: Union[str, Path]) -> Optional[str]:
+    """One line warning that `run_dir` is an unfinished training run, or None when it is complete."""
+    state = run_state(run_dir)
+    if state["complete"]:
+        return None
+    done = state["epochs_done"] or 0
+    of = f" of {state['epochs']}" if state["epochs"] else ""
+    return (f"{run_dir} is an unfinished training run ({done}{of} epochs done, no summary.json): its weights are "
+            "from an epoch before the planned last one; finish it with `effvit-train ... --resume`")
+
+
 def load_summary(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
     path = Path(run_dir) / SUMMARY
     return json.loads(path.read_text()) if path.is_file() else None

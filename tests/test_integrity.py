@@ -253,3 +253,116 @@ def test_fp16_of_a_graph_without_marks_fails_loudly(tmp_path):
         convert_fp16(path, tmp_path / "model.fp16.onnx", "performer")
     assert not (tmp_path / "model.fp16.onnx").exists()
     assert convert_fp16(path, tmp_path / "model.fp16.onnx", "exact") == 0  # exact needs no marks
+
+
+# -- artifacts bound to their weights and run state -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """A tiny exact run with a verified fp32 ONNX graph (no validation pass: seconds)."""
+    from effvit_deploy.export import export_run
+
+    run = make_tiny_run(tmp_path_factory.mktemp("exported") / "run", "exact")
+    export_run(run, eval_limit=0, max_res=128)
+    return run
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _retrain(run: Path) -> None:
+    """Replace the run's weights by another same-shape model's (what a second training run does)."""
+    model = tiny_model("exact")
+    with torch.no_grad():
+        model.head.weight.mul_(3.0)
+    save_weights(model, run / "checkpoints" / "best.safetensors")
+
+
+def test_manifest_records_weights_hash_run_state_and_artifact_hashes(exported):
+    from effvit_deploy.backends import file_sha256
+
+    manifest = json.loads((exported / "export" / "manifest.json").read_text())
+    assert manifest["weights_sha256"] == file_sha256(exported / "checkpoints" / "best.safetensors")
+    assert manifest["run_state"]["complete"] is True
+    entry = manifest["artifacts"][0]
+    assert entry["sha256"] == file_sha256(exported / "export" / entry["path"])
+
+
+def test_a_stale_artifact_is_refused_by_bench_before_any_work(exported, tmp_path, capsys):
+    from effvit_deploy.cli import bench
+
+    run = _copy_run(exported, tmp_path / "run")
+    _retrain(run)
+    out = tmp_path / "bench"
+    code = bench.main([str(run), "--backends", "torch,onnxruntime", "--resolutions", "64", "--repeats", "3",
+                       "--warmup", "0", "--no-bound", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "stale" in err and "model.onnx" in err, err
+    assert "--force" in err and not out.exists()
+
+
+def test_a_stale_artifact_is_refused_by_the_demo(exported, tmp_path, caplog):
+    from effvit_deploy.backends import ArtifactError
+    from effvit_deploy.cli import demo
+    from effvit_deploy.demo.predict import load_variant
+
+    run = _copy_run(exported, tmp_path / "run")
+    assert "onnxruntime" in load_variant(run, "auto").runners  # fresh: served
+    _retrain(run)
+    with caplog.at_level("WARNING"):
+        variant = load_variant(run, "auto")
+    assert list(variant.runners) == ["torch"] and "stale" in caplog.text  # auto falls back, saying why
+    with pytest.raises(ArtifactError, match="stale"):
+        load_variant(run, "onnxruntime")
+    assert demo.main([str(run), "--backend", "onnxruntime", "--port", "7999"]) == 2
+
+
+def test_a_modified_artifact_is_refused(exported, tmp_path):
+    from effvit_deploy.backends import ArtifactError, find_artifact
+
+    run = _copy_run(exported, tmp_path / "run")
+    graph = run / "export" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match="not the file effvit-export wrote"):
+        find_artifact(run, "onnx", "fp32")
+
+
+@pytest.mark.parametrize("path", ["../../../../etc/passwd", "/etc/passwd", "sub/../../model.json", "", 7])
+def test_artifact_paths_are_confined_to_the_export_folder(exported, tmp_path, path):
+    from effvit_deploy.backends import ArtifactError, find_artifact
+
+    run = _copy_run(exported, tmp_path / "run")
+    manifest_file = run / "export" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["artifacts"][0]["path"] = path
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="leaves the export folder"):
+        find_artifact(run, "onnx", "fp32")
+
+
+def test_a_symlink_out_of_the_export_folder_is_refused(exported, tmp_path):
+    from effvit_deploy.backends import ArtifactError, find_artifact
+
+    run = _copy_run(exported, tmp_path / "run")
+    outside = tmp_path / "elsewhere.onnx"
+    (run / "export" / "model.onnx").rename(outside)
+    (run / "export" / "model.onnx").symlink_to(outside)
+    with pytest.raises(ArtifactError, match="links outside"):
+        find_artifact(run, "onnx", "fp32")
+
+
+def test_an_unfinished_run_exports_with_a_warning_and_records_it(tmp_path, caplog):
+    from effvit_deploy.export import export_run
+
+    run = make_tiny_run(tmp_path / "run", "exact")
+    (run / "summary.json").unlink()
+    (run / "config.yaml").write_text("epochs: 6\n")
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}\n')
+    with caplog.at_level("WARNING"):
+        manifest = export_run(run, eval_limit=0, max_res=128, verify=False)
+    assert "unfinished training run (3 of 6 epochs" in caplog.text
+    assert manifest["run_state"] == {"complete": False, "epochs_done": 3, "epochs": 6}

@@ -162,8 +162,32 @@ def _report_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _check_artifacts(run_dirs: list[Path], backends: str, precisions: list[str]) -> None:
+    """Refuse (ArtifactError, exit 2) a damaged manifest or a stale, modified or escaping artifact
+    the sweep would time, and warn about unfinished runs, before anything is measured."""
+    import logging
+
+    from ..backends import MANIFEST, find_artifact, get_backend, load_manifest
+    from ..bench.matrix import resolve_backends
+    from ..runs import unfinished_note
+
+    formats = {get_backend(b).artifact for b in resolve_backends(backends)[0]} - {None}
+    for run_dir in run_dirs:
+        note = unfinished_note(run_dir)
+        if note:
+            logging.getLogger("effvit_deploy.bench").warning("%s; benchmarking it as it is", note)
+        if not (run_dir / "export" / MANIFEST).is_file():
+            continue
+        load_manifest(run_dir)
+        for fmt in sorted(formats):
+            for precision in precisions:
+                try:
+                    find_artifact(run_dir, fmt, precision)
+                except FileNotFoundError:
+                    continue  # reported in its row as not exported
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..backends import MANIFEST, load_manifest
     from ..bench import layer_subject, run_benchmark, shape_runs, write_report
     from ..bench.matrix import artifact_formats, resolve_backends
     from ..bench.results import RESULTS_JSONL, load_results
@@ -189,9 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if not_runs:
         raise FileNotFoundError(f"not training run directories (no model.json): {', '.join(not_runs)}; "
                                 "make them with effvit-train, or benchmark untrained variants with --model")
-    for run_dir in args.run_dirs:  # a damaged manifest stops the sweep before it writes anything
-        if (run_dir / "export" / MANIFEST).is_file():
-            load_manifest(run_dir)
+    _check_artifacts(args.run_dirs, args.backends, args.precision)  # before the sweep writes anything
     if not run_dirs and not layers:
         raise ValueError("nothing to benchmark: give RUN_DIR(s), --model NAME, or --layer-only")
     before = len(load_results(args.out / RESULTS_JSONL)) if (args.out / RESULTS_JSONL).is_file() else 0

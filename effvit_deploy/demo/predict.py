@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..backends import BackendUnavailable, Runner, find_artifact, get_backend, load_runner
+from ..backends import ArtifactError, BackendUnavailable, Runner, find_artifact, get_backend, load_runner
 from ..flops import count_flops
-from ..runs import ModelCard, load_run, load_summary, run_name
+from ..runs import ModelCard, load_run, load_summary, run_name, unfinished_note
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,9 @@ def servable_backends(run_dir: Union[str, Path], precision: str = "fp32") -> lis
                 find_artifact(run_dir, record.artifact, precision)
             except FileNotFoundError:
                 continue
+            except ArtifactError as err:  # stale, modified or escaping: never served, said once
+                log.warning("%s: not serving %s: %s", run_dir, backend, err)
+                continue
         usable.append(backend)
     return usable
 
@@ -177,13 +180,17 @@ def servable_backends(run_dir: Union[str, Path], precision: str = "fp32") -> lis
 def load_variant(run_dir: Union[str, Path], backend: str = AUTO, precision: str = "fp32") -> Variant:
     """Load one run for `backend` ("auto": every servable backend) and warm each runner up once.
 
-    An explicit backend that cannot serve this run raises with the reason. "auto" loads what it
-    can: a backend whose artifact does not load or run (a truncated model.onnx, an engine for
+    An explicit backend that cannot serve this run raises with the reason (ArtifactError for a
+    stale, modified or escaping artifact: `backends.check_artifact`). "auto" loads what it can,
+    never a stale artifact: a backend whose artifact does not load or run (a truncated model.onnx, an engine for
     another GPU) is skipped with a warning and the next one in AUTO_ORDER serves, down to PyTorch
     (at fp32 when the run's weights have no `precision` runner).
     """
     run_dir = Path(run_dir)
     model, card = load_run(run_dir)
+    note = unfinished_note(run_dir)
+    if note:
+        log.warning("%s", note)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     if backend == AUTO:
         wanted = [(name, precision) for name in servable_backends(run_dir, precision)]
@@ -200,6 +207,8 @@ def load_variant(run_dir: Union[str, Path], backend: str = AUTO, precision: str 
             runner = load_runner(run_dir, name, prec)
             runner(warmup)
         except Exception as err:  # noqa: BLE001 - any unreadable artifact: fall back to the next backend
+            if backend != AUTO and name == backend and isinstance(err, ArtifactError):
+                raise
             if backend != AUTO and name == backend:
                 raise BackendUnavailable(f"{run_dir}: backend {name} cannot serve this run: {err}") from None
             log.warning("%s: skipping backend %s: %s", run_dir, name, str(err).splitlines()[0] if str(err) else type(err).__name__)

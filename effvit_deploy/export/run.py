@@ -32,12 +32,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from ..atomic import atomic_path, remove_stale_temps, write_json
-from ..backends import MANIFEST, BackendUnavailable, ThreadPolicy, backend_status, ort_session
+from ..backends import (MANIFEST, ArtifactError, BackendUnavailable, ThreadPolicy, backend_status, check_artifact, file_sha256,
+                        ort_session)
 from ..backends.onnxruntime import INPUT_NAME
 from ..backends.openvino import compiled_runner
 from ..backends.tensorrt import load_engine_runner
 from ..backends.torch_tensorrt import load_torch_tensorrt_runner
-from ..runs import ModelCard, load_model_card, load_run, run_name, weights_path
+from ..runs import ModelCard, load_model_card, load_run, run_name, run_state, unfinished_note, weights_path
 from .onnx import DEFAULT_OPSET, export_onnx, graph_info, make_tensorrt_friendly, slim_onnx
 from .precision import attention_scopes, convert_fp16, mark_attention_math, quantize_int8, quantize_static_int8
 from .trt_compat import check_tensorrt_compat, require_tensorrt_compat
@@ -70,14 +71,6 @@ def tool_versions(*extra: str) -> dict[str, Optional[str]]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def sha256(path: Union[str, Path]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ort_predict(path: Union[str, Path]) -> Callable[[np.ndarray], np.ndarray]:
@@ -158,7 +151,7 @@ class _Exporter:
         self.force = force
         self.eval_limit = eval_limit
         self.calibration_images = calibration_images
-        self.weights_sha256 = sha256(weights_path(run_dir))
+        self.weights_sha256 = file_sha256(weights_path(run_dir))
         self._reference: Optional[Reference] = None
         self.entries: dict[tuple[str, str], dict[str, Any]] = {}
         self.reused: set[tuple[str, str]] = set()
@@ -194,17 +187,22 @@ class _Exporter:
         return source
 
     def reusable(self, fmt: str, precision: str) -> Optional[dict[str, Any]]:
+        """The previous entry when its source (weights, options) is unchanged and its files are
+        those export wrote (`check_artifact`); otherwise None and the artifact is rebuilt."""
         entry = self.entries.get((fmt, precision))
         if self.force or entry is None or entry.get("source") != self.source(fmt, precision):
             return None
-        path = self.export_dir / entry["path"]
-        if not path.is_file() or sha256(path) != entry["sha256"]:
-            return None
-        weights = entry.get("weights_file")
-        if weights and (not (self.export_dir / weights["path"]).is_file()
-                        or sha256(self.export_dir / weights["path"]) != weights["sha256"]):
+        try:
+            check_artifact(self.run_dir, entry, self.previous)
+        except (ArtifactError, FileNotFoundError) as exc:
+            log.warning("rebuilding %s %s: %s", fmt, precision, exc)
             return None
         return entry
+
+    def stale(self) -> list[str]:
+        """Entries of the manifest not built from the current weights (kept, refused by bench and demo)."""
+        return [f"{e['format']}/{e['precision']}" for e in self.entries.values()
+                if (e.get("source") or {}).get("weights_sha256") != self.weights_sha256]
 
     def verify_artifact(self, predict, precision: str, label: str) -> dict[str, Any]:
         if not self.verify:
@@ -221,7 +219,7 @@ class _Exporter:
             "format": fmt,
             "precision": precision,
             "path": final.relative_to(self.export_dir).as_posix(),
-            "sha256": sha256(tmp),
+            "sha256": file_sha256(tmp),
             "bytes": tmp.stat().st_size,
             "inputs": self.inputs,
             **extra,
@@ -322,7 +320,7 @@ class _Exporter:
             extra = {**self.verify_artifact(runner, precision, label), "onnx": onnx_entry["path"],
                      "tool_versions": tool_versions()}
             del runner
-            bin_sha, bin_bytes = sha256(xml.with_suffix(".bin")), xml.with_suffix(".bin").stat().st_size
+            bin_sha, bin_bytes = file_sha256(xml.with_suffix(".bin")), xml.with_suffix(".bin").stat().st_size
             with atomic_path(final_bin) as tmp_bin:
                 os.replace(xml.with_suffix(".bin"), tmp_bin)
             extra["weights_file"] = {"path": final_bin.name, "sha256": bin_sha, "bytes": bin_bytes}
@@ -379,6 +377,7 @@ class _Exporter:
             "img_size": card.img_size,
             "patch_size": card.patch_size,
             "weights_sha256": self.weights_sha256,
+            "run_state": run_state(self.run_dir),
             "torch_val_top1": ref.val_top1 if ref is not None else self.previous.get("torch_val_top1"),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tool_versions": tool_versions(),
@@ -420,6 +419,9 @@ def export_run(
     _check_available({fmt for fmt, _ in plan})
     inputs = _resolve_profile(load_model_card(run_dir), min_res, opt_res, max_res, max_batch)
     exporter = _Exporter(run_dir, inputs, opset, verify, force, eval_limit)
+    note = unfinished_note(run_dir)
+    if note:
+        log.warning("%s; exporting it anyway (recorded as run_state in the manifest)", note)
     for stale in remove_stale_temps(exporter.export_dir):
         log.warning("removed %s, left by a killed export", stale)
     for fmt, precision in plan:
@@ -428,5 +430,9 @@ def export_run(
             continue
         exporter.build(fmt, precision)
     manifest = exporter.write_manifest()
+    stale = exporter.stale()
+    if stale:
+        log.warning("%s: %s were exported from earlier weights and will be refused by bench and demo: rebuild them "
+                    "with --formats/--precision", run_dir, ", ".join(stale))
     manifest["reused"] = [f"{fmt}/{precision}" for fmt, precision in sorted(exporter.reused)]
     return manifest
