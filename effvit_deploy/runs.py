@@ -45,6 +45,8 @@ class ModelCard:
     crop_pct: float = 0.875
     patch_size: int = 16
     data: dict[str, Any] = field(default_factory=dict)
+    # What training actually used: classes, train/val image files, class folders left out.
+    data_counts: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_model(cls, model: nn.Module, **fields: Any) -> "ModelCard":

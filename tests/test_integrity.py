@@ -366,3 +366,81 @@ def test_an_unfinished_run_exports_with_a_warning_and_records_it(tmp_path, caplo
         manifest = export_run(run, eval_limit=0, max_res=128, verify=False)
     assert "unfinished training run (3 of 6 epochs" in caplog.text
     assert manifest["run_state"] == {"complete": False, "epochs_done": 3, "epochs": 6}
+
+
+# -- the data set is what the run says -------------------------------------------------------------
+
+def _folder_with_dead_classes(root: Path) -> Path:
+    """Classes a, b with images; `empty` with no file; `broken` with only unreadable files."""
+    from test_data_folder import make_folder
+
+    make_folder(root, {"train": {"a": 20, "b": 20, "empty": 0, "broken": 0},
+                       "val": {"a": 4, "b": 4, "empty": 0, "broken": 0}})
+    for split in ("train", "val"):
+        for i in range(3):
+            (root / split / "broken" / f"{i}.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
+def test_classes_without_a_readable_image_are_refused_by_name(tmp_path, capsys):
+    data = _folder_with_dead_classes(tmp_path / "data")
+    code = train_cli.main(["--config", RECIPE, "--data", str(data), "--out", str(tmp_path / "runs"), "epochs=1", *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "broken (train/val)" in err and "empty (train/val)" in err and "data.on_empty_class=drop" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_on_empty_class_drop_leaves_them_out_and_model_json_records_what_was_used(tmp_path, capsys):
+    from effvit_deploy.data import subset
+    from effvit_deploy.runs import load_model_card
+
+    data = _folder_with_dead_classes(tmp_path / "data")
+    code = train_cli.main(["--config", RECIPE, "--data", str(data), "--out", str(tmp_path / "runs"), "epochs=1",
+                           "batch_size=8", "data.on_empty_class=drop", *FAST])
+    out = capsys.readouterr().out
+    assert code == 0 and "left out of both splits (data.on_empty_class=drop)" in out
+    card = load_model_card(tmp_path / "runs" / "digits-exact")
+    assert card.num_classes == 2 and card.class_names == ["a", "b"]
+    assert card.data["exclude_classes"] == ["broken", "empty"]
+    assert card.data_counts == {"classes": 2, "train_images": 40, "val_images": 8, "excluded_classes": ["broken", "empty"]}
+    assert len(subset.validation_subset(card, None)) == 8  # export, bench and demo score the same classes
+
+
+def test_a_one_class_data_set_is_refused(tmp_path, capsys):
+    from test_data_folder import make_folder
+
+    data = make_folder(tmp_path / "data", {"train": {"only": 10}, "val": {"only": 2}})
+    code = train_cli.main(["--config", RECIPE, "--data", str(data), "--out", str(tmp_path / "runs"), "epochs=1", *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 class(es) ['only']" in err and "at least two" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_training_check_and_demo_accept_the_same_formats(tmp_path, capsys):
+    """GIF and AVIF are images for training, `check` and the demo; a text file is ignored by name;
+    an ICO file renamed .png is refused alike by the loader and the demo."""
+    from PIL import Image
+
+    from effvit_deploy.cli import data as data_cli
+    from effvit_deploy.data import IMAGE_EXTENSIONS, CheckedImageFolder
+    from effvit_deploy.demo.inputs import InputError, load_image
+
+    folder = tmp_path / "d" / "cls"
+    folder.mkdir(parents=True)
+    image = Image.new("RGB", (16, 16), (10, 200, 30))
+    image.save(folder / "a.gif")
+    image.save(folder / "b.avif")
+    image.save(folder / "fake.png", format="ICO")
+    (folder / "notes.txt").write_text("hello")
+    assert {".gif", ".avif", ".png", ".jpg"} <= set(IMAGE_EXTENSIONS)
+    assert data_cli.main(["check", str(tmp_path / "d")]) == 1
+    out = capsys.readouterr().out
+    assert f"IGNORED {folder / 'notes.txt'}" in out and "a.gif" not in out and "b.avif" not in out
+    assert f"BAD {folder / 'fake.png'}" in out and "ICO file" in out
+    loaded = CheckedImageFolder(tmp_path / "d", on_bad_image="skip")
+    assert sorted(Path(p).name for p, _ in loaded.samples) == ["a.gif", "b.avif", "fake.png"]
+    for name in ("a.gif", "b.avif"):
+        assert load_image(folder / name).size == (16, 16)
+    with pytest.raises(InputError, match="ICO file; accepted formats"):
+        load_image(folder / "fake.png")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..data import ClutteredDigits, DataError, build_imagenet100, describe_folder, find_bad_images, write_digits_folder, write_folder
+from ..data.decode import accepted_formats
 from ..data.imagenet100 import DEFAULT_CLASS_FILE
 from .errors import Parser, run_cli
 
@@ -37,11 +38,13 @@ def _check(args: argparse.Namespace) -> int:
         print(f"BAD {path}: {reason}")
     for path, change in report.converted:
         print(f"CONVERTED {path}: {change}")
+    for path in report.ignored:
+        print(f"IGNORED {path}: not an accepted image format ({accepted_formats()}), training never reads it")
     print(f"checked {report.checked} images: {len(report.bad)} unreadable, "
-          f"{report.checked - len(report.bad)} ok; {report.other_files} non-image files ignored; "
+          f"{report.checked - len(report.bad)} ok; {len(report.ignored)} other files ignored (IGNORED lines); "
           f"{len(report.converted)} converted on load (CONVERTED lines: what training and the demo both do)")
     summary = {"checked": report.checked, "bad": [p for p, _ in report.bad],
-               "converted": dict(report.converted), "other_files": report.other_files}
+               "converted": dict(report.converted), "other_files": len(report.ignored), "ignored": report.ignored}
     layout_ok = True
     if (Path(args.dir) / "train").is_dir() or (Path(args.dir) / "val").is_dir():
         try:

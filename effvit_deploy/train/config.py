@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "model_kwargs": {},  # timm model arguments: depth, embed_dim, num_heads, patch_size, drop_path_rate, ...
     "attention_kwargs": {name: {} for name in ATTENTIONS},  # per mechanism, used when it is trained
     # effvit_deploy.data.DataSpec fields (name: digits | synthetic | folder) + the bad-image policy
-    "data": {**DataSpec("digits").to_dict(), "on_bad_image": "skip"},
+    "data": {**DataSpec("digits").to_dict(), "on_bad_image": "skip", "on_empty_class": "error"},
     "aug": None,  # null: no augmentation; a map: timm create_transform keys + mixup/cutmix/label_smoothing
     "epochs": 10,
     "batch_size": 128,  # global: summed over DDP ranks, per optimizer micro-step
@@ -208,13 +208,14 @@ RULES: dict[str, tuple[str, Optional[float], Optional[float], bool]] = {
     "log_interval": ("int", 1, None, False),
     "data.name": ("str", None, None, False),
     "data.root": ("str", None, None, True),
-    "data.num_classes": ("int", 1, None, False),
+    "data.num_classes": ("int", 2, None, False),  # a one-class classifier scores 1.0 by construction
     "data.train_size": ("int", 1, None, False),
     "data.val_size": ("int", 1, None, False),
     "data.seed": ("int", 0, None, False),
 }
 CHOICES = {
     "device": ("auto", "cpu", "cuda"), "amp.dtype": ("bfloat16", "float16"), "data.on_bad_image": ("skip", "error"),
+    "data.on_empty_class": ("error", "drop"),
 }
 _KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
               "pair": "a list of two numbers"}

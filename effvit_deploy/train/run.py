@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..atomic import remove_stale_temps, write_json, write_text
 from ..attention import ATTENTIONS
-from ..data import GENERATED, DataSpec, build_datasets, collate_skip_bad
+from ..data import GENERATED, DataSpec, build_datasets, collate_skip_bad, usable_spec
 from ..flops import count_flops, count_params
 from ..models import build_model
 from ..runs import SUMMARY, ModelCard, load_summary, save_model_card, save_weights
@@ -239,8 +239,8 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         "interpolation": pretrained_cfg.get("interpolation") or "bicubic",
         "crop_pct": pretrained_cfg.get("crop_pct", 0.875),
     }
-    data = {k: v for k, v in config["data"].items() if k != "on_bad_image"}
-    spec = DataSpec.from_dict(data)
+    data = {k: v for k, v in config["data"].items() if k not in ("on_bad_image", "on_empty_class")}
+    spec = usable_spec(DataSpec.from_dict(data), config["data"]["on_empty_class"])
     train_ds, val_ds, class_names = build_datasets(
         spec, img_size, **norm, aug=config["aug"], on_bad_image=config["data"]["on_bad_image"]
     )
@@ -297,7 +297,9 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
         write_text(run_dir / CONFIG_FILE, dump_config(config))
         card = ModelCard.for_model(
-            net, img_size=img_size, class_names=class_names, **norm, data=spec.to_dict() | {"img_size": img_size}
+            net, img_size=img_size, class_names=class_names, **norm, data=spec.to_dict() | {"img_size": img_size},
+            data_counts={"classes": len(class_names), "train_images": len(train_ds), "val_images": len(val_ds),
+                         "excluded_classes": list(spec.exclude_classes)},
         )
         save_model_card(run_dir, card)
     distributed.barrier(env)
