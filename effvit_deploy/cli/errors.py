@@ -14,7 +14,8 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Union
 
 from ..backends import BackendUnavailable
 
@@ -36,6 +37,43 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def existing_file(option: str, path: Union[str, Path]) -> Path:
+    """`path` when it is a file; else FileNotFoundError/IsADirectoryError naming `option` and the kind found."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder, expected a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{option} {path} does not exist")
+    return path
+
+
+def existing_dir(option: str, path: Union[str, Path], expected: str = "a folder") -> Path:
+    """`path` when it is a folder; else FileNotFoundError/NotADirectoryError naming `option`."""
+    path = Path(path)
+    if path.is_file():
+        raise NotADirectoryError(f"{option} {path} is a file, expected {expected}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{option} {path} does not exist")
+    return path
+
+
+def output_dir(option: str, path: Union[str, Path]) -> Path:
+    """`path` when it is a folder or can be created as one (nothing is created here)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option} {path} is a file, expected a folder to write into")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise NotADirectoryError(f"{option} {path}: {parent} is a file, expected a folder")
+    return path
+
+
+def require(ok: bool, option: str, message: str) -> None:
+    """Raise ValueError `"{option}: {message}"` (exit 2) unless `ok`."""
+    if not ok:
+        raise ValueError(f"{option} {message}")
 
 
 def one_line(exc: BaseException) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..attention import ATTENTIONS
-from .errors import Parser, run_cli
+from .errors import Parser, existing_dir, output_dir, run_cli
 
 EPILOG = """examples:
   effvit-train --config train/digits.yaml --attention all          # runs/digits-exact, runs/digits-linformer, ...
@@ -51,6 +51,13 @@ def _train(args) -> int:
     from ..train import load_config, train_all
     from ..train.distributed import shutdown
 
+    from ..data import GENERATED
+
+    output_dir("--out", args.out)
+    if args.data is not None and args.data not in GENERATED:
+        existing_dir("--data", Path(args.data).expanduser(), "a folder with train/ and val/ class folders")
+    if args.init_from is not None:
+        existing_dir("--init-from", Path(args.init_from).expanduser(), "a finished run folder")
     try:
         attentions = args.attention
         if attentions is None:

@@ -154,6 +154,8 @@ def load_config(
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"recipe {path} is a folder, expected a YAML file such as train/digits.yaml")
         if not path.is_file():
             raise ConfigError(f"recipe {str(path)!r} does not exist (recipes live in train/, e.g. train/digits.yaml)")
         try:
@@ -272,6 +274,9 @@ def validate(config: dict[str, Any]) -> None:
         _check_value(config, key, rule)
     if not isinstance(config["pretrained"], (bool, str)):
         raise ConfigError(f"pretrained must be false, true (timm hub) or a weights file path, got {config['pretrained']!r}")
+    if isinstance(config["pretrained"], str) and Path(config["pretrained"]).expanduser().is_dir():
+        raise ConfigError(f"pretrained={config['pretrained']} is a folder, expected a weights file "
+                          "(.safetensors, .pth or .npz)")
     if config["init_from"] is not None and (not isinstance(config["init_from"], str) or config["pretrained"]):
         raise ConfigError(
             f"init_from must be one run directory (a string) and excludes pretrained=, got init_from="
