@@ -444,3 +444,31 @@ def test_training_check_and_demo_accept_the_same_formats(tmp_path, capsys):
         assert load_image(folder / name).size == (16, 16)
     with pytest.raises(InputError, match="ICO file; accepted formats"):
         load_image(folder / "fake.png")
+
+
+# -- leave nothing behind --------------------------------------------------------------------------
+
+def test_export_removes_work_left_by_a_killed_export(exported, tmp_path, caplog):
+    """A kill during the OpenVINO step or onnxslim leaves `.openvino.*` folders and `.tmp.slim`
+    files; the next export removes those of dead processes and keeps a live process's."""
+    import os
+    import subprocess
+
+    from effvit_deploy.export import export_run
+
+    run = _copy_run(exported, tmp_path / "run")
+    export = run / "export"
+    dead = subprocess.Popen(["true"])  # a process that has exited: its PID names no live writer
+    dead.wait()
+    old = export / ".openvino.k2j3h4"  # 0.3.0 named them without a PID
+    killed = export / f".openvino.{dead.pid}.x8y9"
+    live = export / f".openvino.{os.getpid()}.a1b2"
+    slim = export / f".model.onnx.{dead.pid}.q1w2.tmp.slim"
+    for folder in (old, killed, live):
+        folder.mkdir()
+        (folder / "model.openvino.xml").write_text("<half")
+    slim.write_bytes(b"half a graph")
+    with caplog.at_level("WARNING"):
+        export_run(run, eval_limit=0, max_res=128)
+    assert not old.exists() and not killed.exists() and not slim.exists() and live.exists()
+    assert caplog.text.count("left by a killed export") == 3

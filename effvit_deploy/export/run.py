@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +57,39 @@ CALIBRATION_IMAGES = 64
 # Bumped when the graphs' contents change for the same options (2: attention-math nodes marked
 # for fp16), so artifacts of an older effvit-deploy are rebuilt, not reused.
 ARTIFACT_LAYOUT = 2
+
+
+WORK_PREFIX = ".openvino."  # + PID + "." + random: the OpenVINO conversion's work folder
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_work(export_dir: Path) -> list[Path]:
+    """Delete what a killed export left besides atomic temp files: OpenVINO work folders
+    (`.openvino.PID.*`) and onnxslim outputs (`.model.onnx.PID.*.tmp.slim`) of processes that are
+    gone; returns what was removed."""
+    removed = []
+    for path in [*export_dir.glob(f"{WORK_PREFIX}*"), *export_dir.glob(".*.tmp.slim")]:
+        if path.name.startswith(WORK_PREFIX):
+            pid = path.name.removeprefix(WORK_PREFIX).split(".")[0]
+        else:
+            pid = path.name.split(".")[-4]  # .model.onnx.PID.XXXX.tmp.slim
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 class ExportUnavailable(BackendUnavailable):
@@ -313,7 +347,7 @@ class _Exporter:
         stem = "model.openvino" if precision == "fp32" else f"model.{precision}.openvino"
         final, final_bin = self.export_dir / f"{stem}.xml", self.export_dir / f"{stem}.bin"
         label = f"OpenVINO {precision} ({run_name(self.run_dir)})"
-        with tempfile.TemporaryDirectory(dir=self.export_dir, prefix=".openvino.") as work:
+        with tempfile.TemporaryDirectory(dir=self.export_dir, prefix=f"{WORK_PREFIX}{os.getpid()}.") as work:
             xml = Path(work) / f"{stem}.xml"
             ov.save_model(ov.convert_model(self.export_dir / onnx_entry["path"]), xml, compress_to_fp16=False)
             runner = compiled_runner(xml, precision, self.card, ThreadPolicy(passive=True))
@@ -422,7 +456,7 @@ def export_run(
     note = unfinished_note(run_dir)
     if note:
         log.warning("%s; exporting it anyway (recorded as run_state in the manifest)", note)
-    for stale in remove_stale_temps(exporter.export_dir):
+    for stale in [*remove_stale_temps(exporter.export_dir), *remove_stale_work(exporter.export_dir)]:
         log.warning("removed %s, left by a killed export", stale)
     for fmt, precision in plan:
         if precision == "int8-static" and precision not in precisions and not exporter.card.data:
