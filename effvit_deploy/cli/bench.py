@@ -224,7 +224,8 @@ def _check_options(args: argparse.Namespace) -> None:
         patches[args.model or "--layer-only"] = patch
     if not args.layer_only:
         for run_dir in args.run_dirs:
-            existing_dir("RUN_DIR", run_dir, "a training run folder")
+            if run_dir.exists():  # a missing one is named with the others below
+                existing_dir("RUN_DIR", run_dir, "a training run folder")
             if (run_dir / "model.json").is_file():
                 patches[str(run_dir)] = load_model_card(run_dir).patch_size
     for what, patch in patches.items():

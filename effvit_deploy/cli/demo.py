@@ -69,7 +69,8 @@ def check_address(host: str, port: int) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
-        existing_dir("RUN_DIR", run_dir, "a training run folder")
+        if run_dir.exists():  # missing ones are named together below
+            existing_dir("RUN_DIR", run_dir, "a training run folder")
     missing = [str(d) for d in args.run_dirs if not (d / "model.json").is_file()]
     if missing:
         raise FileNotFoundError(f"not training run directories (no model.json): {', '.join(missing)}; "
