@@ -472,3 +472,16 @@ def test_export_removes_work_left_by_a_killed_export(exported, tmp_path, caplog)
         export_run(run, eval_limit=0, max_res=128)
     assert not old.exists() and not killed.exists() and not slim.exists() and live.exists()
     assert caplog.text.count("left by a killed export") == 3
+
+
+def test_the_demo_never_shows_a_prediction_from_nan_logits(exported):
+    from effvit_deploy.backends import Runner
+    from effvit_deploy.demo.predict import NonFiniteOutput, load_variant
+
+    variant = load_variant(exported, "torch")
+    card = variant.card
+    variant.runners["torch"] = Runner("torch", "fp32", "cpu", card, prepare=lambda x: x,
+                                      run=lambda x: np.full((len(x), card.num_classes), np.nan, np.float32),
+                                      to_numpy=lambda x: x, synchronize=lambda: None)
+    with pytest.raises(NonFiniteOutput, match="NaN"):
+        variant.predict(torch.zeros(1, 3, card.img_size, card.img_size), "torch")

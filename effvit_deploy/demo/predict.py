@@ -40,6 +40,10 @@ PRECISIONS = tuple(dict.fromkeys(p for b in SERVABLE for p in get_backend(b).pre
 TOP_K = 5
 
 
+class NonFiniteOutput(RuntimeError):
+    """A backend returned NaN or infinite logits: nothing is reported as a prediction or accuracy."""
+
+
 @dataclass
 class Prediction:
     """One variant's answer to one image."""
@@ -121,6 +125,9 @@ class Variant:
             runner.synchronize()
             latency = time.perf_counter() - start
         logits = runner.to_numpy(out).astype(np.float64)[0]
+        if not np.isfinite(logits).all():
+            raise NonFiniteOutput(f"{self.name} on {backend} returned NaN or infinite logits for this image: "
+                                  "no prediction is shown; re-export the run, or serve it with --backend torch")
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         names = self.card.class_names or [str(i) for i in range(len(probs))]
@@ -151,7 +158,11 @@ def validation_accuracy(variant: Variant, backend: str = AUTO, limit: Optional[i
     with variant.lock:
         for x, y, _ in DataLoader(subset.validation_subset(variant.card, limit), batch_size=16, collate_fn=collate_skip_bad):
             if len(y):
-                correct += int((runner(x.numpy()).argmax(1) == y.numpy()).sum())
+                logits = runner(x.numpy())
+                if not np.isfinite(logits).all():
+                    raise NonFiniteOutput(f"{variant.run_dir}: {runner.backend} returned NaN or infinite logits on "
+                                          "validation images: its accuracy is not a number")
+                correct += int((logits.argmax(1) == y.numpy()).sum())
                 total += len(y)
     if total == 0:
         raise ValueError(f"{variant.run_dir}: the validation set of {variant.card.data} has no readable image")

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "model_kwargs": {},  # timm model arguments: depth, embed_dim, num_heads, patch_size, drop_path_rate, ...
     "attention_kwargs": {name: {} for name in ATTENTIONS},  # per mechanism, used when it is trained
     # effvit_deploy.data.DataSpec fields (name: digits | synthetic | folder) + the bad-image policy
+    # (skip | error) and the policy for a class folder with no readable image (error | drop)
     "data": {**DataSpec("digits").to_dict(), "on_bad_image": "skip", "on_empty_class": "error"},
     "aug": None,  # null: no augmentation; a map: timm create_transform keys + mixup/cutmix/label_smoothing
     "epochs": 10,
