@@ -156,7 +156,7 @@ CASES = [
     ("train-out-is-a-file", "train", ["--config", RECIPE, "--out", "{w}/notes.txt", *SMALL], 2,
      "--out {w}/notes.txt is a file"),
     ("train-init-from-missing", "train", ["--config", RECIPE, "--init-from", "{w}/nope-run", *SMALL], 2,
-     "--init-from"),
+     "nope-run' is not a finished run"),
     ("train-init-from-a-file", "train", ["--config", RECIPE, "--init-from", "{w}/notes.txt", *SMALL], 2,
      "is a file, expected a finished run folder"),
     ("train-pretrained-is-a-folder", "train", ["--config", RECIPE, "pretrained={w}/not-a-run", *SMALL], 2,

@@ -56,7 +56,7 @@ def _train(args) -> int:
     output_dir("--out", args.out)
     if args.data is not None and args.data not in GENERATED:
         existing_dir("--data", Path(args.data).expanduser(), "a folder with train/ and val/ class folders")
-    if args.init_from is not None:
+    if args.init_from is not None and Path(args.init_from).expanduser().is_file():  # a missing one: init_from says
         existing_dir("--init-from", Path(args.init_from).expanduser(), "a finished run folder")
     try:
         attentions = args.attention
