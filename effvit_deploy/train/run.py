@@ -208,12 +208,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def out_of_memory_advice(config: dict[str, Any]) -> str:
     batch, accum = config["batch_size"], config["accum_steps"]
-    smaller = f"batch_size={max(1, batch // 2)} accum_steps={accum * 2}" if batch > 1 else "a smaller img_size"
-    return (
-        f"out of memory on {config['device']} at batch_size={batch}, img_size={config['img_size']} "
-        f"({config['model']}, {config['attention']}): lower batch_size (e.g. {smaller} keeps the effective batch) "
-        "or img_size, or enable amp; the last complete epoch's checkpoints are unchanged"
-    )
+    if batch > 1:
+        fix = (f"lower batch_size (batch_size={batch // 2} accum_steps={accum * 2} keeps the effective batch) "
+               "or img_size")
+    else:
+        fix = "lower img_size"
+    return (f"out of memory on {config['device']} at batch_size={batch}, img_size={config['img_size']} "
+            f"({config['model']}, {config['attention']}): {fix}, or enable amp; the last complete epoch's "
+            "checkpoints are unchanged")
 
 
 def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
