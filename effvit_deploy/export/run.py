@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..atomic import atomic_path, remove_stale_temps, write_json
+from ..atomic import _writer_alive, atomic_path, remove_stale_temps, write_json
 from ..backends import (MANIFEST, ArtifactError, BackendUnavailable, ThreadPolicy, backend_status, check_artifact, file_sha256,
                         ort_session)
 from ..backends.onnxruntime import INPUT_NAME
@@ -62,16 +62,6 @@ ARTIFACT_LAYOUT = 2
 WORK_PREFIX = ".openvino."  # + PID + "." + random: the OpenVINO conversion's work folder
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_work(export_dir: Path) -> list[Path]:
     """Delete what a killed export left besides atomic temp files: OpenVINO work folders
     (`.openvino.PID.*`) and onnxslim outputs (`.model.onnx.PID.*.tmp.slim`) of processes that are
@@ -82,7 +72,7 @@ def remove_stale_work(export_dir: Path) -> list[Path]:
             pid = path.name.removeprefix(WORK_PREFIX).split(".")[0]
         else:
             pid = path.name.split(".")[-4]  # .model.onnx.PID.XXXX.tmp.slim
-        if pid.isdigit() and _process_alive(int(pid)):
+        if pid.isdigit() and _writer_alive(int(pid)):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
