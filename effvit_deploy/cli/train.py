@@ -17,6 +17,8 @@ EPILOG = """examples:
   effvit-train --config train/cluttered.yaml --attention all --init-from runs/cluttered_pretrain-exact
 
 Overrides are dotted recipe keys with YAML values (model_kwargs.depth=6, aug=null, ema.enabled=true).
+A class folder with no readable image is refused by name; data.on_empty_class=drop leaves it out.
+Training stops at the first NaN/inf loss (exit 1), keeping the last complete epoch's checkpoints.
 Each run writes OUT/NAME-ATTENTION/: model.json, config.yaml, metrics.jsonl, summary.json, checkpoints/.
 """
 
