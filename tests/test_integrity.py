@@ -144,6 +144,7 @@ def test_fp16_parity_is_also_gated_on_validation_images():
     assert figures["image_parity"]["rel"] == pytest.approx(0.05, rel=1e-3) and not figures["image_parity"]["gated"]
 
 
+@pytest.mark.slow  # an ONNX export end to end
 def test_export_of_a_run_with_nan_weights_writes_nothing_and_exits_1(tmp_path, capsys):
     from effvit_deploy.cli import export as export_cli
     from safetensors.torch import load_file, save_file
@@ -191,6 +192,7 @@ def _large_activation_run(root: Path, attention: str, scale: float = 8.0) -> Pat
     return run
 
 
+@pytest.mark.slow  # an ONNX export end to end
 @pytest.mark.parametrize("attention", ["performer", "nystrom"])
 def test_fp16_export_keeps_attention_in_fp32_and_matches_on_real_images(attention, tmp_path):
     """q/k scaled by 8: the fp16 graph marks every attention-math node, keeps them fp32 with no
@@ -237,6 +239,7 @@ def test_fp16_export_keeps_attention_in_fp32_and_matches_on_real_images(attentio
         assert rel > TOLERANCES["fp16"]["rel"], rel
 
 
+@pytest.mark.slow  # an ONNX export end to end
 def test_fp16_of_a_graph_without_marks_fails_loudly(tmp_path):
     import onnx
 
