@@ -18,7 +18,6 @@ Re-running reuses an artifact whose weights hash and options are unchanged (unle
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import json
 import logging
