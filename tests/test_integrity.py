@@ -487,3 +487,16 @@ def test_the_demo_never_shows_a_prediction_from_nan_logits(exported):
                                       to_numpy=lambda x: x, synchronize=lambda: None)
     with pytest.raises(NonFiniteOutput, match="NaN"):
         variant.predict(torch.zeros(1, 3, card.img_size, card.img_size), "torch")
+
+
+def test_out_of_memory_in_export_is_one_line_naming_the_profile(exported, monkeypatch, capsys):
+    from effvit_deploy.cli import export as export_cli
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(export_cli, "export_run", oom)
+    assert export_cli.main([str(exported), "--force"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out of memory" in err and "--max-batch or --max-res" in err, err

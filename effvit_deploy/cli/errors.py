@@ -93,6 +93,14 @@ def debug_requested(flag: bool = False) -> bool:
     return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+# What to lower when a command runs out of memory (training names its own knobs: train.run.OutOfMemory).
+OOM_HINTS = {
+    "effvit-export": "lower --max-batch or --max-res (the profile the graph is built and verified for)",
+    "effvit-bench": "lower --batch-sizes or --resolutions, or set --memory-cap to skip what does not fit",
+    "effvit-demo": "lower --max-pixels or --concurrency",
+}
+
+
 def run_cli(prog: str, body: Callable[[], int], debug: bool = False) -> int:
     """Run a command's body; turn any exception into one line on stderr and its exit code."""
     try:
@@ -101,8 +109,14 @@ def run_cli(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the one place a command's failures are reported
+        from ..train.run import OutOfMemory, is_out_of_memory
+
         if debug_requested(debug):
             traceback.print_exc()
+        if is_out_of_memory(exc) and not isinstance(exc, OutOfMemory):
+            hint = OOM_HINTS.get(prog.split()[0], "lower the batch size or resolution")
+            print(f"{prog}: error: out of memory ({one_line(exc)[:120]}): {hint}", file=sys.stderr)
+            return EXIT_RUNTIME
         if isinstance(exc, USER_ERRORS):
             print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         else:
