@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -44,6 +45,8 @@ class ModelCard:
     crop_pct: float = 0.875
     patch_size: int = 16
     data: dict[str, Any] = field(default_factory=dict)
+    # What training actually used: classes, train/val image files, class folders left out.
+    data_counts: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_model(cls, model: nn.Module, **fields: Any) -> "ModelCard":
@@ -94,8 +97,15 @@ def load_model_card(run_dir: Union[str, Path]) -> ModelCard:
 
 
 def save_weights(model: nn.Module, path: Union[str, Path]) -> None:
-    """safetensors weights, written atomically (shared tensors are cloned, as safetensors needs)."""
+    """safetensors weights, written atomically (shared tensors are cloned, as safetensors needs).
+
+    Raises ValueError, writing nothing, when a floating-point tensor holds NaN or inf: such weights
+    never replace a checkpoint.
+    """
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"refusing to write {path}: {len(bad)} tensor(s) hold NaN or inf (first: {bad[0]})")
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
 
@@ -120,6 +130,40 @@ def load_run(run_dir: Union[str, Path], which: str = "best") -> tuple[nn.Module,
             f"belongs to another model; train the run again, or copy the file back"
         ) from None
     return model.eval(), card
+
+
+def run_state(run_dir: Union[str, Path]) -> dict[str, Any]:
+    """Whether training finished: {"complete", "epochs_done", "epochs"}.
+
+    A run is unfinished when training started it (metrics.jsonl or a resumable state exists) but
+    never wrote summary.json: its best weights are those of an epoch before the planned last one.
+    Runs written without training (`write_run`) count as complete.
+    """
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    done = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.is_file() else None
+    epochs = None
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        try:
+            epochs = (yaml.safe_load(config.read_text()) or {}).get("epochs")
+        except (yaml.YAMLError, AttributeError):
+            epochs = None
+    started = metrics.is_file() or (run_dir / "checkpoints" / "last_state.pt").is_file()
+    return {"complete": (run_dir / SUMMARY).is_file() or not started, "epochs_done": done, "epochs": epochs}
+
+
+def unfinished_note(run_dir: Union[str, Path]) -> Optional[str]:
+    """One line warning that `run_dir` is an unfinished training run, or None when it is complete."""
+    state = run_state(run_dir)
+    if state["complete"]:
+        return None
+    done = state["epochs_done"] or 0
+    of = f" of {state['epochs']}" if state["epochs"] else ""
+    return (f"{run_dir} is an unfinished training run ({done}{of} epochs done, no summary.json): its weights are "
+            "from an epoch before the planned last one; finish it with `effvit-train ... --resume`")
 
 
 def load_summary(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:

@@ -55,7 +55,46 @@ def workdir(tmp_path_factory) -> Path:
     resume = root / "runs" / "corrupt-exact" / "checkpoints"
     resume.mkdir(parents=True)
     (resume / "last_state.pt").write_bytes(b"PK\x03\x04 cut short")
+    _data_sets(root)
+    _exported_runs(root)
     return root
+
+
+def _data_sets(root: Path) -> None:
+    """Folder data sets that look fine from afar: one class; an empty class; an unreadable class."""
+    from test_data_folder import make_folder
+
+    make_folder(root / "oneclass", {"train": {"only": 4}, "val": {"only": 2}})
+    make_folder(root / "emptyclass", {"train": {"a": 4, "b": 4, "hollow": 0}, "val": {"a": 2, "b": 2, "hollow": 0}})
+    make_folder(root / "brokenclass", {"train": {"a": 4, "b": 4, "garbled": 0}, "val": {"a": 2, "b": 2, "garbled": 0}})
+    for split in ("train", "val"):
+        (root / "brokenclass" / split / "garbled" / "0.png").write_bytes(b"\x89PNG cut")
+
+
+def _exported_runs(root: Path) -> None:
+    """Exported runs whose artifacts must not be served: built from other weights, modified after
+    export, and listed under a path that leaves the export folder."""
+    import json
+    import shutil
+
+    from conftest import tiny_model
+    from effvit_deploy.export import export_run
+    from effvit_deploy.runs import save_weights
+
+    exported = make_tiny_run(root / "exported", "exact")
+    export_run(exported, eval_limit=0, max_res=128)
+    for name in ("stale", "modified", "escaping"):
+        shutil.copytree(exported, root / name)
+    other = tiny_model("exact")
+    with torch.no_grad():
+        other.head.weight.mul_(3.0)
+    save_weights(other, root / "stale" / "checkpoints" / "best.safetensors")
+    graph = root / "modified" / "export" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:-16])
+    manifest_file = root / "escaping" / "export" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["artifacts"][0]["path"] = "../../../../etc/passwd"
+    manifest_file.write_text(json.dumps(manifest))
 
 
 RECIPE = str(REPO / "train" / "digits.yaml")
@@ -110,6 +149,79 @@ CASES = [
     ("demo-not-a-run", "demo", ["{w}/not-a-run"], 2, "not-a-run"),
     ("demo-max-pixels-zero", "demo", ["{w}/run", "--max-pixels", "0"], 2, "--max-pixels"),
     ("demo-unknown-backend", "demo", ["{w}/run", "--backend", "coreml"], 2, "coreml"),
+    # issue 17: paths of the wrong kind, options out of range, bad data sets, untrustworthy artifacts
+    ("train-recipe-is-a-folder", "train", ["--config", "{w}/not-a-run"], 2, "is a folder, expected a YAML file"),
+    ("train-data-is-a-file", "train", ["--config", RECIPE, "--data", "{w}/notes.txt", *SMALL], 2,
+     "--data {w}/notes.txt is a file, expected a folder"),
+    ("train-out-is-a-file", "train", ["--config", RECIPE, "--out", "{w}/notes.txt", *SMALL], 2,
+     "--out {w}/notes.txt is a file"),
+    ("train-init-from-missing", "train", ["--config", RECIPE, "--init-from", "{w}/nope-run", *SMALL], 2,
+     "nope-run' is not a finished run"),
+    ("train-init-from-a-file", "train", ["--config", RECIPE, "--init-from", "{w}/notes.txt", *SMALL], 2,
+     "is a file, expected a finished run folder"),
+    ("train-pretrained-is-a-folder", "train", ["--config", RECIPE, "pretrained={w}/not-a-run", *SMALL], 2,
+     "is a folder, expected a weights file"),
+    ("train-one-class", "train", ["--config", RECIPE, "--data", "{w}/oneclass", *SMALL], 2, "1 class(es) ['only']"),
+    ("train-empty-class-folder", "train", ["--config", RECIPE, "--data", "{w}/emptyclass", *SMALL], 2,
+     "hollow (train/val)"),
+    ("train-unreadable-class", "train", ["--config", RECIPE, "--data", "{w}/brokenclass", *SMALL], 2,
+     "garbled (train/val)"),
+    ("train-on-empty-class-choice", "train", ["--config", RECIPE, "data.on_empty_class=ignore", *SMALL], 2,
+     "data.on_empty_class"),
+    ("train-one-synthetic-class", "train", ["--config", RECIPE, "--data", "synthetic", "data.num_classes=1", *SMALL],
+     2, "data.num_classes"),
+    ("export-eval-limit-negative", "export", ["{w}/run", "--eval-limit", "-5"], 2, "--eval-limit"),
+    ("export-max-batch-zero", "export", ["{w}/run", "--max-batch", "0"], 2, "--max-batch"),
+    ("export-max-res-zero", "export", ["{w}/run", "--max-res", "0"], 2, "--max-res"),
+    ("export-unknown-precision", "export", ["{w}/run", "--precision", "fp8"], 2, "fp8"),
+    ("export-empty-formats", "export", ["{w}/run", "--formats", ","], 2, "--formats"),
+    ("export-profile-is-a-folder", "export", ["{w}/run", "--config", "{w}/not-a-run"], 2,
+     "--config {w}/not-a-run is a folder, expected a file"),
+    ("export-run-is-a-file", "export", ["{w}/notes.txt"], 2, "{w}/notes.txt is a file, expected a training run folder"),
+    ("export-bad-option-before-any-run", "export", ["{w}/run", "{w}/exported", "--precision", "fp8"], 2, "fp8"),
+    ("export-check-tensorrt-not-onnx", "export", ["{w}/model.onnx", "--check-tensorrt"], 2,
+     "model.onnx is not a readable ONNX model"),
+    ("export-min-res-vs-patch", "export", ["{w}/run", "--min-res", "30"], 2, "min_res=30"),
+    ("bench-empty-backends", "bench", ["--layer-only", "--backends", "", "--out", "{w}/bench"], 2, "--backends"),
+    ("bench-unknown-precision", "bench", ["--layer-only", "--precision", "fp8", "--out", "{w}/bench"], 2, "fp8"),
+    ("bench-resolution-vs-patch", "bench", ["{w}/run", "--backends", "torch", "--resolutions", "36", "--out",
+                                            "{w}/bench"], 2, "--resolutions 36"),
+    ("bench-layer-resolution-below-patch", "bench", ["--layer-only", "--attention", "exact", "--resolutions", "7",
+                                                     "--out", "{w}/bench"], 2, "--resolutions 7"),
+    ("bench-repeats-zero", "bench", ["--layer-only", "--repeats", "0", "--out", "{w}/bench"], 2, "--repeats"),
+    ("bench-timeout-zero", "bench", ["--layer-only", "--timeout", "0", "--out", "{w}/bench"], 2, "--timeout"),
+    ("bench-warmup-negative", "bench", ["--layer-only", "--warmup", "-1", "--out", "{w}/bench"], 2, "--warmup"),
+    ("bench-max-time-zero", "bench", ["--layer-only", "--max-time", "0", "--out", "{w}/bench"], 2, "--max-time"),
+    ("bench-memory-cap-negative", "bench", ["--layer-only", "--memory-cap", "-1", "--out", "{w}/bench"], 2,
+     "--memory-cap"),
+    ("bench-accuracy-limit-zero", "bench", ["{w}/run", "--accuracy-limit", "0", "--out", "{w}/bench"], 2,
+     "--accuracy-limit"),
+    ("bench-dim-vs-heads", "bench", ["--layer-only", "--dim", "100", "--heads", "3", "--out", "{w}/bench"], 2, "--dim"),
+    ("bench-out-is-a-file", "bench", ["--layer-only", "--out", "{w}/notes.txt"], 2, "--out {w}/notes.txt is a file"),
+    ("bench-config-is-a-folder", "bench", ["--config", "{w}/not-a-run"], 2, "is a folder, expected a file"),
+    ("bench-run-is-a-file", "bench", ["{w}/notes.txt", "--out", "{w}/bench"], 2, "notes.txt is a file"),
+    ("bench-missing-gpu-runtime", "bench", ["{w}/run", "--backends", "tensorrt", "--out", "{w}/bench"], 3,
+     "--backends tensorrt cannot run here"),
+    ("bench-stale-artifact", "bench", ["{w}/stale", "--backends", "onnxruntime", "--out", "{w}/bench"], 2, "is stale"),
+    ("bench-modified-artifact", "bench", ["{w}/modified", "--backends", "onnxruntime", "--out", "{w}/bench"], 2,
+     "not the file effvit-export wrote"),
+    ("bench-artifact-path-escapes", "bench", ["{w}/escaping", "--backends", "onnxruntime", "--out", "{w}/bench"], 2,
+     "leaves the export folder"),
+    ("demo-port-out-of-range", "demo", ["{w}/run", "--port", "99999"], 2, "--port"),
+    ("demo-host-not-an-address", "demo", ["{w}/run", "--host", "999.1.1.1"], 2, "--host 999.1.1.1"),
+    ("demo-max-file-size-text", "demo", ["{w}/run", "--max-file-size", "lots"], 2, "--max-file-size"),
+    ("demo-concurrency-zero", "demo", ["{w}/run", "--concurrency", "0"], 2, "--concurrency"),
+    ("demo-run-is-a-file", "demo", ["{w}/notes.txt"], 2, "notes.txt is a file"),
+    ("demo-stale-artifact", "demo", ["{w}/stale", "--backend", "onnxruntime", "--port", "7997"], 2, "is stale"),
+    ("demo-modified-artifact", "demo", ["{w}/modified", "--backend", "onnxruntime", "--port", "7997"], 2,
+     "not the file effvit-export wrote"),
+    ("data-check-a-file", "data", ["check", "{w}/notes.txt"], 2, "notes.txt is a file"),
+    ("data-check-workers-negative", "data", ["check", "{w}/oneclass", "--workers", "-1"], 2, "--workers"),
+    ("data-digits-out-is-a-file", "data", ["digits", "--out", "{w}/notes.txt"], 2, "--out {w}/notes.txt is a file"),
+    ("data-imagenet-is-a-file", "data", ["imagenet100", "--imagenet", "{w}/notes.txt", "--out", "{w}/in100"], 2,
+     "--imagenet {w}/notes.txt is a file"),
+    ("data-classes-is-a-folder", "data", ["imagenet100", "--imagenet", "{w}/not-a-run", "--out", "{w}/in100",
+                                          "--classes", "{w}/not-a-run"], 2, "--classes {w}/not-a-run is a folder"),
 ]
 
 
@@ -130,7 +242,8 @@ def test_bad_input_is_one_line_naming_the_culprit(case, workdir, capsys, monkeyp
     monkeypatch.delenv(DEBUG_ENV, raising=False)
     monkeypatch.chdir(workdir)
     argv = [a.replace("{w}", str(workdir)) for a in argv]
-    if command == "train":
+    culprit = culprit.replace("{w}", str(workdir))
+    if command == "train" and "--out" not in argv:
         argv += ["--out", str(workdir / "runs")]
     before = _snapshot(workdir)
     assert _call(MAINS[command], argv) == code

@@ -99,7 +99,8 @@ def test_check_finds_a_corrupt_file(tmp_path, capsys, workers):
     assert main(["check", str(root), "--workers", str(workers)]) == 1
     out = capsys.readouterr().out
     assert f"BAD {root / 'val' / 'a' / 'cut.png'}" in out
-    assert "checked 5 images: 1 unreadable, 4 ok; 1 non-image files ignored" in out
+    assert "checked 5 images: 1 unreadable, 4 ok; 1 other files ignored (IGNORED lines)" in out
+    assert f"IGNORED {root / 'train' / 'a' / 'notes.txt'}: not an accepted image format" in out
     assert "train: 1 classes, 3 images" in out and "val: 1 classes, 2 images" in out
 
 
@@ -113,7 +114,10 @@ def test_check_reports_a_split_layout_problem(tmp_path, capsys):
 
 def test_check_on_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nope")]) == 2
-    assert "is not a directory" in capsys.readouterr().err
+    assert "nope does not exist" in capsys.readouterr().err
+    (tmp_path / "file.png").write_bytes(b"x")
+    assert main(["check", str(tmp_path / "file.png")]) == 2
+    assert "file.png is a file, expected a folder" in capsys.readouterr().err
 
 
 def test_digits_command_writes_a_loadable_image_folder(tmp_path, capsys):

@@ -67,12 +67,14 @@ def folder(tmp_path) -> Path:
         d.mkdir(parents=True)
         for name, make in MAKERS.items():
             make(d / name)
+        (d.parent / "b").mkdir()  # a second class: training refuses a one-class data set
+        _palette(d.parent / "b" / "palette.png")
     return tmp_path / "data"
 
 
 def test_training_loader_and_demo_decode_to_identical_arrays(folder):
     train = CheckedImageFolder(folder / "train", on_bad_image="error")
-    assert len(train) == len(MAKERS)
+    assert len(train) == len(MAKERS) + 1
     for index, (path, _) in enumerate(train.samples):
         loader_image, _ = train[index]
         a, b = np.asarray(loader_image), np.asarray(load_image(path))

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from conftest import make_tiny_run, tiny_model
 from effvit_deploy import ATTENTIONS
-from effvit_deploy.backends import backend_status, find_artifact, load_runner
+from effvit_deploy.backends import backend_status, file_sha256, find_artifact, load_runner
 from effvit_deploy.cli.export import main as export_main
 from effvit_deploy.export import ExportUnavailable, ParityError, check_tensorrt_compat, export_run
 from effvit_deploy.export import run as run_module
@@ -78,7 +78,7 @@ def test_manifest_records_run_info_and_verifiable_hashes(exported):
     assert manifest["attention"] == "exact" and manifest["class_names"] == [str(i) for i in range(10)]
     (entry,) = manifest["artifacts"]
     path = run / "export" / entry["path"]
-    assert entry["sha256"] == run_module.sha256(path) and entry["bytes"] == path.stat().st_size
+    assert entry["sha256"] == file_sha256(path) and entry["bytes"] == path.stat().st_size
     assert entry["tool_versions"]["onnxruntime"] == ort.__version__
 
 

@@ -19,6 +19,10 @@ Backends and what they run (`artifact`: the export manifest's format; none: the 
     tensorrt              "tensorrt" artifact, a serialised TensorRT engine
     torch-tensorrt        "torch-tensorrt" artifact, a Torch-TensorRT exported program
 
+Every artifact is found through `find_artifact`, which refuses (ArtifactError) a path leaving the
+export folder, a file whose SHA-256 differs from the manifest's, and an artifact built from
+other weights than the run's current checkpoints/best.safetensors (stale).
+
 Runtime packages are imported lazily; `backend_status(name)` says why one cannot run here.
 A `ThreadPolicy` (threads, passive) is applied by each runtime in its own way and recorded in
 `Runner.threads`; the default leaves every runtime's own default.
@@ -37,9 +41,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-from .base import (CPU_INSTALL_HINT, GPU_INSTALL_HINT, MANIFEST, RUNTIME_DEFAULT, TORCH_DTYPES, Backend,
-                   BackendUnavailable, Runner, ThreadPolicy, find_artifact, import_gpu_package, load_manifest,
-                   profile_shapes)
+from .base import (CPU_INSTALL_HINT, GPU_INSTALL_HINT, MANIFEST, RUNTIME_DEFAULT, TORCH_DTYPES, ArtifactError, Backend,
+                   BackendUnavailable, Runner, ThreadPolicy, artifact_path, check_artifact, file_sha256, find_artifact,
+                   import_gpu_package, load_manifest, profile_shapes)
 from .onnxruntime import ONNXRUNTIME, ONNXRUNTIME_CUDA, ONNXRUNTIME_TENSORRT, ort_session
 from .openvino import OPENVINO
 from .pytorch import TORCH, TORCH_COMPILE, TORCH_COMPILE_CUDAGRAPHS
@@ -92,8 +96,8 @@ def load_runner(
 
 
 __all__ = [
-    "BACKENDS", "CPU_INSTALL_HINT", "GPU_INSTALL_HINT", "MANIFEST", "RUNTIME_DEFAULT", "TORCH_DTYPES", "Backend",
-    "BackendUnavailable", "Runner", "ThreadPolicy", "available_backends", "backend_device", "backend_status",
-    "find_artifact", "get_backend", "import_gpu_package", "load_manifest", "load_runner", "ort_session",
+    "BACKENDS", "CPU_INSTALL_HINT", "GPU_INSTALL_HINT", "MANIFEST", "RUNTIME_DEFAULT", "TORCH_DTYPES", "ArtifactError",
+    "Backend", "BackendUnavailable", "Runner", "ThreadPolicy", "artifact_path", "available_backends", "backend_device",
+    "backend_status", "check_artifact", "file_sha256", "find_artifact", "get_backend", "import_gpu_package", "load_manifest", "load_runner", "ort_session",
     "profile_shapes",
 ]

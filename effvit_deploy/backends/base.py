@@ -2,6 +2,7 @@
 precision -> dtype table, the TensorRT-style input profile and the export manifest lookup."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -136,12 +137,79 @@ def load_manifest(run_dir: Union[str, Path]) -> dict[str, Any]:
     return manifest
 
 
+class ArtifactError(ValueError):
+    """An artifact the manifest lists cannot be trusted: its path leaves the export folder, its file
+    changed since export, or it was built from other weights than the run's current ones."""
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """SHA-256 of a file, cached per (path, size, mtime) so repeated checks of one artifact are free."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def artifact_path(run_dir: Union[str, Path], relative: Any) -> Path:
+    """RUN_DIR/export/`relative`, refused (ArtifactError) unless it stays inside the export folder
+    (no absolute path, no `..`, no symlink leading out)."""
+    export_dir = Path(run_dir) / "export"
+    rel = Path(str(relative))
+    path = export_dir / rel
+    if not isinstance(relative, str) or rel.is_absolute() or ".." in rel.parts or not relative.strip():
+        raise ArtifactError(f"{export_dir / MANIFEST} lists the artifact path {relative!r}, which leaves the export "
+                            f"folder: the manifest was edited; rebuild it with `effvit-export {run_dir} --force`")
+    if not path.resolve().is_relative_to(export_dir.resolve()):
+        raise ArtifactError(f"{path} links outside {export_dir}: artifacts must live in the export folder; "
+                            f"rebuild with `effvit-export {run_dir} --force`")
+    return path
+
+
+def check_artifact(run_dir: Union[str, Path], entry: dict[str, Any], manifest: dict[str, Any]) -> Path:
+    """The entry's artifact path after checking that it is confined to the export folder, that the
+    file (and an OpenVINO .bin) has the SHA-256 export recorded, and that it was built from the
+    run's current checkpoints/best.safetensors. Raises ArtifactError naming what is wrong and the fix;
+    FileNotFoundError when the file is missing."""
+    run_dir = Path(run_dir)
+    fmt, precision = entry["format"], entry["precision"]
+    redo = f"`effvit-export {run_dir} --formats {fmt} --precision {precision} --force`"
+    path = artifact_path(run_dir, entry["path"])
+    files = [(path, entry.get("sha256"))]
+    if isinstance(entry.get("weights_file"), dict):
+        files.append((artifact_path(run_dir, entry["weights_file"].get("path")), entry["weights_file"].get("sha256")))
+    for file, expected in files:
+        if not file.is_file():
+            kind = "a folder, expected a file" if file.is_dir() else "missing"
+            raise FileNotFoundError(f"{fmt} {precision} artifact {file} is {kind}: rebuild it with {redo}")
+        if expected and file_sha256(file) != expected:
+            raise ArtifactError(f"{file} is not the file effvit-export wrote (its SHA-256 differs from the manifest's): "
+                                f"it was modified, truncated or replaced; rebuild it with {redo}")
+    built_from = (entry.get("source") or {}).get("weights_sha256") or manifest.get("weights_sha256")
+    weights = run_dir / "checkpoints" / "best.safetensors"
+    if built_from and weights.is_file() and file_sha256(weights) != built_from:
+        raise ArtifactError(
+            f"{path} is stale: it was exported from other weights than {weights} now holds (SHA-256 "
+            f"{built_from[:12]} vs {file_sha256(weights)[:12]}); re-export with {redo}"
+        )
+    return path
+
+
 def find_artifact(run_dir: Union[str, Path], fmt: str, precision: str = "fp32") -> tuple[Path, dict[str, Any]]:
-    """(absolute path, manifest entry) of the artifact of this format and precision."""
+    """(absolute path, manifest entry) of the artifact of this format and precision, checked by
+    `check_artifact` (confined, unmodified, built from the current weights)."""
     manifest = load_manifest(run_dir)
     for entry in manifest.get("artifacts", []):
         if entry["format"] == fmt and entry["precision"] == precision:
-            return Path(run_dir) / "export" / entry["path"], entry
+            return check_artifact(run_dir, entry, manifest), entry
     have = ", ".join(f"{e['format']}/{e['precision']}" for e in manifest.get("artifacts", [])) or "none"
     raise FileNotFoundError(
         f"{run_dir} has no {fmt} {precision} artifact (have: {have}); "

@@ -21,6 +21,10 @@ NOT_APPLICABLE = "not applicable: untrained shape-only run (no data set)"
 BOUND_NOT_APPLICABLE = "not applicable: the attention-free bound is a latency reference, not a classifier"
 
 
+class NonFiniteLogits(ValueError):
+    """An artifact returned NaN or infinite logits: its accuracy is not a number to report."""
+
+
 def measure_accuracy(runner: Runner, card: ModelCard, limit: Optional[int] = None, batch_size: int = 16,
                      resolution: Optional[int] = None) -> tuple[float, int]:
     """(top-1, images scored) of `runner` over the validation subset of `limit` images
@@ -37,6 +41,8 @@ def measure_accuracy(runner: Runner, card: ModelCard, limit: Optional[int] = Non
         if len(labels) == 0:
             continue
         logits = runner(images.numpy().astype(np.float32))
+        if not np.isfinite(logits).all():
+            raise NonFiniteLogits(f"the {runner.backend} {runner.precision} logits hold NaN or inf on validation images")
         correct += int((logits.argmax(1) == labels.numpy()).sum())
         total += len(labels)
     if total == 0:
@@ -67,6 +73,8 @@ def artifact_accuracy(
         top1, images = measure_accuracy(runner_factory(), card, limit, resolution=resolution)
         return {"top1": top1, "top1_source": "measured on this backend", "top1_resolution": resolution or card.img_size,
                 "top1_images": images}
+    except NonFiniteLogits as exc:  # never stand in the training figure for an artifact that is broken
+        return {"top1": None, "top1_source": f"failed: {exc}", "top1_resolution": None, "top1_images": None}
     except Exception as exc:  # the sweep goes on; the reason is recorded
         reason = f"{type(exc).__name__}: {exc}"[:300]
         if fallback["top1"] is not None:

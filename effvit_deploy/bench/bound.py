@@ -91,7 +91,7 @@ def load_bound_model(run_dir: Union[str, Path]) -> nn.Module:
 def _export(run_dir: Path, formats: Sequence[str], min_res: int, max_res: int, max_batch: int) -> list[dict[str, Any]]:
     """The bound's ONNX graph (and OpenVINO IR) and manifest entries, as `effvit-export` writes a variant's."""
     from ..export.onnx import export_onnx, make_tensorrt_friendly
-    from ..export.run import sha256
+    from ..backends import file_sha256
 
     model, card = load_run(run_dir)
     model = remove_token_mixing(model)
@@ -101,7 +101,7 @@ def _export(run_dir: Path, formats: Sequence[str], min_res: int, max_res: int, m
         export_onnx(model, tmp, sample_size=(min_res, min_res), max_batch=max_batch, max_res=max_res)
         rewrites = make_tensorrt_friendly(tmp, min_res, card.img_size)
         parity = _check_parity(model, _onnxruntime(tmp), min_res, "ONNX")
-        entries = [{"format": "onnx", "precision": "fp32", "path": final.name, "sha256": sha256(tmp),
+        entries = [{"format": "onnx", "precision": "fp32", "path": final.name, "sha256": file_sha256(tmp),
                     "bytes": tmp.stat().st_size, "inputs": inputs, "rewrites": rewrites, "parity": parity}]
     if "openvino" in formats:
         import openvino as ov
@@ -111,7 +111,7 @@ def _export(run_dir: Path, formats: Sequence[str], min_res: int, max_res: int, m
         xml = run_dir / "export" / "model.openvino.xml"
         ov.save_model(ov.convert_model(final), xml, compress_to_fp16=False)
         parity = _check_parity(model, compiled_runner(xml, "fp32", card), min_res, "OpenVINO")
-        entries.append({"format": "openvino", "precision": "fp32", "path": xml.name, "sha256": sha256(xml),
+        entries.append({"format": "openvino", "precision": "fp32", "path": xml.name, "sha256": file_sha256(xml),
                         "inputs": inputs, "parity": parity, "onnx": final.name})
     write_json(run_dir / "export" / "manifest.json", {
         "run": run_name(run_dir), "model": card.model, "attention": BOUND, "num_classes": card.num_classes,
@@ -133,7 +133,7 @@ def _check_parity(model: nn.Module, predict: Callable[[np.ndarray], np.ndarray],
         ref = model(x).numpy()
     got = predict(x.numpy())
     rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
-    if rel > PARITY_RTOL:
+    if not rel <= PARITY_RTOL:  # NaN compares false: a non-finite output fails too
         raise RuntimeError(f"the attention-free {label} artifact differs from PyTorch (relative error {rel:.1e} at {res} px)")
     return {"resolution": res, "rel_max_error": rel}
 

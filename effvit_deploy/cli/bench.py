@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .errors import EXIT_RUNTIME, Parser, run_cli
+from .errors import EXIT_RUNTIME, Parser, existing_dir, output_dir, require, run_cli
 
 EPILOG = """examples:
   # trained runs, every usable backend, report in bench-out/
@@ -112,7 +112,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.config:
         if not args.config.is_file():
-            parser.error(f"--config {args.config} does not exist")
+            parser.error(f"--config {args.config} {'is a folder, expected a file' if args.config.is_dir() else 'does not exist'}")
         try:
             raw: dict[str, Any] = yaml.safe_load(args.config.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -182,13 +182,85 @@ def _train_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_artifacts(run_dirs: list[Path], backends: str, precisions: list[str]) -> None:
+    """Refuse (ArtifactError, exit 2) a damaged manifest or a stale, modified or escaping artifact
+    the sweep would time, and warn about unfinished runs, before anything is measured."""
+    import logging
+
+    from ..backends import MANIFEST, find_artifact, get_backend, load_manifest
+    from ..bench.matrix import resolve_backends
+    from ..runs import unfinished_note
+
+    formats = {get_backend(b).artifact for b in resolve_backends(backends)[0]} - {None}
+    for run_dir in run_dirs:
+        note = unfinished_note(run_dir)
+        if note:
+            logging.getLogger("effvit_deploy.bench").warning("%s; benchmarking it as it is", note)
+        if not (run_dir / "export" / MANIFEST).is_file():
+            continue
+        load_manifest(run_dir)
+        for fmt in sorted(formats):
+            for precision in precisions:
+                try:
+                    find_artifact(run_dir, fmt, precision)
+                except FileNotFoundError:
+                    continue  # reported in its row as not exported
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Every option, before any work: ranges, backends (exit 3 when a named one cannot run here),
+    precisions, paths and the resolutions against each model's patch size."""
+    from ..backends import BACKENDS, BackendUnavailable, backend_status
+    from ..runs import load_model_card
+
+    for option, value, low in (("--warmup", args.warmup, 0), ("--repeats", args.repeats, 1),
+                               ("--accuracy-limit", args.accuracy_limit, 1), ("--dim", args.dim, 1),
+                               ("--heads", args.heads, 1)):
+        require(value is None or (isinstance(value, int) and value >= low), option,
+                f"must be an integer >= {low}, got {value!r}")
+    for option, value in (("--max-time", args.max_time), ("--timeout", args.timeout), ("--memory-cap", args.memory_cap)):
+        require(value is None or (isinstance(value, (int, float)) and value > 0), option,
+                f"must be a positive number, got {value!r}")
+    names = _names(args.backends)
+    require(bool(names), "--backends", f"is empty: give auto or a comma list of {', '.join(BACKENDS)}")
+    if names != ["auto"]:
+        unknown = [b for b in names if b not in BACKENDS]
+        require(not unknown, "--backends", f"has unknown backend(s) {', '.join(unknown)}; valid: auto, {', '.join(BACKENDS)}")
+        for name in names:
+            reason = backend_status(name)
+            if reason is not None:
+                raise BackendUnavailable(f"--backends {name} cannot run here: {reason}")
+    precisions = list(dict.fromkeys(p for b in BACKENDS.values() for p in b.precisions))
+    unknown = [p for p in args.precision if p not in precisions]
+    require(bool(args.precision) and not unknown, "--precision",
+            f"{','.join(unknown) or 'is empty'}: valid precisions are {', '.join(precisions)}")
+    output_dir("--out", args.out)
+    if args.report_only:
+        return
+    patches: dict[str, int] = {}
+    if args.layer_only or args.model:
+        dim, heads, patch = _layer_dims(args)
+        require(dim % heads == 0, "--dim", f"{dim} is not divisible by --heads {heads}")
+        patches[args.model or "--layer-only"] = patch
+    if not args.layer_only:
+        for run_dir in args.run_dirs:
+            if run_dir.exists():  # a missing one is named with the others below
+                existing_dir("RUN_DIR", run_dir, "a training run folder")
+            if (run_dir / "model.json").is_file():
+                patches[str(run_dir)] = load_model_card(run_dir).patch_size
+    for what, patch in patches.items():
+        bad = [r for r in args.resolutions if r % patch or r < patch]
+        require(not bad, "--resolutions", f"{','.join(map(str, bad))} is not a multiple of the patch size {patch} of "
+                f"{what}: use e.g. {','.join(str(max(patch, round(r / patch) * patch)) for r in bad)}")
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..backends import MANIFEST, load_manifest
     from ..bench import layer_subject, run_benchmark, shape_runs, write_report
     from ..bench.matrix import artifact_formats, resolve_backends
     from ..bench.results import RESULTS_JSONL, load_results
     from ..bench.shapes import parse_attentions
 
+    _check_options(args)
     results = args.out / "results.jsonl"
     if args.report_only:
         print(f"report: {write_report(results, args.out, **_report_options(args))}")
@@ -211,9 +283,7 @@ def run(args: argparse.Namespace) -> int:
     if not_runs:
         raise FileNotFoundError(f"not training run directories (no model.json): {', '.join(not_runs)}; "
                                 "make them with effvit-train, or benchmark untrained variants with --model")
-    for run_dir in args.run_dirs:  # a damaged manifest stops the sweep before it writes anything
-        if (run_dir / "export" / MANIFEST).is_file():
-            load_manifest(run_dir)
+    _check_artifacts(args.run_dirs, args.backends, args.precision)  # before the sweep writes anything
     if not run_dirs and not layers:
         raise ValueError("nothing to benchmark: give RUN_DIR(s), --model NAME, or --layer-only")
     before = len(load_results(args.out / RESULTS_JSONL)) if (args.out / RESULTS_JSONL).is_file() else 0

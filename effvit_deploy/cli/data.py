@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 from ..data import ClutteredDigits, DataError, build_imagenet100, describe_folder, find_bad_images, write_digits_folder, write_folder
+from ..data.decode import accepted_formats
 from ..data.imagenet100 import DEFAULT_CLASS_FILE
-from .errors import Parser, run_cli
+from .errors import Parser, existing_dir, existing_file, output_dir, run_cli
 
 EPILOG = """examples:
   effvit-data imagenet100 --imagenet /data/imagenet --out /data/imagenet100
@@ -21,6 +22,9 @@ then train on a folder with: effvit-train --config train/imagenet100_vit_s16.yam
 
 
 def _imagenet100(args: argparse.Namespace) -> int:
+    existing_dir("--imagenet", args.imagenet, "the ImageNet-1k folder with train/ and val/")
+    existing_file("--classes", args.classes)
+    output_dir("--out", args.out)
     result = build_imagenet100(args.imagenet, args.out, args.classes)
     for split, s in result["splits"].items():
         print(f"{split}: {result['classes']} classes, {s['images']} images "
@@ -32,16 +36,19 @@ def _imagenet100(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    existing_dir("DIR", args.dir, "a folder of images")
     report = find_bad_images(args.dir, workers=args.workers, progress=sys.stderr.isatty())
     for path, reason in report.bad:
         print(f"BAD {path}: {reason}")
     for path, change in report.converted:
         print(f"CONVERTED {path}: {change}")
+    for path in report.ignored:
+        print(f"IGNORED {path}: not an accepted image format ({accepted_formats()}), training never reads it")
     print(f"checked {report.checked} images: {len(report.bad)} unreadable, "
-          f"{report.checked - len(report.bad)} ok; {report.other_files} non-image files ignored; "
+          f"{report.checked - len(report.bad)} ok; {len(report.ignored)} other files ignored (IGNORED lines); "
           f"{len(report.converted)} converted on load (CONVERTED lines: what training and the demo both do)")
     summary = {"checked": report.checked, "bad": [p for p, _ in report.bad],
-               "converted": dict(report.converted), "other_files": report.other_files}
+               "converted": dict(report.converted), "other_files": len(report.ignored), "ignored": report.ignored}
     layout_ok = True
     if (Path(args.dir) / "train").is_dir() or (Path(args.dir) / "val").is_dir():
         try:
@@ -57,6 +64,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _digits(args: argparse.Namespace) -> int:
+    output_dir("--out", args.out)
     counts = write_digits_folder(args.out, img_size=args.img_size, seed=args.seed)
     print(f"wrote digits to {args.out}: " + ", ".join(f"{k} {v} images" for k, v in counts.items())
           + f" at {args.img_size}x{args.img_size} px")
@@ -64,6 +72,7 @@ def _digits(args: argparse.Namespace) -> int:
 
 
 def _cluttered(args: argparse.Namespace) -> int:
+    output_dir("--out", args.out)
     sizes = {"train": args.train_size, "val": args.val_size}
     splits = {split: ClutteredDigits(split, n, args.img_size, seed=args.seed) for split, n in sizes.items()}
     counts = write_folder(args.out, splits)
@@ -72,14 +81,22 @@ def _cluttered(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _int_at_least(low: int):
+    """An argparse type: an integer >= `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "its splits); exit 1 if anything is wrong",
                        epilog="example: effvit-data check /data/imagenet100 --workers 8")
     s.add_argument("dir", help="folder to scan recursively (symlinks followed)")
-    s.add_argument("--workers", type=int, default=0, help="decode in this many processes (default: in-process)")
+    s.add_argument("--workers", type=_non_negative_int, default=0, help="decode in this many processes (default: in-process)")
     s.add_argument("--json", action="store_true", help="also print a JSON summary line")
     s.set_defaults(func=_check)
 

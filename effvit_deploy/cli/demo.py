@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import re
+import socket
 from pathlib import Path
 from typing import Optional
 
 from ..demo.app import DEFAULT_HOST, DEFAULT_MAX_FILE_SIZE, DEFAULT_PORT
 from ..demo.inputs import DEFAULT_MAX_PIXELS
 from ..demo.predict import AUTO, PRECISIONS, SERVABLE
-from .errors import Parser, run_cli
+from .errors import Parser, existing_dir, require, run_cli
 
 EPILOG = """examples:
   effvit-demo runs/digits-*                       # every variant, fastest backend each, http://127.0.0.1:7860
@@ -41,13 +44,42 @@ def main(argv: Optional[list[str]] = None) -> int:
     return run_cli("effvit-demo", lambda: _serve(args), args.debug)
 
 
+SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(b|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, before any model loads, a port out of range (2), a host this machine cannot bind
+    (2, naming --host) and a port already in use (1, naming --port)."""
+    require(1 <= port <= 65535, "--port", f"must be 1..65535, got {port}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"--host {host} is not an address or host name ({err.strerror or err}): use 127.0.0.1 "
+                         "(this machine) or 0.0.0.0 (every interface)") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise OSError(f"--port {port} is already in use on {host}: pick another --port") from None
+            raise ValueError(f"--host {host} cannot be bound on this machine ({err.strerror}): use 127.0.0.1 or "
+                             "0.0.0.0") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
+    for run_dir in args.run_dirs:
+        if run_dir.exists():  # missing ones are named together below
+            existing_dir("RUN_DIR", run_dir, "a training run folder")
     missing = [str(d) for d in args.run_dirs if not (d / "model.json").is_file()]
     if missing:
         raise FileNotFoundError(f"not training run directories (no model.json): {', '.join(missing)}; "
                                 "make them with effvit-train")
-    if args.max_pixels < 1 or args.concurrency < 1:
-        raise ValueError(f"--max-pixels and --concurrency must be positive, got {args.max_pixels} and {args.concurrency}")
+    require(args.max_pixels >= 1, "--max-pixels", f"must be positive, got {args.max_pixels}")
+    require(args.concurrency >= 1, "--concurrency", f"must be positive, got {args.concurrency}")
+    require(bool(SIZE.match(str(args.max_file_size))), "--max-file-size",
+            f"{args.max_file_size!r} is not a size: use e.g. 25mb, 500kb or 1gb")
+    check_address(args.host, args.port)
     from ..demo.app import launch
 
     try:

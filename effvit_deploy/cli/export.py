@@ -10,8 +10,9 @@ from typing import Any, Optional
 import yaml
 
 from ..export import ExportUnavailable, ParityError, TensorRTIncompatible, check_tensorrt_compat, export_run
+from ..export.precision import Fp16Unsafe
 from ..export.run import FORMATS
-from .errors import EXIT_RUNTIME, Parser, exit_code, one_line, run_cli
+from .errors import EXIT_RUNTIME, Parser, existing_dir, existing_file, exit_code, one_line, require, run_cli
 
 EPILOG = """examples:
   effvit-export runs/digits-exact                              # ONNX fp32, verified
@@ -55,9 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     profile: dict[str, Any] = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ValueError(f"export profile {path} does not exist")
+        path = existing_file("--config", args.config)
         try:
             profile = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -84,7 +83,25 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "force": bool(profile.get("force", False)),
         "eval_limit": profile.get("eval_limit", 1000),
     }
+    _check(opts)
     return opts
+
+
+def _check(opts: dict[str, Any]) -> None:
+    """Every option before any run is touched (the same checks export_run makes, named as options)."""
+    from ..export.run import _plan
+
+    require(bool(opts["formats"]), "--formats", f"is empty: give a comma list of {', '.join(FORMATS)}")
+    require(bool(opts["precisions"]), "--precision", "is empty: give e.g. fp32 or fp32,fp16")
+    for option, key, low in (("--max-batch", "max_batch", 1), ("--eval-limit", "eval_limit", 0), ("--min-res", "min_res", 1),
+                             ("--opt-res", "opt_res", 1), ("--max-res", "max_res", 1)):
+        value = opts[key]
+        require(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= low), option,
+                f"must be an integer >= {low}, got {value!r}")
+    try:
+        _plan(opts["formats"], opts["precisions"], opts["int8"])
+    except ValueError as exc:
+        raise ValueError(f"--formats/--precision: {exc}") from None
 
 
 def _fmt(value: Optional[float], spec: str) -> str:
@@ -134,7 +151,7 @@ def _export(target: Path, opts: dict[str, Any]) -> int:
     run so the other runs still export."""
     try:
         print_table(export_run(target, **opts))
-    except (ParityError, TensorRTIncompatible) as exc:
+    except (ParityError, TensorRTIncompatible, Fp16Unsafe) as exc:
         print(f"effvit-export: error: {target}: {one_line(exc)}", file=sys.stderr)
         return EXIT_RUNTIME
     except ExportUnavailable:
@@ -157,8 +174,10 @@ def _main(args: argparse.Namespace) -> int:
     for target in targets:
         if target.suffix == ".onnx" and not args.check_tensorrt:
             raise ValueError(f"{target} is an ONNX file: pass run directories, or add --check-tensorrt to check it")
-        if target.suffix == ".onnx" and not target.is_file():
-            raise FileNotFoundError(f"{target} does not exist")
+        if target.suffix == ".onnx":
+            existing_file("ONNX file", target)
+        else:
+            existing_dir("RUN_DIR", target, "a training run folder")
     code = 0
     for target in targets:
         if target.suffix != ".onnx":

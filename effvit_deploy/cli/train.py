@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..attention import ATTENTIONS
-from .errors import Parser, run_cli
+from .errors import Parser, existing_dir, output_dir, run_cli
 
 EPILOG = """examples:
   effvit-train --config train/digits.yaml --attention all          # runs/digits-exact, runs/digits-linformer, ...
@@ -17,6 +17,8 @@ EPILOG = """examples:
   effvit-train --config train/cluttered.yaml --attention all --init-from runs/cluttered_pretrain-exact
 
 Overrides are dotted recipe keys with YAML values (model_kwargs.depth=6, aug=null, ema.enabled=true).
+A class folder with no readable image is refused by name; data.on_empty_class=drop leaves it out.
+Training stops at the first NaN/inf loss (exit 1), keeping the last complete epoch's checkpoints.
 Each run writes OUT/NAME-ATTENTION/: model.json, config.yaml, metrics.jsonl, summary.json, checkpoints/.
 """
 
@@ -51,6 +53,13 @@ def _train(args) -> int:
     from ..train import load_config, train_all
     from ..train.distributed import shutdown
 
+    from ..data import GENERATED
+
+    output_dir("--out", args.out)
+    if args.data is not None and args.data not in GENERATED:
+        existing_dir("--data", Path(args.data).expanduser(), "a folder with train/ and val/ class folders")
+    if args.init_from is not None and Path(args.init_from).expanduser().is_file():  # a missing one: init_from says
+        existing_dir("--init-from", Path(args.init_from).expanduser(), "a finished run folder")
     try:
         attentions = args.attention
         if attentions is None:

@@ -10,23 +10,26 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Optional, Union
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from .decode import decode_rgb
+from .decode import decode_rgb, is_image_file
 from .folder import DECODE_ERRORS
 
 
 @dataclass
 class CheckReport:
     """What `find_bad_images` saw: images checked, the bad ones with PIL's reason, the ones the
-    decoder converts (with what it does to them), and other files (not loaded by ImageFolder,
-    so not checked)."""
+    decoder converts (with what it does to them), and the files ignored: not in an accepted
+    image format (`decode.IMAGE_EXTENSIONS`), so training never loads them."""
 
     checked: int = 0
     bad: list[tuple[str, str]] = field(default_factory=list)
     converted: list[tuple[str, str]] = field(default_factory=list)
-    other_files: int = 0
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def other_files(self) -> int:
+        return len(self.ignored)
 
 
 def inspect_image(path: str) -> tuple[Optional[str], str]:
@@ -43,17 +46,20 @@ def find_bad_images(root: Union[str, Path], workers: int = 0, progress: bool = F
     (open + load, truncated files fail); `workers` > 1 decodes in that many processes;
     `progress` shows a tqdm bar (on stderr)."""
     root = Path(root)
+    if root.is_file():
+        raise NotADirectoryError(f"{root} is a file, expected a folder of images")
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory")
+        raise FileNotFoundError(f"{root} does not exist")
     report = CheckReport()
     paths = []
     for dirpath, _, files in os.walk(root, followlinks=True):
         for f in sorted(files):
-            if f.lower().endswith(IMG_EXTENSIONS):
+            if is_image_file(f):
                 paths.append(os.path.join(dirpath, f))
             else:
-                report.other_files += 1
+                report.ignored.append(os.path.join(dirpath, f))
     paths.sort()
+    report.ignored.sort()
     with Pool(workers) if workers > 1 else nullcontext() as pool:
         results = pool.imap(inspect_image, paths, chunksize=64) if pool else map(inspect_image, paths)
         for path, (reason, change) in tqdm(zip(paths, results), total=len(paths), unit="img", disable=not progress):

@@ -24,6 +24,33 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image, ImageOps
 
+# The image formats training, `effvit-data check` and the demo accept (Pillow format name ->
+# file extensions), limited to those this Pillow build can decode. ImageFolder lists files by
+# IMAGE_EXTENSIONS; `decode_rgb` refuses a file whose content is another format.
+_FORMATS = {
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "MPO": (), "PNG": (".png", ".apng"), "WEBP": (".webp",),
+    "GIF": (".gif",), "BMP": (".bmp", ".dib"), "TIFF": (".tif", ".tiff"), "PPM": (".ppm", ".pgm", ".pbm", ".pnm"),
+    "AVIF": (".avif",),
+}
+_DECODABLE = set(Image.registered_extensions().values())
+IMAGE_FORMATS = tuple(name for name in _FORMATS if name in _DECODABLE or name == "MPO")
+IMAGE_EXTENSIONS = tuple(ext for name in IMAGE_FORMATS for ext in _FORMATS[name])
+
+
+def accepted_formats() -> str:
+    """The accepted formats as a user reads them: "JPEG, PNG, WEBP, GIF, BMP, TIFF, PPM, AVIF"."""
+    return ", ".join(name for name in IMAGE_FORMATS if _FORMATS[name])
+
+
+def is_image_file(path: Union[str, Path]) -> bool:
+    """Whether training lists this file as an image (by its extension, case-insensitive)."""
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+class UnsupportedFormat(ValueError):
+    """The file decodes, but as a format outside IMAGE_FORMATS (e.g. an .ico renamed .png)."""
+
+
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 EXIF_ORIENTATION = 0x0112
@@ -60,7 +87,8 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
 def decode_rgb(path: Union[str, Path], max_pixels: Optional[int] = None) -> tuple[Image.Image, list[str]]:
     """(upright RGB image, notes on what was changed) for the image file at `path`.
 
-    Raises TooManyPixels when `max_pixels` is given and exceeded (read from the header), and
+    Raises TooManyPixels when `max_pixels` is given and exceeded (read from the header),
+    UnsupportedFormat for a format outside IMAGE_FORMATS, and
     Pillow's own errors (OSError, SyntaxError, ValueError, EOFError, DecompressionBombError) for
     files it cannot decode; truncated files fail rather than decode partially.
     """
@@ -68,6 +96,8 @@ def decode_rgb(path: Union[str, Path], max_pixels: Optional[int] = None) -> tupl
         if max_pixels is not None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with open(path, "rb") as f, Image.open(f) as image:
+            if image.format not in IMAGE_FORMATS:
+                raise UnsupportedFormat(f"{path} is a {image.format} file; accepted formats: {accepted_formats()}")
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 raise TooManyPixels(path, width, height, max_pixels)

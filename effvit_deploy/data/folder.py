@@ -17,12 +17,14 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .decode import load_rgb
+from .decode import accepted_formats, is_image_file, load_rgb
 from .errors import BadImageError, DataError
 
 ON_BAD_IMAGE = ("skip", "error")
+# What a class folder with no readable image does: refuse the data set naming it, or leave the
+# class out (of both splits, with a message; recorded in the run's model.json).
+ON_EMPTY_CLASS = ("error", "drop")
 # What PIL raises for unreadable, truncated or hostile files.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
@@ -41,16 +43,37 @@ class CheckedImageFolder(ImageFolder):
     files that cannot be decoded, instead of an arbitrary PIL exception. Images are decoded by
     `decode.load_rgb`, the same function the demo uses (EXIF orientation, 16-bit, transparency)."""
 
-    def __init__(self, root: Union[str, Path], transform: Optional[Callable] = None, on_bad_image: str = "skip"):
+    def __init__(self, root: Union[str, Path], transform: Optional[Callable] = None, on_bad_image: str = "skip",
+                 exclude: Sequence[str] = ()):
         check_on_bad_image(on_bad_image)
-        super().__init__(str(root), transform=transform, allow_empty=True)
+        self.exclude = frozenset(exclude)
+        super().__init__(str(root), transform=transform, allow_empty=True, is_valid_file=is_image_file)
         self.on_bad_image = on_bad_image
 
     def find_classes(self, directory: Union[str, Path]) -> tuple[list[str], dict[str, int]]:
         """Class folders, sorted, leaving out hidden ones (`.ipynb_checkpoints`, `.Trash-1000`),
-        which torchvision would otherwise turn into classes."""
-        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        which torchvision would otherwise turn into classes, and the `exclude`d ones."""
+        classes = sorted(e.name for e in os.scandir(directory)
+                         if e.is_dir() and not e.name.startswith(".") and e.name not in self.exclude)
         return classes, {name: i for i, name in enumerate(classes)}
+
+    def unreadable_classes(self) -> list[str]:
+        """Classes with no image that decodes: no image file at all, or only unreadable ones.
+        Each class's files are tried in order until one decodes (one decode per healthy class)."""
+        files: dict[int, list[str]] = {}
+        for path, target in self.samples:
+            files.setdefault(target, []).append(path)
+        bad = []
+        for name, index in self.class_to_idx.items():
+            for path in files.get(index, []):
+                try:
+                    load_rgb(path)
+                    break
+                except DECODE_ERRORS:
+                    continue
+            else:
+                bad.append(name)
+        return bad
 
     def images_per_class(self) -> dict[str, int]:
         counts = Counter(target for _, target in self.samples)
@@ -68,9 +91,13 @@ class CheckedImageFolder(ImageFolder):
         return (self.transform(img) if self.transform else img), target
 
 
-def open_split(root: Union[str, Path], split: str, transform: Optional[Callable], on_bad_image: str) -> CheckedImageFolder:
-    """One split of an ImageFolder data set, with a clear error when it is missing or empty."""
+def open_split(root: Union[str, Path], split: str, transform: Optional[Callable], on_bad_image: str,
+               exclude: Sequence[str] = ()) -> CheckedImageFolder:
+    """One split of an ImageFolder data set (without the `exclude`d classes), with a clear error
+    when it is missing or empty."""
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"data folder {root} is a file, expected a folder with train/ and val/ class folders")
     if not root.is_dir():
         raise DataError(
             f"data folder {root} does not exist: the data root must be a directory with train/ and "
@@ -80,14 +107,28 @@ def open_split(root: Union[str, Path], split: str, transform: Optional[Callable]
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"data folder {root} has no {split}/ split: expected {split_dir}/<class>/<image files>")
-    ds = CheckedImageFolder(split_dir, transform=transform, on_bad_image=on_bad_image)
+    ds = CheckedImageFolder(split_dir, transform=transform, on_bad_image=on_bad_image, exclude=exclude)
     if not ds.samples:
         raise DataError(
-            f"split {split_dir} is empty: no image files ({', '.join(IMG_EXTENSIONS)}) in class folders "
+            f"split {split_dir} is empty: no image files ({accepted_formats()}) in class folders "
             f"under it ({len(ds.classes)} class folder(s) found)"
         )
     return ds
 
+
+def unusable_classes(splits: dict[str, CheckedImageFolder]) -> dict[str, list[str]]:
+    """{class: [splits where it has no readable image]} over the given splits."""
+    found: dict[str, list[str]] = {}
+    for split, ds in splits.items():
+        for name in ds.unreadable_classes():
+            found.setdefault(name, []).append(split)
+    return found
+
+
+def describe_unusable(root: Union[str, Path], found: dict[str, list[str]]) -> str:
+    names = [f"{name} ({'/'.join(splits)})" for name, splits in sorted(found.items())]
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"{len(found)} class folder(s) of {root} hold no readable image: {shown}"
 
 
 def check_same_classes(train: CheckedImageFolder, val: CheckedImageFolder) -> None:
@@ -115,6 +156,10 @@ def describe_folder(root: Union[str, Path]) -> dict[str, dict[str, int]]:
     `build_datasets` makes (both splits present and non-empty, same classes)."""
     splits = {split: open_split(root, split, None, "skip") for split in ("train", "val")}
     check_same_classes(splits["train"], splits["val"])
+    found = unusable_classes(splits)
+    if found:
+        raise DataError(f"{describe_unusable(root, found)}; add images or remove those folders (training refuses "
+                        "them unless data.on_empty_class=drop)")
     return {split: {"classes": len(ds.classes), "images": len(ds)} for split, ds in splits.items()}
 
 

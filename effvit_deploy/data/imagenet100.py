@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Union
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .decode import is_image_file
 from .errors import DataError
 
 SPLITS = ("train", "val")
@@ -46,7 +46,7 @@ def count_images(folder: Path) -> int:
         1
         for _, _, files in os.walk(folder, followlinks=True)
         for f in files
-        if f.lower().endswith(IMG_EXTENSIONS)
+        if is_image_file(f)
     )
 
 

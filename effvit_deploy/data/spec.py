@@ -1,7 +1,7 @@
 """DataSpec: which data set a run uses, as stored in a recipe and in the ModelCard's `data` dict."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,7 +15,10 @@ GENERATED = ("digits", "cluttered", "synthetic")  # built in memory, named by a 
 class DataSpec:
     """A data set by name. `seed` is the data seed (digits split, generated images), kept apart
     from the training seed so that runs with different training seeds see the same data.
-    `train_size`/`val_size` are the image counts of the generated sets (cluttered, synthetic)."""
+    `train_size`/`val_size` are the image counts of the generated sets (cluttered, synthetic).
+    `exclude_classes` are class folders of a folder data set left out of both splits (set by
+    training under `data.on_empty_class=drop`), recorded in model.json so later stages use the
+    same classes."""
 
     name: str
     root: Optional[str] = None
@@ -23,6 +26,7 @@ class DataSpec:
     train_size: int = 1000
     val_size: int = 200
     seed: int = 0
+    exclude_classes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -59,4 +63,8 @@ class DataSpec:
         return cls("folder", root=str(Path(text.removeprefix("folder:")).expanduser().resolve()))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict; `exclude_classes` only when set, so specs recorded before it existed compare equal."""
+        d = asdict(self)
+        if not d["exclude_classes"]:
+            del d["exclude_classes"]
+        return d

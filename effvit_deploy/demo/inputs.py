@@ -15,7 +15,7 @@ from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data.decode import TooManyPixels, decode_rgb
+from ..data.decode import TooManyPixels, UnsupportedFormat, accepted_formats, decode_rgb
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -32,7 +32,7 @@ def load_image(path: Union[str, Path, None], max_pixels: int = DEFAULT_MAX_PIXEL
     if not path.is_file():
         raise InputError(f"The upload {path.name!r} did not arrive: upload it again.")
     if path.stat().st_size == 0:
-        raise InputError(f"The file {path.name!r} is empty (0 bytes): upload an image file (PNG, JPEG, WebP, ...).")
+        raise InputError(f"The file {path.name!r} is empty (0 bytes): upload an image file ({accepted_formats()}).")
     try:
         return decode_rgb(path, max_pixels)[0]
     except TooManyPixels as err:
@@ -46,9 +46,12 @@ def load_image(path: Union[str, Path, None], max_pixels: int = DEFAULT_MAX_PIXEL
             f"The image declares more pixels than it is safe to decode (over this demo's limit of {limit:,}): "
             "downscale it before uploading."
         ) from None
+    except UnsupportedFormat as err:
+        raise InputError(f"{err}: the models were trained on these formats only; convert the image.".replace(
+            str(path), repr(path.name))) from None
     except UnidentifiedImageError:
         raise InputError(
-            f"{path.name!r} is not an image Pillow can read: upload a PNG, JPEG, WebP, BMP, GIF or TIFF file."
+            f"{path.name!r} is not an image Pillow can read: upload one of {accepted_formats()}."
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise InputError(f"{path.name!r} could not be decoded ({err}): the file is damaged or truncated; "

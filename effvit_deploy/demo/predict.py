@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..backends import BackendUnavailable, Runner, find_artifact, get_backend, load_runner
+from ..backends import ArtifactError, BackendUnavailable, Runner, find_artifact, get_backend, load_runner
 from ..flops import count_flops
-from ..runs import ModelCard, load_run, load_summary, run_name
+from ..runs import ModelCard, load_run, load_summary, run_name, unfinished_note
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ SERVABLE = AUTO_ORDER
 # Every precision some servable backend runs (an artifact of it must exist for that backend).
 PRECISIONS = tuple(dict.fromkeys(p for b in SERVABLE for p in get_backend(b).precisions))
 TOP_K = 5
+
+
+class NonFiniteOutput(RuntimeError):
+    """A backend returned NaN or infinite logits: nothing is reported as a prediction or accuracy."""
 
 
 @dataclass
@@ -121,6 +125,9 @@ class Variant:
             runner.synchronize()
             latency = time.perf_counter() - start
         logits = runner.to_numpy(out).astype(np.float64)[0]
+        if not np.isfinite(logits).all():
+            raise NonFiniteOutput(f"{self.name} on {backend} returned NaN or infinite logits for this image: "
+                                  "no prediction is shown; re-export the run, or serve it with --backend torch")
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         names = self.card.class_names or [str(i) for i in range(len(probs))]
@@ -151,7 +158,11 @@ def validation_accuracy(variant: Variant, backend: str = AUTO, limit: Optional[i
     with variant.lock:
         for x, y, _ in DataLoader(subset.validation_subset(variant.card, limit), batch_size=16, collate_fn=collate_skip_bad):
             if len(y):
-                correct += int((runner(x.numpy()).argmax(1) == y.numpy()).sum())
+                logits = runner(x.numpy())
+                if not np.isfinite(logits).all():
+                    raise NonFiniteOutput(f"{variant.run_dir}: {runner.backend} returned NaN or infinite logits on "
+                                          "validation images: its accuracy is not a number")
+                correct += int((logits.argmax(1) == y.numpy()).sum())
                 total += len(y)
     if total == 0:
         raise ValueError(f"{variant.run_dir}: the validation set of {variant.card.data} has no readable image")
@@ -170,6 +181,9 @@ def servable_backends(run_dir: Union[str, Path], precision: str = "fp32") -> lis
                 find_artifact(run_dir, record.artifact, precision)
             except FileNotFoundError:
                 continue
+            except ArtifactError as err:  # stale, modified or escaping: never served, said once
+                log.warning("%s: not serving %s: %s", run_dir, backend, err)
+                continue
         usable.append(backend)
     return usable
 
@@ -177,13 +191,17 @@ def servable_backends(run_dir: Union[str, Path], precision: str = "fp32") -> lis
 def load_variant(run_dir: Union[str, Path], backend: str = AUTO, precision: str = "fp32") -> Variant:
     """Load one run for `backend` ("auto": every servable backend) and warm each runner up once.
 
-    An explicit backend that cannot serve this run raises with the reason. "auto" loads what it
-    can: a backend whose artifact does not load or run (a truncated model.onnx, an engine for
+    An explicit backend that cannot serve this run raises with the reason (ArtifactError for a
+    stale, modified or escaping artifact: `backends.check_artifact`). "auto" loads what it can,
+    never a stale artifact: a backend whose artifact does not load or run (a truncated model.onnx, an engine for
     another GPU) is skipped with a warning and the next one in AUTO_ORDER serves, down to PyTorch
     (at fp32 when the run's weights have no `precision` runner).
     """
     run_dir = Path(run_dir)
     model, card = load_run(run_dir)
+    note = unfinished_note(run_dir)
+    if note:
+        log.warning("%s", note)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     if backend == AUTO:
         wanted = [(name, precision) for name in servable_backends(run_dir, precision)]
@@ -200,6 +218,8 @@ def load_variant(run_dir: Union[str, Path], backend: str = AUTO, precision: str 
             runner = load_runner(run_dir, name, prec)
             runner(warmup)
         except Exception as err:  # noqa: BLE001 - any unreadable artifact: fall back to the next backend
+            if backend != AUTO and name == backend and isinstance(err, ArtifactError):
+                raise
             if backend != AUTO and name == backend:
                 raise BackendUnavailable(f"{run_dir}: backend {name} cannot serve this run: {err}") from None
             log.warning("%s: skipping backend %s: %s", run_dir, name, str(err).splitlines()[0] if str(err) else type(err).__name__)

@@ -4,8 +4,12 @@ fp16: ONNX Runtime's float16 converter (`onnxruntime.transformers.float16`, the 
 onnxconverter-common), with LayerNormalization, Softmax, Exp and the reductions kept in fp32 (an
 fp16 LayerNorm overflows and wrecks ViT accuracy in TensorRT). For
 mechanisms whose PyTorch code runs its attention math with autocast disabled (Performer's
-positive random features, Nystrom's iterative pseudo-inverse), every node directly inside those
-attention modules stays fp32 too, so the fp16 graph computes what `torch.autocast` would.
+positive random features and per-feature key sums, Nystrom's iterative pseudo-inverse), every
+node of that math stays fp32 too, so the fp16 graph computes what `torch.autocast` would. Those
+nodes are found by the exporter's name scopes before onnxslim (which drops them) and carried
+over as the `ATTENTION_MARK` node metadata (`attention_scopes`, `mark_attention_math`); an fp16
+conversion of such a mechanism that finds no marked node raises `Fp16Unsafe` rather than
+silently running them in fp16.
 Inputs and outputs stay float32 (`keep_io_types`): callers feed and read float32 for every
 precision.
 
@@ -41,18 +45,81 @@ FP32_OPS = [
 FP32_ATTENTION = {"performer", "nystrom"}
 
 
-def _attention_math_nodes(proto) -> list[str]:
-    """Nodes whose innermost module is an attention layer (not its qkv/proj/conv submodules)."""
-    names = []
-    for node in proto.graph.node:
+ATTENTION_MARK = "effvit.fp32_attention"  # node metadata key: the attention module the node computes for
+
+
+def attention_scopes(path: Union[str, Path]) -> dict[str, str]:
+    """{node name: attention module} for the nodes whose innermost module is an attention layer
+    (not its qkv/proj submodules), read from the exporter's name scopes.
+
+    The scopes exist only in the graph `torch.onnx.export` wrote: onnxslim drops node metadata,
+    so call this before slimming and carry the result over with `mark_attention_math`.
+    """
+    import onnx
+
+    scopes = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
-        raw = meta.get("pkg.torch.onnx.name_scopes")
+        raw = meta.get(ATTENTION_MARK) or meta.get("pkg.torch.onnx.name_scopes")
         if not raw:
             continue
-        scopes = ast.literal_eval(raw)
-        if len(scopes) >= 2 and str(scopes[-2]).endswith(".attn"):
-            names.append(node.name)
-    return names
+        if ATTENTION_MARK in meta:
+            scopes[node.name] = raw
+            continue
+        names = ast.literal_eval(raw)
+        if len(names) >= 2 and str(names[-2]).endswith(".attn"):
+            scopes[node.name] = str(names[-2])
+    return scopes
+
+
+def _region(graph, seeds: set[str]) -> set[str]:
+    """`seeds` plus every node on a path between two of them (nodes a graph rewrite renamed or fused)."""
+    producer = {out: n.name for n in graph.node for out in n.output}
+    consumers: dict[str, list[str]] = {}
+    inputs = {n.name: list(n.input) for n in graph.node}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n.name)
+    outputs = {n.name: list(n.output) for n in graph.node}
+
+    def walk(step) -> set[str]:
+        seen, todo = set(), list(seeds)
+        while todo:
+            for nxt in step(todo.pop()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    down = walk(lambda n: [c for out in outputs[n] for c in consumers.get(out, [])])
+    up = walk(lambda n: [producer[i] for i in inputs[n] if i in producer])
+    return seeds | (down & up)
+
+
+def mark_attention_math(path: Union[str, Path], scopes: dict[str, str]) -> int:
+    """Write the `ATTENTION_MARK` marker (in place) on the attention-math nodes of `path`: those
+    named in `scopes` (from `attention_scopes` on the graph before slimming) and, per attention
+    module, every node between two of them. Returns how many nodes carry it."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    present = {n.name for n in proto.graph.node}
+    by_scope: dict[str, set[str]] = {}
+    for name, scope in scopes.items():
+        if name in present:
+            by_scope.setdefault(scope, set()).add(name)
+    marked = {name: scope for scope, seeds in by_scope.items() for name in _region(proto.graph, seeds)}
+    for node in proto.graph.node:
+        for prop in [p for p in node.metadata_props if p.key == ATTENTION_MARK]:
+            node.metadata_props.remove(prop)
+        if node.name in marked:
+            node.metadata_props.add(key=ATTENTION_MARK, value=marked[node.name])
+    onnx.save(proto, str(path))
+    return len(marked)
+
+
+class Fp16Unsafe(RuntimeError):
+    """An fp16 graph would run attention maths that needs fp32 in fp16."""
 
 
 def _fold_constant_casts(proto, fp32_constants: dict) -> None:
@@ -81,22 +148,61 @@ def _fold_constant_casts(proto, fp32_constants: dict) -> None:
         graph.initializer.remove(t)
 
 
-def convert_fp16(src: Union[str, Path], dst: Union[str, Path], attention: str) -> Path:
-    """fp16 copy of the fp32 graph `src` at `dst` (float32 inputs/outputs)."""
+def _skip_fp16_round_trips(proto) -> int:
+    """Let fp32 nodes feed fp32 nodes directly; returns how many round trips were removed.
+
+    The converter casts every output of a kept-fp32 node to fp16 and back before the next fp32
+    node reads it, so a chain of fp32 nodes still rounds through fp16 at each step: Performer's
+    per-feature key sums (down to 1e-30) became 0 there, then log(0) and 0/0 gave NaN. Each
+    `Cast(to=float)` of such a `Cast(to=float16)` reads the fp32 value instead, and casts left
+    unused are removed.
+    """
+    from onnx import TensorProto
+
+    graph = proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def cast_to(node) -> int:
+        return next((a.i for a in node.attribute if a.name == "to"), -1) if node.op_type == "Cast" else -1
+
+    skipped = 0
+    for node in graph.node:
+        source = producer.get(node.input[0]) if node.input else None
+        if (cast_to(node) == TensorProto.FLOAT and source is not None and cast_to(source) == TensorProto.FLOAT16
+                and source.name.endswith("_cast_to_fp16_node")):  # the converter's cast of a kept-fp32 output
+            node.input[0] = source.input[0]
+            skipped += 1
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+    for node in dead:
+        graph.node.remove(node)
+    return skipped
+
+
+def convert_fp16(src: Union[str, Path], dst: Union[str, Path], attention: str) -> int:
+    """fp16 copy of the fp32 graph `src` at `dst` (float32 inputs/outputs); returns how many
+    attention-math nodes were kept in fp32. Raises Fp16Unsafe when `attention` needs them and
+    `src` marks none."""
     import onnx
     from onnx import numpy_helper
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    keep = list(attention_scopes(src)) if attention in FP32_ATTENTION else []
+    if attention in FP32_ATTENTION and not keep:
+        raise Fp16Unsafe(
+            f"{src} does not mark its {attention} attention nodes, which must stay fp32 in an fp16 graph (their sums "
+            "underflow in fp16): rebuild the fp32 graph with `effvit-export RUN_DIR --force` (0.3.0 graphs lack the mark)"
+        )
     proto = onnx.load(str(src))
     fp32_constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-    keep = _attention_math_nodes(proto) if attention in FP32_ATTENTION else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         half = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP32_OPS, node_block_list=keep)
     _fold_constant_casts(half, fp32_constants)
+    _skip_fp16_round_trips(half)
     onnx.save(half, str(dst))
     log.info("fp16 graph: %d attention-math nodes and ops %s kept in fp32", len(keep), ", ".join(FP32_OPS))
-    return Path(dst)
+    return len(keep)
 
 
 def quantize_int8(src: Union[str, Path], dst: Union[str, Path]) -> Path:

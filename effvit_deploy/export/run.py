@@ -18,12 +18,12 @@ Re-running reuses an artifact whose weights hash and options are unchanged (unle
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import json
 import logging
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,15 +31,16 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..atomic import atomic_path, remove_stale_temps, write_json
-from ..backends import MANIFEST, BackendUnavailable, ThreadPolicy, backend_status, ort_session
+from ..atomic import _writer_alive, atomic_path, remove_stale_temps, write_json
+from ..backends import (MANIFEST, ArtifactError, BackendUnavailable, ThreadPolicy, backend_status, check_artifact, file_sha256,
+                        ort_session)
 from ..backends.onnxruntime import INPUT_NAME
 from ..backends.openvino import compiled_runner
 from ..backends.tensorrt import load_engine_runner
 from ..backends.torch_tensorrt import load_torch_tensorrt_runner
-from ..runs import ModelCard, load_model_card, load_run, run_name, weights_path
+from ..runs import ModelCard, load_model_card, load_run, run_name, run_state, unfinished_note, weights_path
 from .onnx import DEFAULT_OPSET, export_onnx, graph_info, make_tensorrt_friendly, slim_onnx
-from .precision import convert_fp16, quantize_int8, quantize_static_int8
+from .precision import attention_scopes, convert_fp16, mark_attention_math, quantize_int8, quantize_static_int8
 from .trt_compat import check_tensorrt_compat, require_tensorrt_compat
 from .verify import Reference, build_reference, check_accuracy, check_parity, image_reference, parity_resolutions
 
@@ -52,6 +53,32 @@ ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.in
               "int8-static": "model.int8-static.onnx"}
 _TOOLS = ("torch", "timm", "onnx", "onnxscript", "onnxruntime", "onnxslim", "openvino")
 CALIBRATION_IMAGES = 64
+# Bumped when the graphs' contents change for the same options (2: attention-math nodes marked
+# for fp16), so artifacts of an older effvit-deploy are rebuilt, not reused.
+ARTIFACT_LAYOUT = 2
+
+
+WORK_PREFIX = ".openvino."  # + PID + "." + random: the OpenVINO conversion's work folder
+
+
+def remove_stale_work(export_dir: Path) -> list[Path]:
+    """Delete what a killed export left besides atomic temp files: OpenVINO work folders
+    (`.openvino.PID.*`) and onnxslim outputs (`.model.onnx.PID.*.tmp.slim`) of processes that are
+    gone; returns what was removed."""
+    removed = []
+    for path in [*export_dir.glob(f"{WORK_PREFIX}*"), *export_dir.glob(".*.tmp.slim")]:
+        if path.name.startswith(WORK_PREFIX):
+            pid = path.name.removeprefix(WORK_PREFIX).split(".")[0]
+        else:
+            pid = path.name.split(".")[-4]  # .model.onnx.PID.XXXX.tmp.slim
+        if pid.isdigit() and _writer_alive(int(pid)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 class ExportUnavailable(BackendUnavailable):
@@ -67,14 +94,6 @@ def tool_versions(*extra: str) -> dict[str, Optional[str]]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def sha256(path: Union[str, Path]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ort_predict(path: Union[str, Path]) -> Callable[[np.ndarray], np.ndarray]:
@@ -155,7 +174,7 @@ class _Exporter:
         self.force = force
         self.eval_limit = eval_limit
         self.calibration_images = calibration_images
-        self.weights_sha256 = sha256(weights_path(run_dir))
+        self.weights_sha256 = file_sha256(weights_path(run_dir))
         self._reference: Optional[Reference] = None
         self.entries: dict[tuple[str, str], dict[str, Any]] = {}
         self.reused: set[tuple[str, str]] = set()
@@ -178,7 +197,7 @@ class _Exporter:
     def source(self, fmt: str, precision: str) -> dict[str, Any]:
         """What an artifact depends on; a GPU artifact also on the GPU and its TensorRT build."""
         source = {"weights_sha256": self.weights_sha256, "format": fmt, "precision": precision,
-                  "inputs": self.inputs, "opset": self.opset, "verified": self.verify}
+                  "inputs": self.inputs, "opset": self.opset, "verified": self.verify, "layout": ARTIFACT_LAYOUT}
         if precision == "int8-static":
             source["calibration_images"] = self.calibration_images
         if fmt == "openvino":
@@ -191,17 +210,22 @@ class _Exporter:
         return source
 
     def reusable(self, fmt: str, precision: str) -> Optional[dict[str, Any]]:
+        """The previous entry when its source (weights, options) is unchanged and its files are
+        those export wrote (`check_artifact`); otherwise None and the artifact is rebuilt."""
         entry = self.entries.get((fmt, precision))
         if self.force or entry is None or entry.get("source") != self.source(fmt, precision):
             return None
-        path = self.export_dir / entry["path"]
-        if not path.is_file() or sha256(path) != entry["sha256"]:
-            return None
-        weights = entry.get("weights_file")
-        if weights and (not (self.export_dir / weights["path"]).is_file()
-                        or sha256(self.export_dir / weights["path"]) != weights["sha256"]):
+        try:
+            check_artifact(self.run_dir, entry, self.previous)
+        except (ArtifactError, FileNotFoundError) as exc:
+            log.warning("rebuilding %s %s: %s", fmt, precision, exc)
             return None
         return entry
+
+    def stale(self) -> list[str]:
+        """Entries of the manifest not built from the current weights (kept, refused by bench and demo)."""
+        return [f"{e['format']}/{e['precision']}" for e in self.entries.values()
+                if (e.get("source") or {}).get("weights_sha256") != self.weights_sha256]
 
     def verify_artifact(self, predict, precision: str, label: str) -> dict[str, Any]:
         if not self.verify:
@@ -211,14 +235,14 @@ class _Exporter:
             images = reference.val_images if reference.val_images is not None else self.calibration()
             reference = image_reference(self.model, images, list(reference.inputs))
         return {"parity": check_parity(predict, reference, precision, label),
-                "accuracy": check_accuracy(predict, self.reference)}
+                "accuracy": check_accuracy(predict, self.reference, precision, label)}
 
     def record(self, fmt: str, precision: str, final: Path, tmp: Path, extra: dict[str, Any]) -> dict[str, Any]:
         return {
             "format": fmt,
             "precision": precision,
             "path": final.relative_to(self.export_dir).as_posix(),
-            "sha256": sha256(tmp),
+            "sha256": file_sha256(tmp),
             "bytes": tmp.stat().st_size,
             "inputs": self.inputs,
             **extra,
@@ -255,11 +279,13 @@ class _Exporter:
                 export_onnx(self.model, tmp, sample_size=(h[0], h[0]), max_batch=self.inputs["batch"][2],
                             max_res=h[2], opset=self.opset)
                 extra["rewrites"] = make_tensorrt_friendly(tmp, h[0], self.card.img_size)
+                scopes = attention_scopes(tmp)  # before onnxslim, which drops the exporter's name scopes
                 extra.update(self._slim_if_exact(tmp, label))
+                extra["attention_nodes_marked"] = mark_attention_math(tmp, scopes)
             else:
                 src = self.export_dir / ONNX_NAMES["fp32"]
                 if precision == "fp16":
-                    convert_fp16(src, tmp, self.card.attention)
+                    extra["fp32_attention_nodes"] = convert_fp16(src, tmp, self.card.attention)
                     extra["io_dtype"] = "float32"
                 elif precision == "int8-static":
                     extra["quantization"] = quantize_static_int8(src, tmp, self.calibration(), INPUT_NAME)
@@ -310,14 +336,14 @@ class _Exporter:
         stem = "model.openvino" if precision == "fp32" else f"model.{precision}.openvino"
         final, final_bin = self.export_dir / f"{stem}.xml", self.export_dir / f"{stem}.bin"
         label = f"OpenVINO {precision} ({run_name(self.run_dir)})"
-        with tempfile.TemporaryDirectory(dir=self.export_dir, prefix=".openvino.") as work:
+        with tempfile.TemporaryDirectory(dir=self.export_dir, prefix=f"{WORK_PREFIX}{os.getpid()}.") as work:
             xml = Path(work) / f"{stem}.xml"
             ov.save_model(ov.convert_model(self.export_dir / onnx_entry["path"]), xml, compress_to_fp16=False)
             runner = compiled_runner(xml, precision, self.card, ThreadPolicy(passive=True))
             extra = {**self.verify_artifact(runner, precision, label), "onnx": onnx_entry["path"],
                      "tool_versions": tool_versions()}
             del runner
-            bin_sha, bin_bytes = sha256(xml.with_suffix(".bin")), xml.with_suffix(".bin").stat().st_size
+            bin_sha, bin_bytes = file_sha256(xml.with_suffix(".bin")), xml.with_suffix(".bin").stat().st_size
             with atomic_path(final_bin) as tmp_bin:
                 os.replace(xml.with_suffix(".bin"), tmp_bin)
             extra["weights_file"] = {"path": final_bin.name, "sha256": bin_sha, "bytes": bin_bytes}
@@ -374,6 +400,7 @@ class _Exporter:
             "img_size": card.img_size,
             "patch_size": card.patch_size,
             "weights_sha256": self.weights_sha256,
+            "run_state": run_state(self.run_dir),
             "torch_val_top1": ref.val_top1 if ref is not None else self.previous.get("torch_val_top1"),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tool_versions": tool_versions(),
@@ -415,7 +442,10 @@ def export_run(
     _check_available({fmt for fmt, _ in plan})
     inputs = _resolve_profile(load_model_card(run_dir), min_res, opt_res, max_res, max_batch)
     exporter = _Exporter(run_dir, inputs, opset, verify, force, eval_limit)
-    for stale in remove_stale_temps(exporter.export_dir):
+    note = unfinished_note(run_dir)
+    if note:
+        log.warning("%s; exporting it anyway (recorded as run_state in the manifest)", note)
+    for stale in [*remove_stale_temps(exporter.export_dir), *remove_stale_work(exporter.export_dir)]:
         log.warning("removed %s, left by a killed export", stale)
     for fmt, precision in plan:
         if precision == "int8-static" and precision not in precisions and not exporter.card.data:
@@ -423,5 +453,9 @@ def export_run(
             continue
         exporter.build(fmt, precision)
     manifest = exporter.write_manifest()
+    stale = exporter.stale()
+    if stale:
+        log.warning("%s: %s were exported from earlier weights and will be refused by bench and demo: rebuild them "
+                    "with --formats/--precision", run_dir, ", ".join(stale))
     manifest["reused"] = [f"{fmt}/{precision}" for fmt, precision in sorted(exporter.reused)]
     return manifest

@@ -142,11 +142,16 @@ def _node_problems(node, dtypes: dict[str, int], constants: set[str], table: dic
 
 
 def check_tensorrt_compat(path: Union[str, Path]) -> CompatReport:
-    """Check every node of the ONNX graph at `path`; see the module docstring for what is checked."""
+    """Check every node of the ONNX graph at `path`; see the module docstring for what is checked.
+    Raises ValueError when the file is not a readable ONNX model."""
     import onnx
 
     table = supported_operators()
-    proto = onnx.load(str(path))
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: the file is not ONNX
+        raise ValueError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}): "
+                         "it is truncated or not ONNX; export it again") from None
     try:
         proto = onnx.shape_inference.infer_shapes(proto)
     except Exception:  # noqa: BLE001 - type inference is best effort; op checks still run

@@ -38,6 +38,8 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "int8-static": {"rel": 0.15},
 }
 PARITY_BATCH = 2
+# Precisions whose tolerance is also enforced on the validation images' logits.
+IMAGE_GATED = ("fp16", "bf16")
 
 
 class ParityError(RuntimeError):
@@ -149,19 +151,34 @@ def _batched(predict: Predict, images: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
+def require_finite(logits: np.ndarray, what: str, label: str) -> None:
+    """Raise ParityError when `logits` hold a NaN or an infinity."""
+    finite = np.isfinite(logits)
+    if not finite.all():
+        kinds = "/".join(k for k, m in (("NaN", np.isnan(logits)), ("inf", np.isinf(logits))) if m.any())
+        rows = int((~finite).any(axis=tuple(range(1, logits.ndim))).sum()) if logits.ndim > 1 else int((~finite).sum())
+        cause = ("the run's weights or the model diverged: retrain with a lower lr" if what.startswith("PyTorch")
+                 else "the artifact overflows or underflows: export fp32, or report the mechanism")
+        raise ParityError(f"{label}: {what} hold {kinds} in {rows} of {len(logits)} rows: {cause}. "
+                          "No artifact was written.")
+
+
 def check_parity(predict: Predict, ref: Reference, precision: str, label: str) -> dict[str, Any]:
-    """Per-resolution errors of `predict` vs the reference; raises ParityError beyond tolerance."""
+    """Per-resolution errors of `predict` vs the reference; raises ParityError beyond tolerance
+    or on any non-finite logit."""
     tol = TOLERANCES[precision]
     figures: dict[str, Any] = {}
     failures = []
     for (h, w), x in ref.inputs.items():
         expected = ref.logits[(h, w)]
+        require_finite(expected, f"PyTorch fp32 logits at {h}x{w}", label)
         got = predict(x)
+        require_finite(got, f"logits at {h}x{w}", label)
         max_abs = float(np.abs(got - expected).max())
         rel = max_abs / max(float(np.abs(expected).max()), 1e-12)
         agree = float((got.argmax(1) == expected.argmax(1)).mean())
         figures[f"{h}x{w}"] = {"max_abs": max_abs, "rel": rel, "top1_agree": agree}
-        if ("max_abs" in tol and max_abs > tol["max_abs"]) or ("rel" in tol and rel > tol["rel"]):
+        if _exceeds(tol, max_abs, rel):
             failures.append(f"{h}x{w}: max_abs={max_abs:.3g} rel={rel:.3g}")
     if failures:
         raise ParityError(
@@ -171,11 +188,32 @@ def check_parity(predict: Predict, ref: Reference, precision: str, label: str) -
     return {**figures, "tolerance": tol}
 
 
-def check_accuracy(predict: Predict, ref: Reference, batch: int = 32) -> dict[str, Any]:
-    """Top-1 on the validation set and top-1 agreement with PyTorch fp32 on the same images."""
+def _exceeds(tol: dict[str, float], max_abs: float, rel: float) -> bool:
+    return ("max_abs" in tol and max_abs > tol["max_abs"]) or ("rel" in tol and rel > tol["rel"])
+
+
+def check_accuracy(predict: Predict, ref: Reference, precision: str = "fp32", label: str = "artifact",
+                   batch: int = 32) -> dict[str, Any]:
+    """Top-1 on the validation set, top-1 agreement with PyTorch fp32 on the same images, and the
+    logit error there (`image_parity`); raises ParityError on a non-finite logit, and for
+    `IMAGE_GATED` precisions beyond their tolerance."""
     if ref.val_logits is None:
+        if precision in IMAGE_GATED:
+            log.warning("%s: parity checked on noise inputs only (%s)", label, ref.val_note)
         return {"top1": None, "top1_agreement_vs_torch": None, "n": 0, "note": ref.val_note}
-    preds = _batched(predict, ref.val_images, batch).argmax(1)
+    require_finite(ref.val_logits, "PyTorch fp32 logits on the validation images", label)
+    logits = _batched(predict, ref.val_images, batch)
+    require_finite(logits, "logits on the validation images", label)
+    max_abs = float(np.abs(logits - ref.val_logits).max())
+    rel = max_abs / max(float(np.abs(ref.val_logits).max()), 1e-12)
+    tol = TOLERANCES[precision]
+    if precision in IMAGE_GATED and _exceeds(tol, max_abs, rel):
+        raise ParityError(
+            f"{label} does not match PyTorch fp32 within the {precision} tolerance on {len(logits)} validation images "
+            f"({', '.join(f'{k} <= {v:g}' for k, v in tol.items())}): max_abs={max_abs:.3g} rel={rel:.3g}. "
+            "No artifact was written."
+        )
+    preds = logits.argmax(1)
     top1 = float((preds == ref.val_labels).mean())
     return {
         "top1": top1,
@@ -183,4 +221,5 @@ def check_accuracy(predict: Predict, ref: Reference, batch: int = 32) -> dict[st
         "torch_top1": ref.val_top1,
         "top1_delta_vs_torch": top1 - ref.val_top1,
         "n": int(len(preds)),
+        "image_parity": {"max_abs": max_abs, "rel": rel, "gated": precision in IMAGE_GATED},
     }

@@ -33,7 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "model_kwargs": {},  # timm model arguments: depth, embed_dim, num_heads, patch_size, drop_path_rate, ...
     "attention_kwargs": {name: {} for name in ATTENTIONS},  # per mechanism, used when it is trained
     # effvit_deploy.data.DataSpec fields (name: digits | synthetic | folder) + the bad-image policy
-    "data": {**DataSpec("digits").to_dict(), "on_bad_image": "skip"},
+    # (skip | error) and the policy for a class folder with no readable image (error | drop)
+    "data": {**DataSpec("digits").to_dict(), "on_bad_image": "skip", "on_empty_class": "error"},
     "aug": None,  # null: no augmentation; a map: timm create_transform keys + mixup/cutmix/label_smoothing
     "epochs": 10,
     "batch_size": 128,  # global: summed over DDP ranks, per optimizer micro-step
@@ -154,6 +155,8 @@ def load_config(
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"recipe {path} is a folder, expected a YAML file such as train/digits.yaml")
         if not path.is_file():
             raise ConfigError(f"recipe {str(path)!r} does not exist (recipes live in train/, e.g. train/digits.yaml)")
         try:
@@ -208,13 +211,14 @@ RULES: dict[str, tuple[str, Optional[float], Optional[float], bool]] = {
     "log_interval": ("int", 1, None, False),
     "data.name": ("str", None, None, False),
     "data.root": ("str", None, None, True),
-    "data.num_classes": ("int", 1, None, False),
+    "data.num_classes": ("int", 2, None, False),  # a one-class classifier scores 1.0 by construction
     "data.train_size": ("int", 1, None, False),
     "data.val_size": ("int", 1, None, False),
     "data.seed": ("int", 0, None, False),
 }
 CHOICES = {
     "device": ("auto", "cpu", "cuda"), "amp.dtype": ("bfloat16", "float16"), "data.on_bad_image": ("skip", "error"),
+    "data.on_empty_class": ("error", "drop"),
 }
 _KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
               "pair": "a list of two numbers"}
@@ -271,6 +275,9 @@ def validate(config: dict[str, Any]) -> None:
         _check_value(config, key, rule)
     if not isinstance(config["pretrained"], (bool, str)):
         raise ConfigError(f"pretrained must be false, true (timm hub) or a weights file path, got {config['pretrained']!r}")
+    if isinstance(config["pretrained"], str) and Path(config["pretrained"]).expanduser().is_dir():
+        raise ConfigError(f"pretrained={config['pretrained']} is a folder, expected a weights file "
+                          "(.safetensors, .pth or .npz)")
     if config["init_from"] is not None and (not isinstance(config["init_from"], str) or config["pretrained"]):
         raise ConfigError(
             f"init_from must be one run directory (a string) and excludes pretrained=, got init_from="

@@ -10,6 +10,7 @@ Performer feature redraw (`redraw_features`, Choromanski et al. 2021) and the EM
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
@@ -27,6 +28,30 @@ from ..attention import redraw_features
 from .config import ConfigError
 from .distributed import DistEnv, all_reduce_sum
 from .metrics import Progress, topk_correct
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or logits became NaN or infinite: training diverged; nothing of the epoch is saved."""
+
+
+def divergence_hint(t: "Trainer") -> str:
+    """The knobs that stop a divergence, with their current values."""
+    lr = t.optimizer.param_groups[-1]["lr"]
+    hint = f"lower optim.lr (now {lr:.3g} at this step)"
+    hint += f", set clip_grad (now off), e.g. clip_grad=1.0" if not t.clip_grad else f", lower clip_grad (now {t.clip_grad:g})"
+    if t.amp_dtype is not None:
+        hint += f" or train without AMP (amp.enabled=false; now {str(t.amp_dtype).replace('torch.', '')})"
+    return hint
+
+
+def all_finite(t: "Trainer", value: torch.Tensor) -> bool:
+    """True when `value` is finite on every rank (one scalar all-reduce under DDP, so all ranks stop together)."""
+    ok = torch.isfinite(value.detach()).all().to(torch.float32)
+    if t.env.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
 
 
 @dataclass
@@ -180,6 +205,11 @@ def train_one_epoch(t: Trainer, batches: Iterable, num_batches: int, progress: P
         with sync:
             with t.autocast():
                 loss = t.loss_fn(t.model(images), targets)
+            if not all_finite(t, loss):
+                raise NonFiniteError(
+                    f"the training loss became {float(loss.detach()):g} at step {i + 1}/{num_batches} of the epoch (optimizer "
+                    f"step {t.step}): training diverged; {divergence_hint(t)}"
+                )
             scaled = loss / t.accum_steps
             (t.scaler.scale(scaled) if t.scaler is not None else scaled).backward()
         if last_micro:
@@ -226,6 +256,11 @@ def evaluate(
     loss_sum, top1, top5, count, bad = all_reduce_sum(env, [loss_sum, top1, top5, count, bad])
     if count == 0:
         raise RuntimeError("the validation split yielded no readable image: check it with `effvit-data check DIR`")
+    if not math.isfinite(loss_sum):
+        raise NonFiniteError(
+            f"the validation loss is {loss_sum:g}: the model's logits are not finite (NaN or inf), so its "
+            "accuracy means nothing; training diverged: lower optim.lr, set clip_grad or train without AMP"
+        )
     return {
         "top1": top1 / count,
         "top5": top5 / count,

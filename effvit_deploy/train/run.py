@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import statistics
@@ -25,14 +26,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..atomic import remove_stale_temps, write_json, write_text
 from ..attention import ATTENTIONS
-from ..data import GENERATED, DataSpec, build_datasets, collate_skip_bad
+from ..data import GENERATED, DataSpec, build_datasets, collate_skip_bad, usable_spec
 from ..flops import count_flops, count_params
 from ..models import build_model
 from ..runs import SUMMARY, ModelCard, load_summary, save_model_card, save_weights
 from . import distributed
 from .checkpoint import PREVIOUS_FILE, STATE_FILE, load_state, quarantine, rng_state, save_state, set_rng_state
 from .config import ConfigError, dump_config, load_config, model_arguments, validate
-from .engine import build_trainer, evaluate, train_one_epoch
+from .engine import NonFiniteError, build_trainer, evaluate, train_one_epoch
 from .init_from import init_from_run
 from .metrics import Progress, append_jsonl, peak_memory, read_jsonl, reset_peak_memory
 
@@ -171,14 +172,50 @@ def train(config: dict[str, Any], run_dir: Union[str, Path], *, resume: bool = F
 
     `resume=True` continues from checkpoints/last_state.pt (the last complete epoch; the previous
     one when that is unreadable) and, when the run never finished an epoch, starts it afresh.
+
+    Raises NonFiniteError (a RuntimeError) at the first NaN/inf loss or validation logit, and
+    OutOfMemory when a batch does not fit, each naming the knob to turn; the last complete
+    epoch's checkpoints stay as they were, and a run that had not finished an epoch is removed.
     """
     config = copy.deepcopy(config)
     validate(config)
+    run_dir = Path(run_dir)
+    fresh = not run_dir.exists()
     threads = torch.get_num_threads()
     try:
-        return _train(config, Path(run_dir), resume)
+        return _train(config, run_dir, resume)
+    except Exception as exc:
+        if fresh and os.environ.get("RANK", "0") == "0" and not (run_dir / "checkpoints" / STATE_FILE).is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)  # no half run: nothing complete was written
+        if is_out_of_memory(exc):
+            raise OutOfMemory(out_of_memory_advice(config)) from None
+        raise
     finally:
         torch.set_num_threads(threads)  # `threads` applies to this run only
+
+
+class OutOfMemory(RuntimeError):
+    """A batch did not fit in memory; the message names the batch size and resolution to lower."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA/MPS out-of-memory error, or the CPU allocator's failure message."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def out_of_memory_advice(config: dict[str, Any]) -> str:
+    batch, accum = config["batch_size"], config["accum_steps"]
+    if batch > 1:
+        fix = (f"lower batch_size (batch_size={batch // 2} accum_steps={accum * 2} keeps the effective batch) "
+               "or img_size")
+    else:
+        fix = "lower img_size"
+    return (f"out of memory on {config['device']} at batch_size={batch}, img_size={config['img_size']} "
+            f"({config['model']}, {config['attention']}): {fix}, or enable amp; the last complete epoch's "
+            "checkpoints are unchanged")
 
 
 def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
@@ -204,8 +241,8 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         "interpolation": pretrained_cfg.get("interpolation") or "bicubic",
         "crop_pct": pretrained_cfg.get("crop_pct", 0.875),
     }
-    data = {k: v for k, v in config["data"].items() if k != "on_bad_image"}
-    spec = DataSpec.from_dict(data)
+    data = {k: v for k, v in config["data"].items() if k not in ("on_bad_image", "on_empty_class")}
+    spec = usable_spec(DataSpec.from_dict(data), config["data"]["on_empty_class"])
     train_ds, val_ds, class_names = build_datasets(
         spec, img_size, **norm, aug=config["aug"], on_bad_image=config["data"]["on_bad_image"]
     )
@@ -262,7 +299,9 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
         write_text(run_dir / CONFIG_FILE, dump_config(config))
         card = ModelCard.for_model(
-            net, img_size=img_size, class_names=class_names, **norm, data=spec.to_dict() | {"img_size": img_size}
+            net, img_size=img_size, class_names=class_names, **norm, data=spec.to_dict() | {"img_size": img_size},
+            data_counts={"classes": len(class_names), "train_images": len(train_ds), "val_images": len(val_ds),
+                         "excluded_classes": list(spec.exclude_classes)},
         )
         save_model_card(run_dir, card)
     distributed.barrier(env)
@@ -275,8 +314,13 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         progress = Progress(
             len(train_loader), f"[{config['attention']}] epoch {epoch + 1}/{epochs}", main, config["log_interval"]
         )
-        stats = train_one_epoch(trainer, train_loader, len(train_loader), progress)
-        stats.update(evaluate(trainer.eval_model, val_loader, env, trainer.autocast))
+        try:
+            stats = train_one_epoch(trainer, train_loader, len(train_loader), progress)
+            stats.update(evaluate(trainer.eval_model, val_loader, env, trainer.autocast))
+        except NonFiniteError as exc:
+            kept = (f"the checkpoints of epoch {epoch} (best top-1 {best_top1:.4f}) are kept unchanged" if epoch
+                    else "no checkpoint was written")
+            raise NonFiniteError(f"[{config['attention']}] epoch {epoch + 1}/{epochs}: {exc}; {kept}") from None
         mem, mem_kind = peak_memory(env.device)
         record = {
             "epoch": epoch, "step": trainer.step, **stats,
