@@ -5,7 +5,8 @@ budget (exact included, as the control) and compare accuracy, time, memory and F
 resolution grows, on cluttered digits (one handwritten digit to find among fragments of others,
 at a fixed pixel scale, so a larger canvas is a larger scene with the same per-patch content):
 
-    1. pretrain   the exact ViT at the study resolution (the profile's pretrain recipe)
+    1. pretrain   the exact ViT from scratch, cheaply on a small canvas, then at the study
+                  resolution (the profile's pretrain recipes): the source model
     2. fine-tune  every mechanism from it at the same resolution (init_from): zero-shot swap
                   accuracy (epoch 0) and fine-tuned accuracy
     3. evaluate   each fine-tuned model at the study resolution and larger ones, no retraining:
@@ -67,7 +68,7 @@ class Profile:
 
 PROFILES = {
     "cpu": Profile("cpu", (Path("train/cluttered_pretrain.yaml"), Path("train/cluttered_source.yaml")),
-                   Path("train/cluttered.yaml"), (128, 256, 512), (128, 192, 256)),
+                   Path("train/cluttered.yaml"), (128, 192, 512), (128, 160, 192)),
     "gpu": Profile("gpu", (Path("train/cluttered_gpu_pretrain.yaml"), Path("train/cluttered_gpu_source.yaml")),
                    Path("train/cluttered_gpu.yaml"), (256, 384, 512), (256, 320, 384), export_limit=1000),
 }
@@ -353,8 +354,9 @@ def render_study(rows: list[dict], source: dict[str, Any], walls: dict[str, floa
         f"onnxruntime {env.get('onnxruntime')}  ",
         "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items())
         + f"; total {sum(walls.values()):.0f}", "",
-        f"Source model: `{source['run']}`, exact attention trained from scratch at {source['img_size']} px "
-        f"({(source['img_size'] // patch) ** 2} patch tokens), top-1 {source['top1']:.3f} there on "
+        f"Source model: `{source['run']}`, exact attention trained from scratch"
+        + (f" at {' px, then '.join(str(r) for r in source.get('stages', [])[:-1])} px, then" if len(source.get("stages", [])) > 1 else "")
+        + f" at {source['img_size']} px ({(source['img_size'] // patch) ** 2} patch tokens), top-1 {source['top1']:.3f} there on "
         f"{source.get('val_images', 0):,} validation images. Each row starts from it (its tensors copied, mechanism "
         f"tensors new); zero-shot = the swapped model before any fine-tuning; then every mechanism gets the same "
         f"fine-tuning budget at {study_res} px ({rows[0]['epochs']} epoch(s) of {rows[0]['train_images']:,} images). "
@@ -377,6 +379,57 @@ def render_study(rows: list[dict], source: dict[str, Any], walls: dict[str, floa
     return "\n".join(lines)
 
 
+def readme_table(study: dict[str, Any]) -> str:
+    """The README's compact study table from a study.json: top-1 with its interval at each
+    resolution, the paired test against exact at the study resolution, cost columns."""
+    from .bench.markdown import md_table
+
+    rows, patch = study["rows"], study["source"].get("patch_size", 8)
+    resolutions = sorted({int(r) for row in rows for r in row["accuracy_at"]})
+    study_res = str(rows[0]["img_size"])
+    n = ", ".join(f"{c:,}" for c in sorted({a["images"] for row in rows for a in row["accuracy_at"].values()}))
+    header = (["attention", "zero-shot top-1"] + [f"top-1 @ {r} px ({(r // patch) ** 2} tok) [95% CI]" for r in resolutions]
+              + [f"vs exact @ {study_res} px: diff (McNemar p)", "train s/epoch", "peak mem (MiB)"])
+    body = []
+    for r in rows:
+        test = r["vs_exact"].get(study_res)
+        paired = (f"{(test['a_only'] - test['b_only']) / test['images']:+.3f} (p {test['p_value']:.2g})" if test
+                  else "control")
+        body.append([r["attention"], f"{r['zero_shot_top1']:.3f}"] + [_cell(r["accuracy_at"].get(str(res))) for res in resolutions]
+                    + [paired, f"{r['train_s_per_epoch']:.1f}", f"{r['peak_mem_bytes'] / 2**20:.0f}"])
+    return "\n".join(md_table(header, body) + ["", f"Every top-1 on the same {n} validation images; zero-shot on "
+                                                    f"{rows[0]['val_images']:,}."])
+
+
+def demo_examples(runs: list[Path], evals: dict[str, dict[str, dict]], limit: Optional[int] = None) -> list[dict[str, Any]]:
+    """The demo's in-distribution examples (`demo.examples.validation_examples` of the exact
+    run: validation indices) and whether each run's evaluation at the study resolution got each
+    one right (from its per-image record, the same images)."""
+    import tempfile
+
+    from .demo.examples import validation_examples
+    from .runs import load_model_card
+
+    exact = next(r for r in runs if r.name.endswith("-exact"))
+    card = load_model_card(exact)
+    subset_order = validation_subset_indices(card, limit)
+    res = str(card.img_size)
+    out = []
+    for index, _path, caption in validation_examples(card, Path(tempfile.gettempdir()) / "effvit-demo-examples"):
+        position = subset_order.index(index) if index in subset_order else None
+        out.append({"index": index, "caption": caption,
+                    "correct": {r.name: evals[r.name][res]["correct"][position] == "1" for r in runs
+                                if res in evals.get(r.name, {}) and position is not None}})
+    return out
+
+
+def validation_subset_indices(card: Any, limit: Optional[int] = None) -> list[int]:
+    """The validation indices `evaluation.top1_of` scores for `limit`, in its order."""
+    from .data.subset import validation_subset
+
+    return list(validation_subset(card, limit).indices)
+
+
 def _write_study(s: Study, source: Path, runs: list[Path], evals: dict, command: str) -> Path:
     from .atomic import write_json, write_text
     from .environment import environment
@@ -384,12 +437,15 @@ def _write_study(s: Study, source: Path, runs: list[Path], evals: dict, command:
 
     card, summary = load_model_card(source), load_summary(source) or {}
     last = json.loads((source / "metrics.jsonl").read_text().splitlines()[-1])
+    stages = [load_model_card(s.out / f"{recipe.stem}-exact").img_size for recipe in s.profile.pretrain_recipes]
     src = {"run": source.name, "img_size": card.img_size, "patch_size": card.patch_size, "top1": summary.get("top1"),
-           "val_images": last.get("val_images")}
+           "val_images": last.get("val_images"), "stages": stages}
     rows, env, load = study_rows(runs, evals), environment(), os.getloadavg()
+    demo = demo_examples(runs, evals, s.eval_limit)
     path = s.report_dir / "study.md"
     write_json(path.with_suffix(".json"), {"command": command, "profile": s.profile.name, "environment": env,
                                           "load_average": load, "walls_s": s.walls, "source": src, "rows": rows,
+                                          "demo_examples": demo,
                                           "export_failures": s.export_failures})
     write_text(path, render_study(rows, src, s.walls, command, env, s.export_failures, load))
     return path
@@ -434,7 +490,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--profile", default="auto", help="auto (gpu when CUDA is visible, else cpu), cpu or gpu")
     parser.add_argument("--redo", action="store_true", help="retrain, re-export and re-measure everything")
     parser.add_argument("--resolutions", help="benchmark resolutions in px, multiples of the patch size 8 "
-                                              "(default: the profile's; cpu: 128,256,512 = 256 to 4,096 tokens)")
+                                              "(default: the profile's; cpu: 128,192,512 = 256 to 4,096 tokens)")
     parser.add_argument("--eval-resolutions", help="resolutions at which every fine-tuned model's top-1 is measured "
                                                    "(first: the fine-tuning one; default: the profile's)")
     parser.add_argument("--pretrain-recipes", type=lambda t: tuple(Path(x) for x in t.split(",")),
@@ -444,9 +500,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--eval-limit", type=int, help="validation images per top-1 cell (default: the whole split)")
     parser.add_argument("--bound", action="store_true",
                         help="also benchmark each model's attention-free bound (the speed-up ceiling); doubles the benchmark")
+    parser.add_argument("--readme-table", type=Path, metavar="STUDY_JSON",
+                        help="print the README's study table from a study.json and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides for both training stages, e.g. epochs=2 data.train_size=4000")
     args = parser.parse_args(argv)
+    if args.readme_table:
+        print(readme_table(json.loads(args.readme_table.read_text())))
+        return 0
     try:
         profile = choose_profile(args.profile)
         changes: dict[str, Any] = {"overrides": tuple(args.overrides)}

@@ -44,5 +44,6 @@ def assert_tables_parse(text: str, expected: Optional[int] = None) -> None:
             elif t.type == "tr_close":
                 widths.append(cells)
         assert rows == len(block) - 1, f"table starting {block[0][:60]!r}: {rows} rows parsed of {len(block) - 1}"
-        header = block[0].strip().strip("|").replace("\\|", "").count("|") + 1
-        assert set(widths) == {header}, f"table starting {block[0][:60]!r}: row widths {set(widths)} vs header {header}"
+        raw = [line.strip().removeprefix("|").removesuffix("|").replace("\\|", "").count("|") + 1 for line in block]
+        assert set(widths) == {raw[0]} and set(raw) == {raw[0]}, \
+            f"table starting {block[0][:60]!r}: row widths {sorted(set(raw))} vs header {raw[0]} (GFM drops extra cells)"

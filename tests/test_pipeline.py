@@ -130,6 +130,7 @@ def test_profiles_meet_the_study_design(name):
         assert config["model"] == "vit_small_patch16_224" and config["amp"] == {"enabled": True, "dtype": "bfloat16"}
 
 
+@pytest.mark.slow
 def test_the_gpu_profile_runs_end_to_end_on_cpu_at_tiny_size(tmp_path):
     """Every stage of the GPU profile's recipes, shrunk (2 blocks, 64 wide, 48 px, a few images)
     and on the CPU: the same stages and outputs as on a GPU."""

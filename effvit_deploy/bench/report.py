@@ -378,7 +378,7 @@ def _recommendations(rows: list[dict], budgets_ms: tuple[float, ...]) -> list[Bl
                     body.append([f"{res} px", _budget_range(start, last), previous])
                 previous, start = text, budget
             last = budget
-        body.append([f"{res} px", _budget_range(start, last, open_end=True), previous])
+        body.append([f"{res} px", _budget_range(start, last), previous])
     note = (f"Each row: for latency budgets in the range (batch {ok[0]['batch']}), the most accurate configuration whose "
             f"median latency fits, fastest on ties, among those whose top-1 was measured at that resolution on at least "
             f"{MIN_IMAGES} images. Budgets with the same answer are merged. A configuration measured on fewer images is "
@@ -386,10 +386,8 @@ def _recommendations(rows: list[dict], budgets_ms: tuple[float, ...]) -> list[Bl
     return [("p", note), ("table", ["resolution", "latency budget", "recommendation"], body)]
 
 
-def _budget_range(start: float, end: float, open_end: bool = False) -> str:
-    if open_end:
-        return f">= {start:g} ms"
-    return f"{start:g} ms" if start == end else f"{start:g}-{end:g} ms"
+def _budget_range(start: float, end: float) -> str:
+    return f"<= {start:g} ms" if start == end else f"<= {start:g} ms to <= {end:g} ms"
 
 
 def _results_table(rows: list[dict]) -> Block:
@@ -426,10 +424,11 @@ def _environment(rows: list[dict]) -> Block:
     envs = {tuple(sorted(r["env"].items())) for r in rows if r.get("env")}
     keys = ["cpu_model", "cpu_cores", "cpu_affinity", "memory_gib", "gpu", "gpu_driver", "os", "python", "torch",
             "timm", "onnxruntime", "tensorrt", "git_commit"]
-    body = [[k] + [_fmt(dict(e).get(k)) for e in envs] for k in keys]
+    body = [[k] + ([_fmt(dict(e).get(k)) for e in envs] or ["-"]) for k in keys]
     sweeps = sorted({(r.get("sweep_started"), r.get("warmup"), r.get("repeats_max"), r.get("max_time_s")) for r in rows})
-    body.append(["sweeps (start, warm-up, max repeats, timed budget s)", "; ".join(map(str, sweeps))])
-    return ("table", ["environment"] + [f"machine {i + 1}" for i in range(len(envs))], body)
+    body.append(["sweeps (start, warm-up, max repeats, timed budget s)", "; ".join(map(str, sweeps))]
+                + [""] * (max(1, len(envs)) - 1))
+    return ("table", ["environment"] + [f"machine {i + 1}" for i in range(max(1, len(envs)))], body)
 
 
 def _render_md(sections: list[tuple[str, list[Block]]], title: str) -> str:

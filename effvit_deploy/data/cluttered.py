@@ -34,7 +34,7 @@ SPLIT_IDS = {"train": 0, "val": 1}
 DIGIT_PIXEL = (2.0, 2.0)  # px per source pixel of the whole digit: a 16 px digit at every canvas size
 LATTICE = 8  # the digit's corner lies on this pixel lattice (the study's patch size): patch-aligned
 FRAGMENT_PIXELS = 4  # a fragment is a 4x4 crop of an 8x8 source digit, drawn at the digit's scale
-FRAGMENTS_PER_64PX = 2.5  # clutter density: expected fragments per 64x64 px of canvas (Poisson)
+FRAGMENTS_PER_64PX = 1.5  # clutter density: expected fragments per 64x64 px of canvas (Poisson)
 PLACEMENT_TRIES = 20  # a fragment that finds no free place is left out
 MIN_SIZE = 2 * LATTICE + 8  # below 2 * LATTICE + 8 * DIGIT_PIXEL[1] (48 px) the digit shrinks to fit (tiny tests)
 # Measured here (2-core CPU): with the scene scaled to the canvas (digit a fixed fraction of the

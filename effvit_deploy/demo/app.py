@@ -275,8 +275,8 @@ def build_app(
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                  label="Image", elem_id="input-image", height=280)
                 if in_distribution:
-                    gr.Examples(examples=[[path] for path, _ in in_distribution], inputs=[image],
-                                example_labels=[caption for _, caption in in_distribution],
+                    gr.Examples(examples=[[path] for _, path, _ in in_distribution], inputs=[image],
+                                example_labels=[caption for _, _, caption in in_distribution],
                                 label=f"In distribution: the runs' own validation images ({default_res} px)",
                                 cache_examples=False, elem_id="examples-val")
                 gr.Examples(examples=[[p] for p in example_images()], inputs=[image],

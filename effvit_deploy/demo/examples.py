@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from PIL import Image
 
@@ -23,6 +23,7 @@ from ..atomic import atomic_path
 DIGITS = (0, 3, 7)
 DIGIT_SIZE = 64
 PHOTO_SIZE = 320
+EXAMPLES = 4  # in-distribution examples on the page
 
 
 def write_examples(out: Union[str, Path]) -> list[Path]:
@@ -50,9 +51,22 @@ def write_examples(out: Union[str, Path]) -> list[Path]:
     return written
 
 
-def validation_examples(card: Any, out: Union[str, Path], count: int = 4) -> list[tuple[str, str]]:
-    """(image path, caption) of up to `count` validation images of the run described by `card`
-    (a ModelCard), one per class, in `data.subset` order: the first image of each new class.
+def first_of_each_class(labels: Sequence[int], order: Sequence[int], count: int) -> list[int]:
+    """Up to `count` indices from `order`: the first one of each label not yet seen (never
+    chosen by what a model answers)."""
+    picked, seen = [], set()
+    for i in order:
+        if labels[i] not in seen:
+            seen.add(labels[i])
+            picked.append(i)
+            if len(picked) == count:
+                break
+    return picked
+
+
+def validation_examples(card: Any, out: Union[str, Path], count: int = EXAMPLES) -> list[tuple[int, str, str]]:
+    """(validation index, image path, caption) of up to `count` validation images of the run
+    described by `card` (a ModelCard): `first_of_each_class` in the `data.subset` order.
     Generated data sets are rendered at the card's resolution into `out` (atomically, reused when
     present); a folder data set gives its own files. [] for data without images (synthetic)."""
     from ..data.subset import validation_subset
@@ -66,14 +80,9 @@ def validation_examples(card: Any, out: Union[str, Path], count: int = 4) -> lis
         return []
     classes = list(getattr(dataset, "classes", []))
     labels = [int(y) for _, y in samples] if samples is not None else [int(y) for y in dataset.labels]
-    picked: list[tuple[str, str]] = []
-    seen: set[int] = set()
-    for i in subset.indices:
-        label = labels[i]
-        if label in seen:
-            continue
-        seen.add(label)
-        name = classes[label] if label < len(classes) else str(label)
+    picked = []
+    for i in first_of_each_class(labels, subset.indices, count):
+        name = classes[labels[i]] if labels[i] < len(classes) else str(labels[i])
         if samples is not None:
             path = Path(samples[i][0])
         else:
@@ -81,9 +90,7 @@ def validation_examples(card: Any, out: Union[str, Path], count: int = 4) -> lis
             if not path.is_file():
                 with atomic_path(path) as tmp:
                     render(i).save(tmp, format="PNG")
-        picked.append((str(path), f"validation image {i}, true label {name}"))
-        if len(picked) == count:
-            break
+        picked.append((i, str(path), f"validation image {i}, true label {name}"))
     return picked
 
 
