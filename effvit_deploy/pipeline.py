@@ -96,15 +96,25 @@ class Study:
         self.report_dir = out / "report"
         self.bound = False  # the attention-free bound doubles the benchmark's models: opt in with --bound
         self.walls: dict[str, float] = {}
+        self.cpu_s: dict[str, float] = {}  # user + system CPU time of this process and its waited-for children
         self.export_failures: list[str] = []
 
     def stage(self, number: int, title: str, work: Callable[[], T]) -> T:
         print(f"\n=== [{number}/{STAGES}] {title}", flush=True)
-        start = time.monotonic()
+        start, cpu = time.monotonic(), _cpu_seconds()
         result = work()
-        self.walls[title.split()[0]] = round(time.monotonic() - start, 1)
-        print(f"=== [{number}/{STAGES}] done in {self.walls[title.split()[0]]:.0f} s", flush=True)
+        key = title.split()[0]
+        self.walls[key] = round(time.monotonic() - start, 1)
+        self.cpu_s[key] = round(_cpu_seconds() - cpu, 1)
+        print(f"=== [{number}/{STAGES}] done in {self.walls[key]:.0f} s ({self.cpu_s[key]:.0f} s of CPU)", flush=True)
         return result
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children: with the wall time,
+    how much a stage was slowed by other jobs on a shared machine."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _digest(value: Any) -> str:
@@ -322,7 +332,7 @@ def _paired_cell(row: dict, res: str) -> str:
 
 def render_study(rows: list[dict], source: dict[str, Any], walls: dict[str, float], command: str,
                  env: dict[str, Any], export_failures: Optional[list[str]] = None,
-                 load: Optional[tuple[float, float, float]] = None) -> str:
+                 load: Optional[tuple[float, float, float]] = None, cpu_s: Optional[dict[str, float]] = None) -> str:
     """The study tables as Markdown, with the provenance a results file needs."""
     from .bench.markdown import md_table
 
@@ -353,7 +363,9 @@ def render_study(rows: list[dict], source: dict[str, Any], walls: dict[str, floa
         f"git commit: {env.get('git_commit')}; torch {env.get('torch')}, timm {env.get('timm')}, "
         f"onnxruntime {env.get('onnxruntime')}  ",
         "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items())
-        + f"; total {sum(walls.values()):.0f}", "",
+        + f"; total {sum(walls.values()):.0f}" + ("  " if cpu_s else ""),
+        *(["CPU time per stage (s, all cores): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_s.items())
+           + f"; total {sum(cpu_s.values()):.0f}"] if cpu_s else []), "",
         f"Source model: `{source['run']}`, exact attention trained from scratch"
         + (f" at {' px, then '.join(str(r) for r in source.get('stages', [])[:-1])} px, then" if len(source.get("stages", [])) > 1 else "")
         + f" at {source['img_size']} px ({(source['img_size'] // patch) ** 2} patch tokens), top-1 {source['top1']:.3f} there on "
@@ -444,10 +456,10 @@ def _write_study(s: Study, source: Path, runs: list[Path], evals: dict, command:
     demo = demo_examples(runs, evals, s.eval_limit)
     path = s.report_dir / "study.md"
     write_json(path.with_suffix(".json"), {"command": command, "profile": s.profile.name, "environment": env,
-                                          "load_average": load, "walls_s": s.walls, "source": src, "rows": rows,
+                                          "load_average": load, "walls_s": s.walls, "cpu_s": s.cpu_s, "source": src, "rows": rows,
                                           "demo_examples": demo,
                                           "export_failures": s.export_failures})
-    write_text(path, render_study(rows, src, s.walls, command, env, s.export_failures, load))
+    write_text(path, render_study(rows, src, s.walls, command, env, s.export_failures, load, s.cpu_s))
     return path
 
 
