@@ -92,6 +92,12 @@ def _order(attentions) -> list[str]:
     return sorted(attentions, key=lambda a: (known.index(a) if a in known else len(known), a))
 
 
+def _colour(attention: str) -> str:
+    """The same colour for one attention in every plot (exact blue, linformer orange, ...)."""
+    known = _order([EXACT, "linformer", "performer", "nystrom", "atrous"])
+    return "k" if attention == BOUND else f"C{known.index(attention) if attention in known else 5 + sum(map(ord, attention)) % 4}"
+
+
 def _scaling_plot(series: dict, field: str, ylabel: str, title: str, path: Path, scale: float = 1.0) -> None:
     keys = sorted(series)
     fig, axes = _panels(len(keys))
@@ -102,7 +108,7 @@ def _scaling_plot(series: dict, field: str, ylabel: str, title: str, path: Path,
                 continue
             slope = _fit(pts, field)
             label = f"{att} (slope {slope:.2f})" if slope is not None else att
-            ax.plot([p["tokens"] for p in pts], [p[field] * scale for p in pts], marker="o", label=label)
+            ax.plot([p["tokens"] for p in pts], [p[field] * scale for p in pts], marker="o", label=label, color=_colour(att))
         _style(ax, key, "tokens per image", ylabel)
     fig.suptitle(title)
     _save(fig, path)
@@ -158,7 +164,8 @@ def _speedup_plot(series: dict, path: Path, targets: dict[int, float]) -> Option
                 continue
             pts = [(p["tokens"], exact[p["tokens"]] / p["latency_median_ms"]) for p in series[key][att] if p["tokens"] in exact]
             if pts:
-                style = {"color": "k", "linestyle": "--", "label": "largest possible (attention-free bound)"} if att == BOUND else {"label": att}
+                style = ({"color": "k", "linestyle": "--", "label": "largest possible (attention-free bound)"} if att == BOUND
+                         else {"label": att, "color": _colour(att)})
                 ax.plot(*zip(*pts), marker="o", **style)
         patch = series[key][EXACT][0].get("patch") or 16
         for res, target in targets.items():
@@ -206,7 +213,7 @@ def _tradeoff_plot(points: dict, path: Path) -> None:
     for ax, key in zip(axes, keys):
         pts = points[key]
         resolutions = sorted({p["resolution"] for p in pts})
-        colours = {att: f"C{i}" for i, att in enumerate(_order({p["attention"] for p in pts}))}
+        colours = {att: _colour(att) for att in _order({p["attention"] for p in pts})}
         for p in pts:
             lo, hi = p.get("top1_ci95") or (p["top1"], p["top1"])
             ax.errorbar(p["latency_median_ms"], 100 * p["top1"], yerr=[[100 * (p["top1"] - lo)], [100 * (hi - p["top1"])]],
