@@ -301,9 +301,9 @@ def study_rows(runs: list[Path], evals: dict[str, dict[str, dict]]) -> list[dict
     rows = []
     for run in runs:
         summary = load_summary(run) or {}
-        train_images = summary["images_per_s"] * summary["train_s_per_epoch"]
         last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-        amp = read_yaml((run / "config.yaml").read_text()).get("amp") or {}
+        config = read_yaml((run / "config.yaml").read_text())
+        amp = config.get("amp") or {}
         rows.append({
             "attention": summary["attention"], "run": run.name, "img_size": summary["img_size"],
             "zero_shot_top1": summary.get("zero_shot_top1"), "zero_shot_top5": summary.get("zero_shot_top5"),
@@ -311,7 +311,7 @@ def study_rows(runs: list[Path], evals: dict[str, dict[str, dict]]) -> list[dict
             "epochs": summary["epochs"], "amp": amp.get("dtype") if amp.get("enabled") else "off",
             "device": summary.get("device"), "train_s_per_epoch": summary["train_s_per_epoch"],
             "train_images_per_s": summary["images_per_s"], "eval_images_per_s": last["val_images"] / summary["eval_s"],
-            "train_images": round(train_images), "peak_mem_bytes": summary["peak_mem_bytes"],
+            "train_images": _train_images(config, summary), "peak_mem_bytes": summary["peak_mem_bytes"],
             "peak_mem_kind": summary["peak_mem_kind"], "gflops": summary["gflops"], "params": summary["params"],
             "new_tensors": len((summary.get("init_from") or {}).get("new", [])),
             "accuracy_at": {res: {k: v for k, v in acc.items() if k != "correct"}
@@ -319,6 +319,14 @@ def study_rows(runs: list[Path], evals: dict[str, dict[str, dict]]) -> list[dict
             "vs_exact": tests.get(run.name, {}),
         })
     return rows
+
+
+def _train_images(config: dict[str, Any], summary: dict[str, Any]) -> int:
+    """Images per training epoch: a generated set's train_size, else rate x time."""
+    data = config.get("data") or {}
+    if data.get("name") in ("cluttered", "synthetic") and data.get("train_size"):
+        return int(data["train_size"])
+    return round(summary["images_per_s"] * summary["train_s_per_epoch"])
 
 
 def _cell(acc: Optional[dict]) -> str:

@@ -223,10 +223,13 @@ def _tradeoff_plot(points: dict, path: Path) -> None:
         front = pareto_front(lat, [p["top1"] for p in pts])
         ax.step([lat[i] for i in front], [100 * pts[i]["top1"] for i in front], where="post", color="grey",
                 linestyle=":", zorder=2)
+        ax.scatter([lat[i] for i in front], [100 * pts[i]["top1"] for i in front], s=180, facecolors="none",
+                   edgecolors="grey", linewidths=1.2, zorder=4)
         handles = [plt.Line2D([], [], color=c, marker="o", linestyle="none", label=a) for a, c in colours.items()]
         handles += [plt.Line2D([], [], color="k", marker=markers[i % len(markers)], linestyle="none", label=f"{r} px")
                     for i, r in enumerate(resolutions)]
-        handles.append(plt.Line2D([], [], color="grey", linestyle=":", label="Pareto front"))
+        handles.append(plt.Line2D([], [], color="grey", linestyle=":", marker="o", markerfacecolor="none", markersize=11,
+                                  label="Pareto front (ringed)"))
         _style(ax, key, "median latency (ms), log scale", "top-1 (%), 95% interval", log_y=False)
         ax.legend(handles=handles, fontsize=7, loc="best")
     _save(fig, path)
@@ -567,7 +570,7 @@ def write_report(
         unscored = sorted({f"{r['attention']} {r['backend']} {r['precision']} {r['resolution']} px" for r in rows
                            if r["mode"] == "model" and r["status"] == "ok" and r["attention"] != BOUND and not _measured_here(r)})
         blocks = [("img", "accuracy_vs_latency.png", "top-1 (95% interval) against median latency, one colour per "
-                   "attention, one marker per resolution; dotted: the Pareto front"),
+                   "attention, one marker per resolution; ringed and joined by a dotted line: the Pareto front"),
                   ("p", "Each point is one configuration (backend, precision, resolution) with top-1 measured for that "
                         "configuration at that resolution (on its backend, or for PyTorch fp32 rows by the study's "
                         "evaluation stage on the same weights); the table lists the Pareto front with each top-1's "
