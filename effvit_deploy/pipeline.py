@@ -395,7 +395,9 @@ def render_study(rows: list[dict], source: dict[str, Any], walls: dict[str, floa
         lines += [
             "## Paired test against exact attention (McNemar, exact binomial, same images)", "",
             "Each cell: top-1 difference to exact (positive: better), two-sided p-value, and the images only this "
-            "mechanism got right vs only exact got right. p >= 0.05: no difference detectable on these images.", "",
+            "mechanism got right vs only exact got right. p >= 0.05: no difference detectable on these images. "
+            f"The table holds {sum(len(r['vs_exact']) for r in rows)} tests: at a family-wise 5% level (Bonferroni) a "
+            f"cell needs p < {0.05 / max(1, sum(len(r['vs_exact']) for r in rows)):.2g}.", "",
             *md_table(["attention"] + [f"vs exact @ {tok(r)}" for r in resolutions], paired), "",
         ]
     if export_failures:
