@@ -75,19 +75,22 @@ def test_report_reads_each_speedup_against_the_largest_possible(tmp_path):
         write_report(tmp_path / "results.jsonl", tmp_path).read_text()
     text = write_report(tmp_path / "results.jsonl", tmp_path, speedup_targets={448: 3.0}, budgets_ms=(60,)).read_text()
     assert "| nystrom | 448 px speed-up >= 3x | 2.00x | 4.00x | missed (2.00x of 3x) |" in text
-    assert "<= 60 ms" in text and "<= 10000 ms" not in text
+    assert "| <= 60 ms |" in text and "10000 ms" not in text
 
 
 def test_recommendations_rank_by_top1_measured_at_the_cells_resolution(tmp_path):
-    rows = [_row("exact", 224, 100.0, top1=0.9, top1_resolution=224, top1_images=50),
-            _row("nystrom", 224, 50.0, top1=0.8, top1_resolution=224, top1_images=50),
+    rows = [_row("exact", 224, 100.0, top1=0.9, top1_resolution=224, top1_images=1000, top1_ci95=[0.88, 0.92]),
+            _row("nystrom", 224, 50.0, top1=0.8, top1_resolution=224, top1_images=1000, top1_ci95=[0.77, 0.83]),
             _row("exact", 448, 400.0, top1=0.9, top1_resolution=224, top1_images=None),
-            _row("nystrom", 448, 200.0, top1=0.7, top1_resolution=448, top1_images=50)]
+            _row("nystrom", 448, 200.0, top1=0.7, top1_resolution=448, top1_images=1000)]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    text = write_report(tmp_path / "results.jsonl", tmp_path, budgets_ms=(60, 1000)).read_text()
+    text = write_report(tmp_path / "results.jsonl", tmp_path, budgets_ms=(30, 60, 1000, 3000)).read_text()
     recommend = text.split("## Recommendations")[1].split("##")[0]
-    assert "| 224 px | nystrom (onnxruntime fp32, 50 ms, 80.0%) | exact (onnxruntime fp32, 100 ms, 90.0%) |" in recommend
-    assert "| 448 px | - | nystrom (onnxruntime fp32, 200 ms, 70.0%) |" in recommend, \
+    assert "| 224 px | <= 30 ms | no configuration fits |" in recommend
+    assert "| 224 px | <= 60 ms | nystrom (onnxruntime fp32, 50 ms, top-1 80.0% [77.0, 83.0] on 1,000 images) |" in recommend
+    assert ("| 224 px | <= 1000 ms to <= 3000 ms | exact (onnxruntime fp32, 100 ms, top-1 90.0% [88.0, 92.0] on 1,000 "
+            "images) |") in recommend, "budgets with the same answer are merged, not repeated"
+    assert "| 448 px | <= 1000 ms to <= 3000 ms | nystrom (onnxruntime fp32, 200 ms, top-1 70.0% on 1,000 images) |" in recommend, \
         "exact's 448 px top-1 was measured at 224 px only: it must not outrank a figure measured at 448"
     assert "Not on the plot (top-1 not measured at their own resolution): exact onnxruntime fp32 448 px" in text
 
@@ -153,3 +156,25 @@ def test_the_bound_onnx_graph_has_no_node_kind_more_than_exact(tmp_path):
     assert counts["exact"]["Softmax"] > 0 and counts["bound"]["Softmax"] == 0
     more = {op: (n, counts["exact"][op]) for op, n in counts["bound"].items() if n > counts["exact"][op]}
     assert not more, f"the bound's graph has more of these nodes than exact's (bound, exact): {more}"
+
+
+def test_a_cell_measured_on_fewer_than_500_images_says_so_and_is_not_recommended(tmp_path):
+    rows = [_row("exact", 224, 100.0, top1=0.9, top1_resolution=224, top1_images=32),
+            _row("nystrom", 224, 50.0, top1=0.95, top1_resolution=224, top1_images=499)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(tmp_path / "results.jsonl", tmp_path, budgets_ms=(1000,)).read_text()
+    recommend = text.split("## Recommendations")[1].split("##")[0]
+    assert "none recommended: top-1 not measured at 224 px on >= 500 images (only on 32, 499)" in recommend
+    pareto = text.split("## Accuracy vs latency")[1].split("##")[0]
+    assert "on 499 images, under 500: not recommended" in pareto
+
+
+def test_report_takes_pytorch_top1_from_the_evaluation_stage_with_its_count(tmp_path):
+    rows = [_row("exact", 128, 10.0, backend="torch"), _row("exact", 128, 8.0),
+            _row("exact", 512, 300.0, backend="torch")]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    accuracy = {("r-exact", 128): {"top1": 0.95, "images": 1000, "ci95": [0.936, 0.962]}}
+    text = write_report(tmp_path / "results.jsonl", tmp_path, budgets_ms=(1000,), accuracy=accuracy).read_text()
+    recommend = text.split("## Recommendations")[1].split("##")[0]
+    assert "| 128 px | <= 1000 ms | exact (torch fp32, 10 ms, top-1 95.0% [93.6, 96.2] on 1,000 images) |" in recommend
+    assert "| 512 px | <= 1000 ms | none recommended: top-1 not measured at 512 px on >= 500 images |" in recommend

@@ -145,7 +145,7 @@ def test_every_variant_answers_with_the_backends_top5_latency_gflops_and_salienc
         assert latency > 0
         assert re.search(r"GFLOPs: [\d.]+ at 80 px", info)
         assert (f"(run: {RUN_GFLOPS} at 64 px)" in info) == (run.name == "exact")
-        assert f"top-1 (run): {100 * TOP1[run.name]:.1f} %" in info
+        assert f"top-1 {TOP1[run.name]:.3f} (image count not recorded)" in info  # a tiny run has no metrics.jsonl
         overlay = np.asarray(Image.open(saliency))
         assert overlay.shape == (256, 256, 3) and overlay.std() > 0
 

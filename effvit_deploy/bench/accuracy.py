@@ -15,39 +15,19 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..backends import Runner
+from ..evaluation import NonFiniteLogits, Top1, top1_of
 from ..runs import ModelCard, load_summary
 
 NOT_APPLICABLE = "not applicable: untrained shape-only run (no data set)"
 BOUND_NOT_APPLICABLE = "not applicable: the attention-free bound is a latency reference, not a classifier"
 
 
-class NonFiniteLogits(ValueError):
-    """An artifact returned NaN or infinite logits: its accuracy is not a number to report."""
-
-
 def measure_accuracy(runner: Runner, card: ModelCard, limit: Optional[int] = None, batch_size: int = 16,
-                     resolution: Optional[int] = None) -> tuple[float, int]:
-    """(top-1, images scored) of `runner` over the validation subset of `limit` images
-    (`data.subset`; all when None), preprocessed for `resolution` px (default: the training resolution)."""
-    import torch
-
-    from ..data import collate_skip_bad, subset
-
-    dataset = subset.validation_subset(card, limit, img_size=resolution)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
-                                         collate_fn=collate_skip_bad)
-    correct = total = 0
-    for images, labels, _skipped in loader:
-        if len(labels) == 0:
-            continue
-        logits = runner(images.numpy().astype(np.float32))
-        if not np.isfinite(logits).all():
-            raise NonFiniteLogits(f"the {runner.backend} {runner.precision} logits hold NaN or inf on validation images")
-        correct += int((logits.argmax(1) == labels.numpy()).sum())
-        total += len(labels)
-    if total == 0:
-        raise ValueError(f"the validation set of {card.data} is empty")
-    return correct / total, total
+                     resolution: Optional[int] = None) -> Top1:
+    """Top-1 (with image count and interval, `evaluation.Top1`) of `runner` over the validation
+    subset of `limit` images (`data.subset`; all when None), preprocessed for `resolution` px
+    (default: the training resolution). Raises ValueError when no image could be scored."""
+    return top1_of(lambda images: runner(images.numpy().astype(np.float32)), card, limit, resolution, batch_size)
 
 
 def artifact_accuracy(
@@ -70,9 +50,9 @@ def artifact_accuracy(
         source = "training summary (PyTorch); --no-accuracy" if fallback["top1"] is not None else "not measured (--no-accuracy)"
         return {**fallback, "top1_source": source}
     try:
-        top1, images = measure_accuracy(runner_factory(), card, limit, resolution=resolution)
-        return {"top1": top1, "top1_source": "measured on this backend", "top1_resolution": resolution or card.img_size,
-                "top1_images": images}
+        result = measure_accuracy(runner_factory(), card, limit, resolution=resolution)
+        return {"top1": result.top1, "top1_source": "measured on this backend", "top1_resolution": resolution or card.img_size,
+                "top1_images": result.images, "top1_ci95": list(result.interval)}
     except NonFiniteLogits as exc:  # never stand in the training figure for an artifact that is broken
         return {"top1": None, "top1_source": f"failed: {exc}", "top1_resolution": None, "top1_images": None}
     except Exception as exc:  # the sweep goes on; the reason is recorded

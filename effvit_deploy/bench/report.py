@@ -22,9 +22,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
 from ..atomic import atomic_path, write_text  # noqa: E402
+from ..evaluation import MIN_IMAGES  # noqa: E402
 from .analysis import crossover, fit_power_law, pareto_front, pick, tokens_to_resolution  # noqa: E402
 from .bound import BOUND  # noqa: E402
+from .markdown import md_table  # noqa: E402
 from .results import load_results  # noqa: E402
 
 EXACT = "exact"
@@ -43,6 +47,14 @@ TIMING_NOTE = (
     "Throughput = batch / median latency."
 )
 
+STYLESHEET = (
+    "body{font:15px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif;color:#222;max-width:1200px;margin:2em auto;"
+    "padding:0 1em}h1,h2{line-height:1.2}h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}"
+    ".scroll{overflow-x:auto}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}"
+    "th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f6f8fa}"
+    "tr:nth-child(even) td{background:#fafbfc}figure{margin:1em 0}img{max-width:100%;height:auto}"
+    "figcaption{color:#555;font-size:13px}"
+)
 Block = tuple  # ("p", text) | ("table", header, rows) | ("img", file, caption)
 
 
@@ -80,6 +92,12 @@ def _order(attentions) -> list[str]:
     return sorted(attentions, key=lambda a: (known.index(a) if a in known else len(known), a))
 
 
+def _colour(attention: str) -> str:
+    """The same colour for one attention in every plot (exact blue, linformer orange, ...)."""
+    known = _order([EXACT, "linformer", "performer", "nystrom", "atrous"])
+    return "k" if attention == BOUND else f"C{known.index(attention) if attention in known else 5 + sum(map(ord, attention)) % 4}"
+
+
 def _scaling_plot(series: dict, field: str, ylabel: str, title: str, path: Path, scale: float = 1.0) -> None:
     keys = sorted(series)
     fig, axes = _panels(len(keys))
@@ -90,7 +108,7 @@ def _scaling_plot(series: dict, field: str, ylabel: str, title: str, path: Path,
                 continue
             slope = _fit(pts, field)
             label = f"{att} (slope {slope:.2f})" if slope is not None else att
-            ax.plot([p["tokens"] for p in pts], [p[field] * scale for p in pts], marker="o", label=label)
+            ax.plot([p["tokens"] for p in pts], [p[field] * scale for p in pts], marker="o", label=label, color=_colour(att))
         _style(ax, key, "tokens per image", ylabel)
     fig.suptitle(title)
     _save(fig, path)
@@ -105,14 +123,24 @@ def _panels(count: int):
 def _style(ax, key: tuple, xlabel: str, ylabel: str, log_y: bool = True, title_suffix: str = "") -> None:
     """Log-scaled axes, labels, the panel's (backend, precision, batch) title, grid and legend."""
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     if log_y:
         ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{key[0]} {key[1]} batch {key[2]}{title_suffix}")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+
+
+def _plain_log_ticks(axis) -> None:
+    """Log-axis labels at 1, 2 and 5 per decade, plain numbers, unlabelled minor ticks: labels
+    that never collide (matplotlib's default labels minor ticks on short ranges, and they did)."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig, path: Path) -> None:
@@ -123,10 +151,11 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _speedup_plot(series: dict, path: Path, targets: dict[int, float]) -> bool:
+def _speedup_plot(series: dict, path: Path, targets: dict[int, float]) -> Optional[bool]:
+    """Draw the plot; None when there is nothing to draw, else whether the bound line is in it."""
     keys = [k for k in sorted(series) if EXACT in series[k] and len(series[k]) > 1]
     if not keys:
-        return False
+        return None
     fig, axes = _panels(len(keys))
     for ax, key in zip(axes, keys):
         exact = {p["tokens"]: p["latency_median_ms"] for p in series[key][EXACT]}
@@ -135,7 +164,8 @@ def _speedup_plot(series: dict, path: Path, targets: dict[int, float]) -> bool:
                 continue
             pts = [(p["tokens"], exact[p["tokens"]] / p["latency_median_ms"]) for p in series[key][att] if p["tokens"] in exact]
             if pts:
-                style = {"color": "k", "linestyle": "--", "label": "largest possible (attention-free bound)"} if att == BOUND else {"label": att}
+                style = ({"color": "k", "linestyle": "--", "label": "largest possible (attention-free bound)"} if att == BOUND
+                         else {"label": att, "color": _colour(att)})
                 ax.plot(*zip(*pts), marker="o", **style)
         patch = series[key][EXACT][0].get("patch") or 16
         for res, target in targets.items():
@@ -143,12 +173,25 @@ def _speedup_plot(series: dict, path: Path, targets: dict[int, float]) -> bool:
         ax.axhline(1.0, color="grey", linewidth=1)
         _style(ax, key, "tokens per image", "speed-up over exact (x)", title_suffix="  (stars: your targets)" if targets else "")
     _save(fig, path)
-    return True
+    return any(BOUND in series[k] for k in keys)
 
 
 def _measured_here(row: dict) -> bool:
-    """True when the row's top-1 was measured on its own backend at its own resolution."""
+    """True when the row's top-1 was measured for its own configuration at its own resolution."""
     return row.get("top1") is not None and row.get("top1_images") is not None and row.get("top1_resolution") == row.get("resolution")
+
+
+def _decidable(row: dict) -> bool:
+    """True when the row's top-1 may rank it: measured here on at least MIN_IMAGES images."""
+    return _measured_here(row) and row["top1_images"] >= MIN_IMAGES
+
+
+def _accuracy(row: dict) -> str:
+    """"91.2% [89.3, 92.8] on 1,000 images" (the count always printed)."""
+    lo, hi = row.get("top1_ci95") or (None, None)
+    interval = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else ""
+    tail = "" if row["top1_images"] >= MIN_IMAGES else f", under {MIN_IMAGES}: not recommended"
+    return f"{100 * row['top1']:.1f}%{interval} on {row['top1_images']:,} images{tail}"
 
 
 def _tradeoff_points(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -162,20 +205,33 @@ def _tradeoff_points(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def _tradeoff_plot(points: dict, path: Path) -> None:
+    """One colour per attention, one marker per resolution, 95% intervals as error bars; a
+    legend instead of point labels (which overlapped into unreadable clusters)."""
     keys = sorted(points, key=lambda k: k[2])
     fig, axes = _panels(len(keys))
+    markers = "osD^vP*X"
     for ax, key in zip(axes, keys):
         pts = points[key]
+        resolutions = sorted({p["resolution"] for p in pts})
+        colours = {att: _colour(att) for att in _order({p["attention"] for p in pts})}
+        for p in pts:
+            lo, hi = p.get("top1_ci95") or (p["top1"], p["top1"])
+            ax.errorbar(p["latency_median_ms"], 100 * p["top1"], yerr=[[100 * (p["top1"] - lo)], [100 * (hi - p["top1"])]],
+                        fmt=markers[resolutions.index(p["resolution"]) % len(markers)], color=colours[p["attention"]],
+                        capsize=2, zorder=3)
         lat = [p["latency_median_ms"] for p in pts]
-        acc = [100 * p["top1"] for p in pts]
-        ax.scatter(lat, acc, zorder=3)
-        for p, x, y in zip(pts, lat, acc):
-            ax.annotate(f"{p['attention']} {p['backend']} {p['precision']} {p['resolution']}px", (x, y), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
-        front = pareto_front(lat, acc)
-        ax.step([lat[i] for i in front], [acc[i] for i in front], where="post", color="C3", label="Pareto front")
-        ax.scatter([lat[i] for i in front], [acc[i] for i in front], color="C3", zorder=4)
-        _style(ax, key, "median latency (ms)", "top-1 (%) at the configuration's own resolution", log_y=False)
+        front = pareto_front(lat, [p["top1"] for p in pts])
+        ax.step([lat[i] for i in front], [100 * pts[i]["top1"] for i in front], where="post", color="grey",
+                linestyle=":", zorder=2)
+        ax.scatter([lat[i] for i in front], [100 * pts[i]["top1"] for i in front], s=180, facecolors="none",
+                   edgecolors="grey", linewidths=1.2, zorder=4)
+        handles = [plt.Line2D([], [], color=c, marker="o", linestyle="none", label=a) for a, c in colours.items()]
+        handles += [plt.Line2D([], [], color="k", marker=markers[i % len(markers)], linestyle="none", label=f"{r} px")
+                    for i, r in enumerate(resolutions)]
+        handles.append(plt.Line2D([], [], color="grey", linestyle=":", marker="o", markerfacecolor="none", markersize=11,
+                                  label="Pareto front (ringed)"))
+        _style(ax, key, "median latency (ms), log scale", "top-1 (%), 95% interval", log_y=False)
+        ax.legend(handles=handles, fontsize=7, loc="best")
     _save(fig, path)
 
 
@@ -186,8 +242,8 @@ def _pareto_table(points: dict) -> Block:
         for i in pareto_front([p["latency_median_ms"] for p in pts], [p["top1"] for p in pts]):
             p = pts[i]
             body.append([p["batch"], p["run"], p["attention"], p["backend"], p["precision"], p["resolution"],
-                         _fmt(p["latency_median_ms"]), f"{100 * p['top1']:.1f}", p["top1_images"]])
-    return ("table", ["batch", "run", "attention", "backend", "precision", "px", "median ms", "top-1 %", "images"], body)
+                         _fmt(p["latency_median_ms"]), _accuracy(p)])
+    return ("table", ["batch", "run", "attention", "backend", "precision", "px", "median ms", "top-1 [95% CI]"], body)
 
 
 def _exponent_table(series: dict, mode: str) -> Block:
@@ -315,22 +371,33 @@ def _recommendations(rows: list[dict], budgets_ms: tuple[float, ...]) -> list[Bl
     body = []
     for res in sorted({r["resolution"] for r in ok}):
         cands = [r for r in ok if r["resolution"] == res]
-        scored = [r for r in cands if _measured_here(r)]
-        cells = []
+        scored = [r for r in cands if _decidable(r)]
+        few = sorted({r["top1_images"] for r in cands if _measured_here(r) and not _decidable(r)})
+        previous, start = None, None
         for budget in budgets_ms:
             c = pick(scored, budget)
-            if c is not None:
-                cells.append(f"{c['attention']} ({c['backend']} {c['precision']}, {c['latency_median_ms']:.0f} ms, "
-                             f"{100 * c['top1']:.1f}%)")
-                continue
-            c = pick([{**r, "top1": None} for r in cands], budget)
-            cells.append("-" if c is None else f"{c['attention']} ({c['backend']} {c['precision']}, "
-                         f"{c['latency_median_ms']:.0f} ms; top-1 not measured at {res} px)")
-        body.append([f"{res} px"] + cells)
-    note = (f"Each cell: among configurations at batch {ok[0]['batch']} whose median latency fits the budget, the most "
-            "accurate by top-1 measured on its own backend, precision and resolution (fastest on ties). Where no "
-            "configuration has top-1 measured at that resolution, the cell shows the fastest that fits and says so.")
-    return [("p", note), ("table", ["resolution"] + [f"<= {b:g} ms" for b in budgets_ms], body)]
+            if c is None:
+                text = ("no configuration fits" if pick(cands, budget) is None else
+                        f"none recommended: top-1 not measured at {res} px on >= {MIN_IMAGES} images"
+                        + (f" (only on {', '.join(map(str, few))})" if few else ""))
+            else:
+                text = (f"{c['attention']} ({c['backend']} {c['precision']}, {c['latency_median_ms']:.3g} ms, "
+                        f"top-1 {_accuracy(c)})")
+            if text != previous:
+                if previous is not None:
+                    body.append([f"{res} px", _budget_range(start, last), previous])
+                previous, start = text, budget
+            last = budget
+        body.append([f"{res} px", _budget_range(start, last), previous])
+    note = (f"Each row: for latency budgets in the range (batch {ok[0]['batch']}), the most accurate configuration whose "
+            f"median latency fits, fastest on ties, among those whose top-1 was measured at that resolution on at least "
+            f"{MIN_IMAGES} images. Budgets with the same answer are merged. A configuration measured on fewer images is "
+            "not recommended, and the row says so.")
+    return [("p", note), ("table", ["resolution", "latency budget", "recommendation"], body)]
+
+
+def _budget_range(start: float, end: float) -> str:
+    return f"<= {start:g} ms" if start == end else f"<= {start:g} ms to <= {end:g} ms"
 
 
 def _results_table(rows: list[dict]) -> Block:
@@ -344,10 +411,11 @@ def _results_table(rows: list[dict]) -> Block:
                      _fmt(r["tokens"]), _fmt(r.get("gflops")), _fmt(r.get("latency_median_ms")),
                      _fmt(r.get("latency_p90_ms")), _fmt(r.get("latency_p99_ms")), _fmt(r.get("throughput_ips")),
                      _fmt(mem / 2**20 if mem is not None else None), _fmt(r.get("repeats_done")),
-                     _fmt(100 * r["top1"] if r.get("top1") is not None else None), _fmt(r.get("top1_resolution")),
+                     _fmt(100 * r["top1"] if r.get("top1") is not None else None), _fmt(r.get("top1_images")),
+                     _fmt(r.get("top1_resolution")),
                      r.get("thread_policy") or "-", r["status"]])
     return ("table", ["mode", "attention", "backend", "prec", "batch", "px", "tokens", "GFLOPs", "median ms", "p90 ms",
-                      "p99 ms", "img/s", "peak MiB", "repeats", "top-1 %", "top-1 at px", "threads", "status"], body)
+                      "p99 ms", "img/s", "peak MiB", "repeats", "top-1 %", "top-1 images", "top-1 at px", "threads", "status"], body)
 
 
 def _failures(rows: list[dict]) -> list[Block]:
@@ -366,10 +434,11 @@ def _environment(rows: list[dict]) -> Block:
     envs = {tuple(sorted(r["env"].items())) for r in rows if r.get("env")}
     keys = ["cpu_model", "cpu_cores", "cpu_affinity", "memory_gib", "gpu", "gpu_driver", "os", "python", "torch",
             "timm", "onnxruntime", "tensorrt", "git_commit"]
-    body = [[k] + [_fmt(dict(e).get(k)) for e in envs] for k in keys]
+    body = [[k] + ([_fmt(dict(e).get(k)) for e in envs] or ["-"]) for k in keys]
     sweeps = sorted({(r.get("sweep_started"), r.get("warmup"), r.get("repeats_max"), r.get("max_time_s")) for r in rows})
-    body.append(["sweeps (start, warm-up, max repeats, timed budget s)", "; ".join(map(str, sweeps))])
-    return ("table", ["environment"] + [f"machine {i + 1}" for i in range(len(envs))], body)
+    body.append(["sweeps (start, warm-up, max repeats, timed budget s)", "; ".join(map(str, sweeps))]
+                + [""] * (max(1, len(envs)) - 1))
+    return ("table", ["environment"] + [f"machine {i + 1}" for i in range(max(1, len(envs)))], body)
 
 
 def _render_md(sections: list[tuple[str, list[Block]]], title: str) -> str:
@@ -382,18 +451,15 @@ def _render_md(sections: list[tuple[str, list[Block]]], title: str) -> str:
             elif b[0] == "img":
                 out += [f"![{b[2]}]({b[1]})", ""]
             else:
-                out.append("| " + " | ".join(b[1]) + " |")
-                out.append("|" + "---|" * len(b[1]))
-                out += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in b[2]]
-                out.append("")
+                out += md_table(b[1], b[2]) + [""]
     return "\n".join(out)
 
 
 def _render_html(sections: list[tuple[str, list[Block]]], title: str, out_dir: Path) -> str:
     e = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
-           "body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse;font-size:12px}"
-           "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+           f"content='width=device-width, initial-scale=1'><title>{e(title)}</title><style>{STYLESHEET}</style>"
+           f"</head><body>", f"<h1>{e(title)}</h1>"]
     for heading, blocks in sections:
         out.append(f"<h2>{e(heading)}</h2>")
         for b in blocks:
@@ -403,9 +469,9 @@ def _render_html(sections: list[tuple[str, list[Block]]], title: str, out_dir: P
                 data = base64.b64encode((out_dir / b[1]).read_bytes()).decode()
                 out.append(f"<figure><img alt='{e(b[2])}' src='data:image/png;base64,{data}'><figcaption>{e(b[2])}</figcaption></figure>")
             else:
-                out.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in b[1]) + "</tr>")
+                out.append("<div class='scroll'><table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in b[1]) + "</tr>")
                 out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in b[2]]
-                out.append("</table>")
+                out.append("</table></div>")
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -437,21 +503,37 @@ def _thread_note(rows: list[dict]) -> Block:
             "spinning), the robust choice on a host shared with other jobs.")
 
 
+def _with_accuracy(row: dict, accuracy: dict[tuple[str, int], dict[str, Any]]) -> dict:
+    """The row with top-1 from `accuracy` when it is a PyTorch fp32 model row of a run and
+    resolution listed there and has no top-1 measured at its own resolution."""
+    acc = accuracy.get((row.get("run"), row.get("resolution")))
+    if (acc is None or _measured_here(row) or row["mode"] != "model" or row["backend"] != "torch"
+            or row["precision"] != "fp32"):
+        return row
+    return {**row, "top1": acc["top1"], "top1_images": acc["images"], "top1_ci95": acc.get("ci95"),
+            "top1_resolution": row["resolution"], "top1_source": "evaluation stage (PyTorch fp32, same weights)"}
+
+
 def write_report(
     results_path: Union[str, Path],
     out_dir: Optional[Union[str, Path]] = None,
     *,
     speedup_targets: Optional[dict[int, float]] = None,
     budgets_ms: tuple[float, ...] = BUDGETS_MS,
+    accuracy: Optional[dict[tuple[str, int], dict[str, Any]]] = None,
 ) -> Path:
     """Write report.md, report.html and the PNG plots for a results file; returns report.md.
 
     `speedup_targets` ({resolution px: speed-up over exact}) adds a table checking your own
-    goals; `budgets_ms` are the latency budgets of the recommendation table.
+    goals; `budgets_ms` are the latency budgets of the recommendation table. `accuracy`
+    ({(run name, px): {"top1", "images", "ci95"}}, PyTorch fp32 top-1 measured elsewhere, e.g.
+    the pipeline's evaluation stage) fills the top-1 of the PyTorch fp32 rows of those runs and
+    resolutions that have none of their own.
     """
     targets = dict(speedup_targets or {})
     results_path = Path(results_path)
     rows, superseded = latest_rows(load_results(results_path))
+    rows = [_with_accuracy(r, accuracy or {}) for r in rows]
     out_dir = Path(out_dir) if out_dir else results_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     sections: list[tuple[str, list[Block]]] = []
@@ -469,8 +551,11 @@ def write_report(
                       out_dir / "memory_vs_tokens.png", scale=1 / 2**20)
         blocks: list[Block] = [("img", "latency_vs_tokens.png", "latency vs tokens, log-log, fitted slopes"),
                                ("img", "memory_vs_tokens.png", "peak memory vs tokens, log-log, fitted slopes")]
-        if _speedup_plot(model, out_dir / "speedup_vs_tokens.png", targets):
-            blocks.append(("img", "speedup_vs_tokens.png", "speed-up over exact attention; dashed: the largest possible"))
+        drawn = _speedup_plot(model, out_dir / "speedup_vs_tokens.png", targets)
+        if drawn is not None:
+            caption = "speed-up over exact attention (latency of exact / latency of the variant, grey line: 1x)"
+            blocks.append(("img", "speedup_vs_tokens.png", caption + ("; dashed: the largest possible (attention-free bound)"
+                                                                      if drawn else "; no attention-free bound measured")))
         blocks += [("p", f"Exponents: least-squares slope in log-log over the {FIT_POINTS} largest token counts."),
                    _exponent_table(model, "model")]
         sections.append(("Scaling with tokens (whole model)", blocks))
@@ -484,9 +569,12 @@ def write_report(
         _tradeoff_plot(tradeoff, out_dir / "accuracy_vs_latency.png")
         unscored = sorted({f"{r['attention']} {r['backend']} {r['precision']} {r['resolution']} px" for r in rows
                            if r["mode"] == "model" and r["status"] == "ok" and r["attention"] != BOUND and not _measured_here(r)})
-        blocks = [("img", "accuracy_vs_latency.png", "accuracy vs latency, Pareto front"),
-                  ("p", "Each point is one configuration (backend, precision, resolution) with top-1 measured on that "
-                        "backend at that resolution; the table lists the Pareto front."), _pareto_table(tradeoff)]
+        blocks = [("img", "accuracy_vs_latency.png", "top-1 (95% interval) against median latency, one colour per "
+                   "attention, one marker per resolution; ringed and joined by a dotted line: the Pareto front"),
+                  ("p", "Each point is one configuration (backend, precision, resolution) with top-1 measured for that "
+                        "configuration at that resolution (on its backend, or for PyTorch fp32 rows by the study's "
+                        "evaluation stage on the same weights); the table lists the Pareto front with each top-1's "
+                        "image count."), _pareto_table(tradeoff)]
         if unscored:
             blocks.append(("p", "Not on the plot (top-1 not measured at their own resolution): " + "; ".join(unscored)))
         sections.append(("Accuracy vs latency", blocks))

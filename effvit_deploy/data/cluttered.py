@@ -2,23 +2,26 @@
 
 The "cluttered MNIST" construction of Jaderberg et al. 2015 (Spatial Transformer Networks,
 arXiv:1506.02025, section 4.1) made from scikit-learn's bundled digits, so it runs offline: each
-image is a canvas with one whole digit (the label) at a random position and scale, among
-fragments cropped from other digits (placed around it, not over it). Positions and sizes lie on
-a 16 x 16 lattice of the canvas, so at 128 px with 8-pixel patches the digit is patch-aligned:
-a tiny ViT learns the task within a CPU budget, and at 128 px and up it attends across hundreds
-to thousands of patch tokens, the regime where efficient attention mechanisms differ.
+image is a canvas with one whole digit (the label) at a random position, among fragments
+cropped from other digits (placed around it, not over it).
+
+The scene has a fixed pixel scale: the digit is drawn 16 px wide (2 px per source pixel) with
+its corner on the 8 px lattice of the study's patches, and the clutter has a fixed density per
+area. So a patch sees the same thing at every canvas size, and a larger canvas is a larger scene
+(more positions, more clutter): a ViT trained on a small canvas transfers to a large one, and at
+128 px and up it attends across hundreds to thousands of patch tokens to find the digit's
+four, the regime where efficient attention mechanisms differ.
 
 Properties the tests check:
-- deterministic: image i of a split depends only on (seed, split, i), drawn with NumPy's legacy
-  `RandomState`, whose stream NumPy keeps stable across versions;
-- resolution-independent: the layout is drawn in canvas coordinates [0, 1)^2 and only rendered
-  at `img_size`, so the same image i at 64 px and at 512 px shows the same scene;
+- deterministic: image i of a split depends only on (seed, split, i, img_size), drawn with
+  NumPy's legacy `RandomState`, whose stream NumPy keeps stable across versions;
+- fixed pixel scale: image i shows the same digit, pixel for pixel, at every canvas size;
+  the number of fragments grows with the canvas area;
 - leak-free: train and val images are built only from the train and val source digits of the
   digits split (`digits_split`), so one handwritten sample never appears in both.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -30,27 +33,30 @@ from torch.utils.data import Dataset
 from .digits import CLASS_NAMES, digits_split, load_digits_uint8
 
 SPLIT_IDS = {"train": 0, "val": 1}
-GRID = 16  # the digit is placed on a 16 x 16 lattice of the canvas, its side 9-12 lattice cells
-DIGIT_CELLS = (9, 12)
-FRAGMENTS = (2, 4)  # clutter pieces per image (inclusive range)
-FRAGMENT_PIXELS = 4  # a fragment is a 4x4 crop of an 8x8 source digit
+DIGIT_PIXEL = (2.0, 2.0)  # px per source pixel of the whole digit: a 16 px digit at every canvas size
+LATTICE = 8  # the digit's corner lies on this pixel lattice (the study's patch size): patch-aligned
+FRAGMENT_PIXELS = 4  # a fragment is a 4x4 crop of an 8x8 source digit, drawn at the digit's scale
+FRAGMENTS_PER_64PX = 1.5  # clutter density: expected fragments per 64x64 px of canvas (Poisson)
 PLACEMENT_TRIES = 20  # a fragment that finds no free place is left out
-MARGIN = 0.07  # the digit stays inside timm's default centre crop (crop_pct 0.875 keeps [0.0625, 0.9375])
-# Measured here: with the digit at 6-8 cells (and at a free scale of 0.2-0.38 of the side), a
-# 4-block ViT trained from scratch stayed at <= 0.28 top-1 after 8 epochs of 2,000 images; at
-# 9-12 cells it reaches ~0.6 at 32 px, which the demo's CPU budget allows.
+MIN_SIZE = 2 * LATTICE + 8  # below 2 * LATTICE + 8 * DIGIT_PIXEL[1] (32 px) the digit shrinks to fit (tiny tests)
+# Measured here (2-core CPU, 4-block 96-wide ViT, 8 px patches): with the scene scaled to the
+# canvas (0.3.0), a source trained at 32 px saw digits 4x larger in pixels after the swap to
+# 128 px and exact reached 0.275 top-1 there. At a fixed pixel scale: a 32 px digit at free
+# (unaligned) positions stayed at 0.28 after 15k images at 64 px; a 32 px patch-aligned digit
+# reached 0.90 at 64 px but only 0.63 zero-shot at 128 px; this 16 px patch-aligned digit
+# reaches 0.95 at 64 px in 20k images and 0.89 zero-shot at 128 px, before any 128 px training.
 
 
 @dataclass(frozen=True)
 class Piece:
-    """One source-digit crop placed on the canvas: rows/cols of the 8x8 source, box in [0, 1)."""
+    """One source-digit crop placed on the canvas: rows/cols of the 8x8 source, box in pixels."""
 
     source: int
     rows: tuple[int, int]
     cols: tuple[int, int]
     x: float
     y: float
-    size: float  # canvas fraction per source pixel
+    size: float  # canvas pixels per source pixel
 
 
 class ClutteredDigits(Dataset):
@@ -58,7 +64,8 @@ class ClutteredDigits(Dataset):
 
     Image i places source digit `pool[i % len(pool)]` (the split's digits in a fixed shuffled
     order, so the classes stay balanced and every source digit is used before any repeats);
-    PIL RGB images of `img_size` pixels when `transform` is None.
+    PIL RGB images of `img_size` pixels when `transform` is None. Raises ValueError for an
+    unknown split or a canvas too small for the digit (< 44 px).
     """
 
     def __init__(
@@ -71,6 +78,8 @@ class ClutteredDigits(Dataset):
     ):
         if split not in SPLIT_IDS:
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if img_size < MIN_SIZE:
+            raise ValueError(f"cluttered digits need img_size >= {MIN_SIZE} px, got {img_size}")
         self.images, self.all_labels = load_digits_uint8()
         pool = digits_split(seed)[SPLIT_IDS[split]]
         self.pool = np.random.RandomState(seed).permutation(pool)
@@ -89,21 +98,22 @@ class ClutteredDigits(Dataset):
         return np.array([self.label(i) for i in range(self.length)], dtype=np.int64)
 
     def layout(self, i: int) -> list[Piece]:
-        """The scene of image i in canvas coordinates: fragments first, the labelled digit last."""
+        """The scene of image i in pixels of the `img_size` canvas: fragments first, the
+        labelled digit last. The digit's scale is drawn first, so image i has the same digit at
+        the same scale at every canvas size; its position and the clutter fill the canvas."""
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for {self.length} images")
+        size = self.img_size
         rng = np.random.RandomState([self.seed, SPLIT_IDS[self.split], i])
-        cells = rng.randint(DIGIT_CELLS[0], DIGIT_CELLS[1] + 1)
-        side = cells / GRID
-        pixel, frag = side / 8, FRAGMENT_PIXELS * side / 8
-        lo, hi = math.ceil(MARGIN * GRID), math.floor((1 - MARGIN) * GRID) - cells
-        dx, dy = rng.randint(lo, hi + 1, size=2) / GRID
+        pixel = min(rng.uniform(*DIGIT_PIXEL), (size - 2 * LATTICE) / 8)
+        side, frag = 8 * pixel, FRAGMENT_PIXELS * pixel
+        dx, dy = LATTICE * rng.randint(1, int(size - LATTICE - side) // LATTICE + 1, size=2)
         pieces = []
-        for _ in range(rng.randint(FRAGMENTS[0], FRAGMENTS[1] + 1)):
+        for _ in range(rng.poisson(FRAGMENTS_PER_64PX * (size / 64) ** 2)):
             other = int(self.pool[rng.randint(len(self.pool))])
             r, c = rng.randint(0, 8 - FRAGMENT_PIXELS + 1, size=2)
             for _try in range(PLACEMENT_TRIES):  # clutter around the digit, not over it
-                x, y = rng.uniform(0, 1 - frag, size=2)
+                x, y = rng.uniform(0, size - frag, size=2)
                 if x + frag <= dx or x >= dx + side or y + frag <= dy or y >= dy + side:
                     pieces.append(Piece(other, (int(r), int(r) + FRAGMENT_PIXELS), (int(c), int(c) + FRAGMENT_PIXELS),
                                         float(x), float(y), float(pixel)))
@@ -120,9 +130,9 @@ class ClutteredDigits(Dataset):
         canvas = np.zeros((size, size), dtype=np.uint8)
         for p in self.layout(i):
             crop = self.images[p.source][p.rows[0]:p.rows[1], p.cols[0]:p.cols[1]]
-            x0, y0 = round(p.x * size), round(p.y * size)
-            x1 = min(size, max(x0 + 1, round((p.x + crop.shape[1] * p.size) * size)))
-            y1 = min(size, max(y0 + 1, round((p.y + crop.shape[0] * p.size) * size)))
+            x0, y0 = round(p.x), round(p.y)
+            x1 = min(size, max(x0 + 1, round(p.x + crop.shape[1] * p.size)))
+            y1 = min(size, max(y0 + 1, round(p.y + crop.shape[0] * p.size)))
             tile = np.asarray(Image.fromarray(crop, mode="L").resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR))
             np.maximum(canvas[y0:y1, x0:x1], tile, out=canvas[y0:y1, x0:x1])
         return Image.fromarray(canvas, mode="L").convert("RGB")

@@ -1,8 +1,11 @@
 """The Gradio Blocks page: one image in, one column per attention variant out.
 
 Each column shows the variant's top-5 (`gr.Label`), the latency of that prediction and which
-backend served it, the GFLOPs at the chosen resolution, its top-1 accuracy from the run's
-summary, and a saliency overlay (`saliency.py`). The fastest variant of the request and the most
+backend served it, the GFLOPs at the chosen resolution, its top-1 accuracy on the run's
+validation split (with its image count and 95% interval), and a saliency overlay
+(`saliency.py`). The page says what the models were trained on, and offers two sets of
+examples: in distribution (the runs' own validation images, `examples.validation_examples`)
+and out of distribution (the bundled plain digits and photos), labelled as such. The fastest variant of the request and the most
 accurate variant of the runs are marked. Models are loaded once in `build_app`; requests go
 through Gradio's queue with a concurrency limit (one at a time by default, so latencies are not
 inflated by a neighbouring request) and a bounded queue length.
@@ -18,6 +21,7 @@ import io
 import logging
 import shlex
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -29,6 +33,8 @@ from PIL import Image
 from ..atomic import write_bytes
 from ..backends import BackendUnavailable
 from . import saliency as sal
+from ..evaluation import top1_text
+from .examples import validation_examples
 from .inputs import DEFAULT_MAX_PIXELS, InputError, load_image
 from .predict import AUTO, AUTO_ORDER, Prediction, Variant, load_variants, resolution_choices
 
@@ -75,8 +81,45 @@ def _header(variant: Variant, fastest: bool, accurate: bool) -> str:
     return f"### {variant.name}" + (f"  \n**{' · '.join(badges)}**" if badges else "  \n&nbsp;")
 
 
-def _percent(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f} %"
+def _accuracy_text(variant: Variant) -> str:
+    """"top-1 0.951 [0.936, 0.962] on 1,000 validation images at 128 px" from the run's summary
+    and the image count of its last validation pass (the whole split: `data.subset` with no limit)."""
+    if variant.top1 is None:
+        return "top-1: not measured"
+    images = _val_images(variant.run_dir)
+    if not images:
+        return f"top-1 {variant.top1:.3f} (image count not recorded)"
+    return f"top-1 {top1_text(variant.top1, images)} (validation, {variant.card.img_size} px)"
+
+
+def _val_images(run_dir: Path) -> Optional[int]:
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]).get("val_images") if lines else None
+
+
+def describe_training(variants: Sequence[Variant]) -> str:
+    """One paragraph: what the served models were trained on, and each one's top-1."""
+    card = variants[0].card
+    data = dict(card.data or {})
+    tokens = (card.img_size // card.patch_size) ** 2 if card.patch_size else None
+    what = {
+        "cluttered": ("cluttered digits: one handwritten digit (scikit-learn's 8x8 digits, drawn 16 px wide on the "
+                      "8 px patch lattice) to find among fragments of other digits, on a black canvas"),
+        "digits": "scikit-learn's 8x8 handwritten digits, upscaled",
+        "synthetic": "synthetic noise images (a shape check, not a classifier)",
+        "folder": f"the image folder {data.get('root')}",
+    }.get(str(data.get("name")), str(data.get("name")))
+    lines = [f"**Trained on** {what}, {card.img_size} px ({tokens} patch tokens), {len(card.class_names)} classes "
+             f"({', '.join(card.class_names[:10])}{', ...' if len(card.class_names) > 10 else ''}). Anything else "
+             "is out of distribution: the answers to the photos and plain digits below show what these models do "
+             "outside what they learned, not how good they are."]
+    lines += [f"- **{v.name}**: {_accuracy_text(v)}" for v in variants]
+    return "\n".join(lines)
 
 
 def _info(variant: Variant, pred: Prediction, resolution: int, note: str = "") -> str:
@@ -89,7 +132,7 @@ def _info(variant: Variant, pred: Prediction, resolution: int, note: str = "") -
     lines = [
         f"**latency: {pred.latency_ms:.2f} ms** ({pred.backend}, {resolution} px)",
         flops,
-        f"top-1 (run): {_percent(variant.top1)}",
+        _accuracy_text(variant),
     ]
     if note:
         lines.append(f"_{note}_")
@@ -154,6 +197,9 @@ def build_app(
     backend (and PyTorch, which saliency needs) and fails if a run cannot serve it. Pass already
     loaded `variants` to skip loading.
     """
+    if variants is None:
+        print(f"effvit-demo: loading {len(run_dirs)} run(s) for backend {backend} ({precision}): "
+              + ", ".join(map(str, run_dirs)), flush=True)
     variants = list(variants) if variants is not None else load_variants(run_dirs, backend, precision)
     loaded = [b for b in AUTO_ORDER if any(b in v.runners for v in variants)]
     resolutions = resolution_choices([v.card for v in variants])
@@ -164,6 +210,8 @@ def build_app(
             v.gflops(size)
     default_res = max(v.card.img_size for v in variants)
     accurate = _most_accurate(variants)
+    examples_dir = Path(tempfile.gettempdir()) / "effvit-demo-examples"
+    in_distribution = validation_examples(variants[0].card, examples_dir) if variants[0].card.data else []
     backend_choices = [AUTO, *loaded]
     patch = variants[0].card.patch_size
 
@@ -219,13 +267,20 @@ def build_app(
             "# Efficient ViT attention, side by side\n"
             "One image, every attention variant: top-5 classes, the latency of this prediction, "
             "GFLOPs and the run's top-1 accuracy, and where each model looked. "
-            f"{FASTEST} marks the fastest answer of this request, {MOST_ACCURATE} the best run."
+            f"{FASTEST} marks the fastest answer of this request, {MOST_ACCURATE} the best run.\n\n"
+            + describe_training(variants), elem_id="trained-on"
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                  label="Image", elem_id="input-image", height=280)
-                gr.Examples(examples=[[p] for p in example_images()], inputs=[image], label="Examples",
+                if in_distribution:
+                    gr.Examples(examples=[[path] for _, path, _ in in_distribution], inputs=[image],
+                                example_labels=[caption for _, _, caption in in_distribution],
+                                label=f"In distribution: the runs' own validation images ({default_res} px)",
+                                cache_examples=False, elem_id="examples-val")
+                gr.Examples(examples=[[p] for p in example_images()], inputs=[image],
+                            label="Out of distribution: plain digits and photos the models never saw anything like",
                             cache_examples=False, elem_id="examples")
             with gr.Column(scale=1, min_width=280):
                 resolution = gr.Dropdown(resolutions, value=default_res, label=f"Resolution (px, multiple of the {patch} px patch)",
@@ -242,7 +297,7 @@ def build_app(
                     outputs += [
                         gr.Markdown(_header(v, False, v.name in accurate), elem_id=f"header-{i}"),
                         gr.Label(num_top_classes=5, label=f"{v.name}: top-5", elem_id=f"label-{i}"),
-                        gr.Markdown(f"top-1 (run): {_percent(v.top1)}", elem_id=f"info-{i}"),
+                        gr.Markdown(_accuracy_text(v), elem_id=f"info-{i}"),
                         gr.Image(label=f"{v.name}: saliency", interactive=False, type="filepath", format="png",
                                  elem_id=f"saliency-{i}", height=200),
                     ]

@@ -31,8 +31,11 @@ def classify_example(
     executable_path: Optional[str] = None,
     timeout_s: float = 90.0,
     viewport: tuple[int, int] = (1400, 1000),
+    gallery: str = "examples",
 ) -> list[dict[str, float]]:
-    """Open `url`, click example number `example`, press Classify, wait for every column's labels.
+    """Open `url`, click example number `example` of the examples block with element id
+    `gallery` ("examples": out of distribution; "examples-val": the runs' validation images),
+    press Classify, wait for every column's labels.
 
     Returns one {label: confidence} dict per variant column, read from the page's `gr.Label`
     meters; writes a full-page PNG to `screenshot` when given.
@@ -50,7 +53,7 @@ def classify_example(
             page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
             page.set_default_timeout(timeout_ms)
             page.goto(url)
-            page.locator("#examples button.gallery-item").nth(example).click()
+            page.locator(f"#{gallery} button.gallery-item").nth(example).click()
             page.wait_for_selector("#input-image img")
             page.click("#classify")
             page.wait_for_function(

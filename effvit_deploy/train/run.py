@@ -291,7 +291,7 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         zero_shot = evaluate(trainer.eval_model, val_loader, env, trainer.autocast)
         if main:
             print(f"[{config['attention']}] epoch 0 (zero-shot swap) top1 {zero_shot['top1']:.4f} "
-                  f"top5 {zero_shot['top5']:.4f}", flush=True)
+                  f"top5 {zero_shot['top5']:.4f} (on {zero_shot.get('val_images', 0):,} val images)", flush=True)
             write_json(run_dir / INIT_FILE, {**init.to_dict(), "zero_shot_top1": zero_shot["top1"],
                                              "zero_shot_top5": zero_shot["top5"]})
     if main:
@@ -331,7 +331,8 @@ def _train(config: dict[str, Any], run_dir: Path, resume: bool) -> Path:
         if main:
             print(
                 f"[{config['attention']}] epoch {epoch + 1}/{epochs} loss {record['train_loss']:.4f} "
-                f"top1 {record['top1']:.4f} top5 {record['top5']:.4f} {record['images_per_s']:.1f} img/s "
+                f"top1 {record['top1']:.4f} top5 {record['top5']:.4f} (on {record.get('val_images', 0):,} val images) "
+                f"{record['images_per_s']:.1f} img/s "
                 f"train {record['train_s']:.1f}s eval {record['eval_s']:.1f}s",
                 flush=True,
             )
