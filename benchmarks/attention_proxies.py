@@ -1,0 +1,158 @@
+"""CPU proxies for GPU cost: aten ops dispatched and bytes written by one forward.
+
+On a GPU in eager mode every aten op is (at least) one kernel launch, and an attention block's
+time is dominated by launches at small sizes and by memory traffic at large ones. Both are
+counted here on the CPU, exactly, with `TorchDispatchMode`, for one bf16-autocast forward of
+ViT-S/16 (12 blocks) at 512 px (1,025 tokens), batch 2, under `torch.inference_mode()`:
+
+- ops per block: every aten op dispatched in the forward, divided by the depth (so patch
+  embedding and head are spread over the blocks, the same for every mechanism);
+- bytes written: the bytes of every tensor an op writes, in MiB: fresh outputs and in-place or
+  out= targets; views and inputs handed back unchanged (eval-mode dropout, no-op casts) write
+  nothing and are not counted.
+
+Subjects: each mechanism with its defaults, and the attention-free bound (the exact model whose
+`attend` returns v: each token keeps its own value, the projections and MLPs unchanged). It
+defines the bound itself, so it measures any checkout of this repository: run it with
+PYTHONPATH pointing at another tree (e.g. `git worktree add --detach /tmp/before be90d95`) for
+a before/after comparison from the same script.
+
+    python benchmarks/attention_proxies.py --out benchmarks/results/attention_proxies.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+MECHANISMS = ("exact", "linformer", "performer", "nystrom", "atrous")
+BOUND = "attention-free"
+MIB = 2**20
+
+
+class CountOps(TorchDispatchMode):
+    """Counts aten ops (overload packets) and the bytes of the tensors they write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.bytes_written = 0
+        self.by_op: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        name = str(func.overloadpacket)
+        self.by_op[name] = self.by_op.get(name, 0) + 1
+        returns = func._schema.returns
+        flat, _ = tree_flatten(out)
+        tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+        inputs, _ = tree_flatten((args, kwargs))
+        storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+        for i, t in enumerate(tensors):
+            alias = returns[min(i, len(returns) - 1)].alias_info if returns else None
+            if alias is not None and alias.is_write:  # in-place or out=: written
+                self.bytes_written += t.numel() * t.element_size()
+            elif alias is None and t.untyped_storage().data_ptr() not in storages:
+                # a fresh tensor; not a view, nor an input handed back (eval dropout, no-op casts)
+                self.bytes_written += t.numel() * t.element_size()
+        return out
+
+
+def make_model(attention: str, depth: int, img_size: int, **kwargs: Any) -> torch.nn.Module:
+    """ViT-S/16 with `attention` (or the attention-free bound), eval, fixed seed."""
+    from effvit_deploy import build_model
+
+    torch.manual_seed(0)
+    mechanism = "exact" if attention == BOUND else attention
+    model = build_model("vit_small_patch16_224", attention=mechanism, num_classes=100, depth=depth,
+                        img_size=img_size, **kwargs).eval()
+    if attention == BOUND:
+        for block in model.blocks:
+            block.attn.attend = types.MethodType(lambda self, q, k, v, grid=None, **_: v, block.attn)
+    return model
+
+
+def measure(attention: str, depth: int = 12, resolution: int = 512, batch: int = 2) -> dict[str, Any]:
+    """Ops per block and MiB written by one bf16-autocast forward of `attention`'s model."""
+    model = make_model(attention, depth, resolution)
+    x = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)  # warm-up: lazily built buffers are not counted
+        with CountOps() as counter:
+            model(x)
+    top = sorted(counter.by_op.items(), key=lambda kv: -kv[1])[:12]
+    return {
+        "ops_per_block": counter.ops / depth,
+        "ops": counter.ops,
+        "mib_written": counter.bytes_written / MIB,
+        "top_ops": {name: count for name, count in top},
+    }
+
+
+def _commit() -> str:
+    import effvit_deploy
+
+    tree = Path(effvit_deploy.__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--", "effvit_deploy"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resolution", type=int, default=512, help="square input size in px (default 512)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--mechanisms", default=",".join((BOUND,) + MECHANISMS), help="comma-separated subjects")
+    parser.add_argument("--out", type=Path, required=True, help="results .json (a .md table is written beside it)")
+    args = parser.parse_args(argv)
+    subjects = [m for m in args.mechanisms.split(",") if m]
+    unknown = [m for m in subjects if m not in (BOUND,) + MECHANISMS]
+    if unknown or args.resolution % 16 or min(args.batch, args.depth, args.resolution) < 1:
+        parser.error(f"--mechanisms from {', '.join((BOUND,) + MECHANISMS)}; --resolution a positive multiple of 16")
+    results = {m: measure(m, args.depth, args.resolution, args.batch) for m in subjects}
+    bound = results.get(BOUND, {}).get("mib_written")
+    for row in results.values():
+        row["bytes_vs_bound"] = row["mib_written"] / bound if bound else None
+    tokens = (args.resolution // 16) ** 2 + 1
+    record = {
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "commit": _commit(),
+        "machine": f"{platform.machine()} {platform.processor() or platform.platform()}, torch {torch.__version__}",
+        "setup": f"vit_small_patch16_224, depth {args.depth}, {args.resolution} px ({tokens} tokens), batch "
+                 f"{args.batch}, bf16 autocast on CPU, torch.inference_mode(), second call counted",
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(args.out)
+    lines = [f"# Attention CPU proxies ({record['commit']})", "", record["setup"] + ".", "",
+             f"Command: `{record['command']}`; {record['machine']}.", "",
+             "| attention | aten ops per block | MiB written | written / bound |", "|---|---:|---:|---:|"]
+    for name, row in results.items():
+        ratio = f"{row['bytes_vs_bound']:.2f}x" if row["bytes_vs_bound"] else "n/a"
+        lines.append(f"| {name} | {row['ops_per_block']:.1f} | {row['mib_written']:.0f} | {ratio} |")
+    md = args.out.with_suffix(".md")
+    md.with_suffix(".md.tmp").write_text("\n".join(lines) + "\n")
+    md.with_suffix(".md.tmp").replace(md)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
