@@ -18,7 +18,7 @@ from effvit_deploy.attention import (
 )
 from effvit_deploy.attention.atrous import from_windows, to_windows
 from effvit_deploy.attention.linformer import pooling_projection
-from effvit_deploy.attention.nystrom import PINV_RIDGE_SCALE, block_means, iterative_pinv, segment_means
+from effvit_deploy.attention.nystrom import PINV_RIDGE_SCALE, block_means, iterative_pinv, landmark_grid, segment_means
 
 HEADS, HEAD_DIM = 4, 32
 DIM = HEADS * HEAD_DIM
@@ -255,11 +255,11 @@ def test_nystrom_prefix_tokens_are_landmarks_of_their_own():
     torch.testing.assert_close(one[..., 1, :], x[..., 1:, :].mean(-2))
 
 
-@pytest.mark.parametrize("grid,landmarks", [((4, 4), 4), ((5, 7), 6), ((6, 6), 16), ((1, 9), 8), ((3, 3), 64), ((14, 14), 32)])
+@pytest.mark.parametrize("grid,landmarks", [((4, 4), 4), ((5, 7), 6), ((6, 6), 16), ((1, 9), 8), ((3, 3), 64), ((14, 14), 32), ((1, 128), 64), ((40, 2), 16)])
 def test_block_means_are_the_means_of_a_block_partition_of_the_patch_grid(grid, landmarks):
     H, W = grid
     x = torch.randn(2, 3, H * W, 5, dtype=torch.float64) * 30
-    rows, columns = min(math.isqrt(landmarks), H), min(landmarks // math.isqrt(landmarks), W)
+    rows, columns = landmark_grid(landmarks, grid)
     row_of = torch.arange(H) * rows // H
     column_of = torch.arange(W) * columns // W
     owner = (row_of[:, None] * columns + column_of[None, :]).flatten()
