@@ -80,7 +80,7 @@ def window_layout(window_size: int, dilations: tuple, H, W, P, device: torch.dev
         ww = torch.sym_min(window_size, (W + d - 1) // d)
         parts.append((d, wh, ww))
         L = wh * ww if L is None else torch.sym_max(L, wh * ww)
-    query_index, valid, inverse, counts, offset = [], [], [], [], 0
+    query_index, inverse, counts, offset = [], [], [], 0
     r_of = torch.arange(H, device=device)[:, None]
     c_of = torch.arange(W, device=device)[None, :]
     for d, wh, ww in parts:
@@ -91,16 +91,18 @@ def window_layout(window_size: int, dilations: tuple, H, W, P, device: torch.dev
         r = (a[:, None, None] * (wh * d) + i[None, None, :] * d + e[None, :, None])[:, :, None, None, :, None]
         c = (b[:, None, None] * (ww * d) + j[None, None, :] * d + f[None, :, None])[None, None, :, :, None, :]
         inside = (r < H) & (c < W)
-        token = torch.where(inside, P + r * W + c, 0).reshape(nr * d * nc * d, wh * ww)
-        inside = inside.reshape(nr * d * nc * d, wh * ww)
-        query_index.append(F.pad(token, (0, L - wh * ww)))
-        valid.append(F.pad(inside, (0, L - wh * ww)))
-        window = ((r_of // (wh * d)) * d + r_of % d) * (nc * d) + (c_of // (ww * d)) * d + c_of % d
-        slot = ((r_of % (wh * d)) // d) * ww + (c_of % (ww * d)) // d
+        token = torch.where(inside, P + r * W + c, -1).reshape(nr * d * nc * d, wh * ww)
+        query_index.append(F.pad(token, (0, L - wh * ww), value=-1))  # -1: a padding slot
+        # truncating division of non-negative integers by possibly symbolic sizes (exports to ONNX)
+        r_block, c_block = _div(r_of, wh * d), _div(c_of, ww * d)
+        window = (r_block * d + r_of % d) * (nc * d) + c_block * d + c_of % d
+        slot = _div(r_of - r_block * (wh * d), d) * ww + _div(c_of - c_block * (ww * d), d)
         inverse.append((offset + window * L + slot).flatten())
         counts.append(nr * d * nc * d)
         offset = offset + nr * d * nc * d * L
-    query_index, valid = torch.cat(query_index), torch.cat(valid)
+    query_index = torch.cat(query_index)
+    valid = query_index >= 0
+    query_index = torch.where(valid, query_index, 0)  # padding slots read token 0: masked as keys, dropped as queries
     T = query_index.shape[0]
     prefix = torch.arange(P, device=device).expand(T, P)
     key_index = torch.cat([query_index, prefix], dim=1)
@@ -109,6 +111,10 @@ def window_layout(window_size: int, dilations: tuple, H, W, P, device: torch.dev
     key_ok = torch.cat([valid, valid.new_ones(T, P)], dim=1)
     mask = key_ok[:, None, :] | torch.eye(L, L + P, dtype=torch.bool, device=device)[None]
     return query_index.flatten(), key_index.flatten(), mask, torch.cat(inverse), counts, parts
+
+
+def _div(x: torch.Tensor, n) -> torch.Tensor:
+    return torch.div(x, n, rounding_mode="trunc")
 
 
 class AtrousAttention(TimmAttention):

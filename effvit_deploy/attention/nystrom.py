@@ -235,8 +235,9 @@ class NystromAttention(TimmAttention):
         mixed = F.scaled_dot_product_attention(q_land, k, v, dropout_p=dropout)
         with torch.autocast(device_type=q.device.type, enabled=False):
             # the [m, m] landmark kernel and its inverse stay fp32: condition numbers 1e7-1e19
-            kernel = torch.softmax(torch.matmul(q_land.float() * self.scale, k_land.float().transpose(-1, -2)), dim=-1)
-            weights = torch.matmul(iterative_pinv(kernel, self.pinv_iterations), mixed.float()).to(v.dtype)
+            acc = torch.promote_types(q.dtype, torch.float32)
+            kernel = torch.softmax(torch.matmul(q_land.to(acc) * self.scale, k_land.to(acc).transpose(-1, -2)), dim=-1)
+            weights = torch.matmul(iterative_pinv(kernel, self.pinv_iterations), mixed.to(acc)).to(v.dtype)
         out = F.scaled_dot_product_attention(q, k_land, weights)
         # With every token a landmark the limit is exact attention, computed on the first
         # `landmarks + prefix` tokens. Eager knows the sizes and takes one path; a traced graph

@@ -101,9 +101,10 @@ class PerformerAttention(TimmAttention):
         B, h, N, d = q.shape
         dtype = q.dtype
         width = (d + 2 + 7) // 8 * 8
+        acc = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         # w' = w d^-1/4 carries the paper's input scaling, so q and k are never rescaled
         w = (self.features * self.head_dim**-0.25).to(dtype)
-        half_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True, dtype=torch.float32)
+        half_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True, dtype=acc)
         half_norm = (half_norm * half_norm * (-0.5 * self.head_dim**-0.5)).to(dtype)
         keys = F.pad(torch.cat([k, half_norm], dim=-1), (0, width - d - 1))
         feats = F.pad(torch.cat([w, w.new_ones(self.num_features, 1)], dim=-1), (0, width - d - 1))
@@ -116,9 +117,9 @@ class PerformerAttention(TimmAttention):
         values = torch.cat([F.pad(v, (0, width - d)), one_hot[d].expand(B, h, 1, width)], dim=-2)
         mixed = F.scaled_dot_product_attention(feat_q, keys, values, scale=1.0)  # [B, h, m, width]
         # fp32 for the [B, h, m, 1] normaliser: log S_f spans hundreds for large-norm keys
-        o = mixed[..., d : d + 1].float()
-        log_mass = top.float() + torch.log1p(-o) - torch.log(o)
-        kv = F.pad((mixed[..., :d].float() / (1 - o)).to(dtype), (0, width - d))
+        o = mixed[..., d : d + 1].to(acc)
+        log_mass = top.to(acc) + torch.log1p(-o) - torch.log(o)
+        kv = F.pad((mixed[..., :d].to(acc) / (1 - o)).to(dtype), (0, width - d))
         bias = (log_mass - log_mass.amax(dim=-2, keepdim=True)).to(dtype)
         feat_k = F.pad(torch.cat([w.expand(B, h, -1, -1), bias], dim=-1), (0, width - d - 1))
         # the query's padding columns are ones: they meet the bias column, then zeros
