@@ -11,7 +11,9 @@ ViT-S/16 (12 blocks) at 512 px (1,025 tokens), batch 2, under `torch.inference_m
   out= targets; views and inputs handed back unchanged (eval-mode dropout, no-op casts) write
   nothing and are not counted.
 
-Subjects: each mechanism with its defaults, and the attention-free bound (the exact model whose
+Subjects: each mechanism with its defaults; `atrous-flex`, atrous's CUDA path (FlexAttention with
+a block mask) with each FlexAttention call counted as the one fused kernel it compiles to there
+(its internal reads are not counted; the CPU cannot run that kernel); and the attention-free bound (the exact model whose
 `attend` returns v: each token keeps its own value, the projections and MLPs unchanged). It
 defines the bound itself, so it measures any checkout of this repository: run it with
 PYTHONPATH pointing at another tree (e.g. `git worktree add --detach /tmp/before be90d95`) for
@@ -22,6 +24,7 @@ a before/after comparison from the same script.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
@@ -36,6 +39,7 @@ from torch.utils._pytree import tree_flatten
 
 MECHANISMS = ("exact", "linformer", "performer", "nystrom", "atrous")
 BOUND = "attention-free"
+FLEX = "atrous-flex"  # atrous's CUDA path: one compiled FlexAttention kernel per branch
 MIB = 2**20
 
 
@@ -82,8 +86,26 @@ def make_model(attention: str, depth: int, img_size: int, **kwargs: Any) -> torc
     return model
 
 
+@contextlib.contextmanager
+def flex_as_one_kernel():
+    """Atrous takes its CUDA path on the CPU, each FlexAttention call standing in as the one
+    fused kernel it compiles to there: one op writing its [B, heads, H * W, head_dim] output."""
+    from effvit_deploy.attention import atrous
+
+    saved = atrous.use_flex, atrous._flex_attention
+    atrous.use_flex = lambda q: True
+    atrous._flex_attention = lambda q, k, v, score_mod=None, block_mask=None: torch.empty_like(q)
+    try:
+        yield
+    finally:
+        atrous.use_flex, atrous._flex_attention = saved
+
+
 def measure(attention: str, depth: int = 12, resolution: int = 512, batch: int = 2) -> dict[str, Any]:
     """Ops per block and MiB written by one bf16-autocast forward of `attention`'s model."""
+    if attention == FLEX:
+        with flex_as_one_kernel():
+            return measure("atrous", depth, resolution, batch)
     model = make_model(attention, depth, resolution)
     x = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -117,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=512, help="square input size in px (default 512)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--depth", type=int, default=12)
-    parser.add_argument("--mechanisms", default=",".join((BOUND,) + MECHANISMS), help="comma-separated subjects")
+    parser.add_argument("--mechanisms", default=",".join((BOUND,) + MECHANISMS), help=f"comma-separated subjects; {FLEX}: "
+                        "atrous's CUDA path with each FlexAttention call counted as its one fused kernel")
     parser.add_argument("--out", type=Path, required=True, help="results .json (a .md table is written beside it)")
     args = parser.parse_args(argv)
     subjects = [m for m in args.mechanisms.split(",") if m]
-    unknown = [m for m in subjects if m not in (BOUND,) + MECHANISMS]
+    unknown = [m for m in subjects if m not in (BOUND, FLEX) + MECHANISMS]
     if unknown or args.resolution % 16 or min(args.batch, args.depth, args.resolution) < 1:
         parser.error(f"--mechanisms from {', '.join((BOUND,) + MECHANISMS)}; --resolution a positive multiple of 16")
     results = {m: measure(m, args.depth, args.resolution, args.batch) for m in subjects}
