@@ -127,7 +127,7 @@ def block_means(patches: torch.Tensor, grid, landmarks: int) -> torch.Tensor:
     return torch.matmul(pooling_matrix(grid, landmarks, patches.dtype, patches.device), patches)
 
 
-def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None) -> torch.Tensor:
+def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None, stochastic: bool = False) -> torch.Tensor:
     """Ridge-regularised pseudo-inverse (A^T A + mu^2 I)^-1 A^T of matrices a [..., m, m].
 
     The paper's third-order iteration Z <- Z (13 I - BZ (15 I - BZ (7 I - BZ))) / 4
@@ -138,17 +138,26 @@ def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None)
     its fixed point s / (s^2 + mu^2) and rounding stays bounded in fp32 for any iteration count;
     singular values s of A well above mu are inverted unchanged, smaller ones are damped instead
     of amplified. `ridge` defaults to PINV_RIDGE_SCALE / m (NystromAttention says why).
+    `stochastic=True` declares a non-negative a whose rows sum to 1 (a softmax kernel), so
+    ||A||_inf = 1 is not computed. Each iteration is five batched ops (one matmul, one add,
+    three baddbmm), the whole inverse 5 * iterations + 12 ops.
     """
     m = a.shape[-1]
     ridge = PINV_RIDGE_SCALE / m if ridge is None else ridge
     batch = a.shape[:-2]
     a = a.flatten(0, -3) if a.dim() > 2 else a.unsqueeze(0)  # [batch, m, m]: baddbmm's layout
     eye = torch.eye(m, device=a.device, dtype=a.dtype)
-    col_norm = a.abs().sum(dim=-2).amax(dim=-1)[:, None, None]
-    row_norm = a.abs().sum(dim=-1).amax(dim=-1)[:, None, None]
-    mu = ridge * torch.sqrt(col_norm * row_norm)
-    b = torch.cat([a, mu * eye], dim=-2)
-    z = b.transpose(-1, -2) / ((col_norm + mu) * torch.maximum(row_norm, mu))
+    if stochastic:
+        col_norm = a.sum(dim=-2, keepdim=True).amax(dim=-1, keepdim=True)
+        mu = torch.sqrt(col_norm) * ridge
+        b = torch.cat([a, mu * eye], dim=-2)
+        z = b.transpose(-1, -2) / ((col_norm + mu) * mu.clamp_min(1.0))
+    else:
+        col_norm = a.abs().sum(dim=-2, keepdim=True).amax(dim=-1, keepdim=True)
+        row_norm = a.abs().sum(dim=-1, keepdim=True).amax(dim=-2, keepdim=True)
+        mu = ridge * torch.sqrt(col_norm * row_norm)
+        b = torch.cat([a, mu * eye], dim=-2)
+        z = b.transpose(-1, -2) / ((col_norm + mu) * torch.maximum(row_norm, mu))
     for _ in range(iterations):  # five fused ops per iteration (baddbmm: beta * I - zb @ t)
         zb = torch.matmul(z, b)
         t = torch.baddbmm(eye, zb, torch.add(zb, eye, alpha=-7), beta=15)  # 15 I - zb (7 I - zb)
@@ -215,6 +224,28 @@ class NystromAttention(TimmAttention):
             return segment_means(x, torch.sym_min(self.landmarks, x.shape[-2]))
         return torch.cat([x[..., :prefix, :], block_means(x[..., prefix:, :], grid, self.landmarks)], dim=-2)
 
+    def _nystrom(self, q, k, v, grid, prefix, dropout: float, eager: bool) -> torch.Tensor:
+        """softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V for q, k, v [B, heads, N, d]."""
+        if grid is None:
+            q_land, k_land = self._landmarks(q, None, 0), self._landmarks(k, None, 0)
+        elif eager and not torch.compiler.is_compiling():
+            # a constant of the grid, built once: prefix rows of the identity, then block means
+            pool = _cached_pooling(tuple(grid), self.landmarks, prefix, q.dtype, str(q.device))
+            q_land, k_land = torch.matmul(pool, q), torch.matmul(pool, k)
+        else:
+            pool = pooling_matrix(grid, self.landmarks, q.dtype, q.device)
+            q_land = torch.cat([q[..., :prefix, :], torch.matmul(pool, q[..., prefix:, :])], dim=-2)
+            k_land = torch.cat([k[..., :prefix, :], torch.matmul(pool, k[..., prefix:, :])], dim=-2)
+        # softmax(Q~ K^T) V and softmax(Q K~^T) W: fused attention kernels in the compute dtype
+        mixed = F.scaled_dot_product_attention(q_land, k, v, dropout_p=dropout)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            # the [m, m] landmark kernel and its inverse stay fp32: condition numbers 1e7-1e19
+            acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+            kernel = torch.softmax(torch.matmul(q_land.to(acc), k_land.to(acc).transpose(-1, -2)) * self.scale, dim=-1)
+            inverse = iterative_pinv(kernel, self.pinv_iterations, stochastic=True)
+            weights = torch.matmul(inverse, mixed.to(acc)).to(v.dtype)
+        return F.scaled_dot_product_attention(q, k_land, weights)
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim] (see the module docstring)."""
         n = q.shape[-2]
@@ -222,32 +253,17 @@ class NystromAttention(TimmAttention):
         if grid is not None:
             self._report(grid)
         dropout = self.attn_drop.p if self.training else 0.0
-        if grid is None:
-            q_land, k_land = self._landmarks(q, None, 0), self._landmarks(k, None, 0)
+        eager = isinstance(n, int) and (grid is None or all(isinstance(x, int) for x in grid))
+        # With every token a landmark the limit is exact attention (computed on the first
+        # `landmarks + prefix` tokens, i.e. all of them). Eager knows the sizes and takes one path;
+        # a traced graph with symbolic sizes computes both and selects with a tensor test, so
+        # exported graphs agree with eager at every size.
+        if eager and n <= self.landmarks + prefix:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
-            if all(isinstance(x, int) for x in grid) and not torch.compiler.is_compiling():
-                pool = _cached_pooling(tuple(grid), self.landmarks, q.dtype, str(q.device))  # a constant of the grid
-            else:
-                pool = pooling_matrix(grid, self.landmarks, q.dtype, q.device)
-            q_land = torch.cat([q[..., :prefix, :], torch.matmul(pool, q[..., prefix:, :])], dim=-2)
-            k_land = torch.cat([k[..., :prefix, :], torch.matmul(pool, k[..., prefix:, :])], dim=-2)
-        # softmax(Q~ K^T) V and softmax(Q K~^T) W: fused attention kernels in the compute dtype
-        mixed = F.scaled_dot_product_attention(q_land, k, v, dropout_p=dropout)
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            # the [m, m] landmark kernel and its inverse stay fp32: condition numbers 1e7-1e19
-            acc = torch.promote_types(q.dtype, torch.float32)
-            kernel = torch.softmax(torch.matmul(q_land.to(acc) * self.scale, k_land.to(acc).transpose(-1, -2)), dim=-1)
-            weights = torch.matmul(iterative_pinv(kernel, self.pinv_iterations), mixed.to(acc)).to(v.dtype)
-        out = F.scaled_dot_product_attention(q, k_land, weights)
-        # With every token a landmark the limit is exact attention, computed on the first
-        # `landmarks + prefix` tokens. Eager knows the sizes and takes one path; a traced graph
-        # with symbolic sizes computes both and selects with a tensor test, so exported graphs
-        # agree with eager at every size.
-        head = torch.sym_min(n, self.landmarks + prefix)
-        if isinstance(n, int) and isinstance(head, int):
-            if n <= self.landmarks + prefix:
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:
+            out = self._nystrom(q, k, v, grid, prefix, dropout, eager)
+        if not eager:
+            head = torch.sym_min(n, self.landmarks + prefix)
             exact = F.scaled_dot_product_attention(q[..., :head, :], k[..., :head, :], v[..., :head, :], dropout_p=dropout)
             covered = torch.arange(n, device=q.device)[-1] < self.landmarks + prefix
             out = torch.where(covered, F.pad(exact, (0, 0, 0, n - head)), out)
@@ -257,8 +273,10 @@ class NystromAttention(TimmAttention):
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_pooling(grid: tuple, landmarks: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    return pooling_matrix(grid, landmarks, dtype, torch.device(device))
+def _cached_pooling(grid: tuple, landmarks: int, prefix: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """[prefix + m', prefix + H * W]: identity rows for the prefix tokens, then the block means."""
+    pool = pooling_matrix(grid, landmarks, dtype, torch.device(device))
+    return torch.block_diag(torch.eye(prefix, dtype=dtype, device=device), pool)
 
 
 @functools.lru_cache(maxsize=64)
