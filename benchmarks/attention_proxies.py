@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mechanisms", default=",".join((BOUND,) + MECHANISMS), help=f"comma-separated subjects; {FLEX}: "
                         "atrous's CUDA path with each FlexAttention call counted as its one fused kernel")
     parser.add_argument("--out", type=Path, required=True, help="results .json (a .md table is written beside it)")
+    parser.add_argument("--before", type=Path, help="a results .json of another checkout: its figures become columns")
     args = parser.parse_args(argv)
     subjects = [m for m in args.mechanisms.split(",") if m]
     unknown = [m for m in subjects if m not in (BOUND, FLEX) + MECHANISMS]
@@ -167,9 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Attention CPU proxies ({record['commit']})", "", record["setup"] + ".", "",
              f"Command: `{record['command']}`; {record['machine']}.", "",
              "| attention | aten ops per block | MiB written | written / bound |", "|---|---:|---:|---:|"]
+    before = json.loads(args.before.read_text()) if args.before else None
+    if before:
+        lines[0] = f"# Attention CPU proxies: {before['commit']} (before) -> {record['commit']}"
+        lines[-2:] = ["| attention | ops per block before | after | MiB written before | after | written / bound before | after |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+        lines.insert(-2, f"Before: `{before['command']}` at {before['commit']}, run in its own process.\n")
     for name, row in results.items():
         ratio = f"{row['bytes_vs_bound']:.2f}x" if row["bytes_vs_bound"] else "n/a"
-        lines.append(f"| {name} | {row['ops_per_block']:.1f} | {row['mib_written']:.0f} | {ratio} |")
+        old = before["results"].get(name) if before else None
+        if before:
+            was = (f"{old['ops_per_block']:.1f}", f"{old['mib_written']:.0f}", f"{old['bytes_vs_bound']:.2f}x") if old else ("-",) * 3
+            lines.append(f"| {name} | {was[0]} | {row['ops_per_block']:.1f} | {was[1]} | {row['mib_written']:.0f} | {was[2]} | {ratio} |")
+        else:
+            lines.append(f"| {name} | {row['ops_per_block']:.1f} | {row['mib_written']:.0f} | {ratio} |")
     md = args.out.with_suffix(".md")
     md.with_suffix(".md.tmp").write_text("\n".join(lines) + "\n")
     md.with_suffix(".md.tmp").replace(md)

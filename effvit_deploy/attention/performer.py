@@ -30,6 +30,11 @@ lucidrains/performer-pytorch.
   [N, num_features] tensor written is the key score l (compute dtype), read once for c_f.
   Measured on a trained ViT's captured q/k/v (tests/data): the error against exact attention
   in float64 under bf16 and fp16 autocast is within 1% of the fp32 path's.
+- Cost: one bf16-autocast forward of ViT-S/16 at 512 px dispatches 80.5 aten ops per block
+  (0.3.0: 63.5, fewer ops but every feature map in fp32) and writes 1.66x the attention-free
+  bound's bytes (0.3.0: 4.48x; benchmarks/results/attention_proxies.md). The largest temporary
+  is l, [B, heads, N, m] in the compute dtype: for ViT-S with m = 256 exactly the size of the
+  MLP's hidden activation (heads * m = 4 * dim), which exact attention's blocks hold too.
 - Limits: in fp16, keys of norm above ~600 overflow |k|^2 / (2 sqrt d) (fp16 max 65,504).
 """
 from __future__ import annotations
