@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         lines[0] = f"# Attention CPU proxies: {before['commit']} (before) -> {record['commit']}"
         lines[-2:] = ["| attention | ops per block before | after | MiB written before | after | written / bound before | after |",
                       "|---|---:|---:|---:|---:|---:|---:|"]
-        lines.insert(-2, f"Before: `{before['command']}` at {before['commit']}, run in its own process.\n")
+        lines.insert(-2, f"Before: `{before['command']}` with PYTHONPATH at a `git worktree add --detach` of {before['commit']}, in its own process.\n")
     for name, row in results.items():
         ratio = f"{row['bytes_vs_bound']:.2f}x" if row["bytes_vs_bound"] else "n/a"
         old = before["results"].get(name) if before else None
