@@ -3,36 +3,22 @@ trained model's activations, FlexAttention == window partition, full-graph compi
 edge cases of padded keys and thin patch grids."""
 from __future__ import annotations
 
-import functools
 import logging
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from effvit_deploy.attention import ATTENTIONS, AtrousAttention, NystromAttention
+from tests.test_attention import TRAINED_GRIDS, atrous_reference, trained_qkv
 
-TRAINED_GRIDS = {"128": (16, 16), "256": (32, 32)}
 CONFIGS = {
     "exact": {},
     "performer": {"num_features": 256},
     "nystrom": {"landmarks": 64, "conv_kernel": 0},
     "atrous": {"window_size": 7},
 }
-
-
-@functools.lru_cache(maxsize=1)
-def _trained_tensors() -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(__file__).parent / "data" / "cluttered_qkv.safetensors"))
-
-
-def trained_qkv(resolution: str, block: str):
-    """q, k, v of one image in a block of a trained exact ViT (3 heads of 32; tests/data/README.md)."""
-    return tuple(_trained_tensors()[f"{resolution}/{block}/{name}"] for name in "qkv")
 
 
 def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -100,8 +86,6 @@ def test_atrous_flex_attention_matches_the_window_partition(grid, prefix, window
 def test_atrous_excludes_padded_keys_exactly_when_scores_fall_below_minus_1e4():
     # Large-norm q/k: real scores far below -1e4; a finite -1e4 stand-in for padding would let the
     # padded (zero) keys win. Compared with dense attention that never sees padded keys.
-    from tests.test_attention import atrous_reference  # noqa: PLC0415  (the dense reference)
-
     grid, window, dilation = (5, 7), 4, 1  # 5 x 7 on 4 x 4 windows: padded rows and columns
     g = torch.Generator().manual_seed(0)
     u = F.normalize(torch.randn(1, 4, 1, 32, generator=g), dim=-1) * 400
