@@ -79,8 +79,9 @@ def test_atrous_flex_attention_matches_the_window_partition(grid, prefix, window
     q, k, v = (torch.randn(2, 2, prefix + H * W, 32) * 2 for _ in range(3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # eager FlexAttention on CPU warns that it is unfused
-        flex = attn._flex(q, k, v, H, W, prefix)
-    torch.testing.assert_close(flex, attn._windowed(q, k, v, H, W, prefix), atol=1e-5, rtol=1e-5)
+        flex = torch.stack(attn._flex(q, k, v, H, W, prefix))
+    windowed = torch.stack(attn._windowed(q, k, v, H, W, prefix))
+    torch.testing.assert_close(flex, windowed, atol=1e-5, rtol=1e-5)
 
 
 def test_atrous_excludes_padded_keys_exactly_when_scores_fall_below_minus_1e4():

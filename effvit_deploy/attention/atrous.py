@@ -56,23 +56,6 @@ from torch import nn
 
 from .base import TimmAttention
 
-def to_windows(x: torch.Tensor, window: tuple, dilation: int) -> torch.Tensor:
-    """[B, h, Hp, Wp, c] -> [B, h, windows, wh * ww, c]; Hp, Wp multiples of wh * dilation, ww * dilation."""
-    B, h, Hp, Wp, c = x.shape
-    wh, ww = window
-    x = x.reshape(B, h, Hp // (wh * dilation), wh, dilation, Wp // (ww * dilation), ww, dilation, c)
-    x = x.permute(0, 1, 2, 4, 5, 7, 3, 6, 8)
-    return x.reshape(B, h, (Hp // (wh * dilation)) * (Wp // (ww * dilation)) * dilation * dilation, wh * ww, c)
-
-
-def from_windows(x: torch.Tensor, window: tuple, dilation: int, Hp: int, Wp: int) -> torch.Tensor:
-    """Inverse of `to_windows`: [B, h, windows, wh * ww, c] -> [B, h, Hp, Wp, c]."""
-    B, h, _, _, c = x.shape
-    wh, ww = window
-    x = x.reshape(B, h, Hp // (wh * dilation), dilation, Wp // (ww * dilation), dilation, wh, ww, c)
-    x = x.permute(0, 1, 2, 6, 3, 4, 7, 5, 8)
-    return x.reshape(B, h, Hp, Wp, c)
-
 
 def power_of_two_dilations(grid: tuple[int, int], window: int) -> tuple[int, ...]:
     """ACC-ViT's rates: 1, 2, 4, ... while the shorter side of `grid` / rate still holds a window."""
@@ -187,7 +170,7 @@ class AtrousAttention(TimmAttention):
         return self.position_bias[branch].flatten(1)[:, index.flatten()].reshape(-1, wh * ww, wh * ww)
 
     def _windowed(self, q, k, v, H, W, P):
-        """Patch outputs of every branch [B, h, branches, H * W, c]: the windows of all branches
+        """Patch outputs of every branch, a list of [B, h, H * W, c] views: the windows of all branches
         gathered into one batch and one `F.scaled_dot_product_attention` call (window partition:
         CPU eager, ONNX and TensorRT)."""
         B, h, N, c = q.shape
@@ -219,11 +202,11 @@ class AtrousAttention(TimmAttention):
                 attn_mask=bias.reshape(h * T, L, L + P), dropout_p=dropout,
             )
         out = out.reshape(B, h, T * L, c).index_select(2, inverse)
-        return out.unflatten(2, (len(self.dilations), H * W))
+        return out.unflatten(2, (len(self.dilations), H * W)).unbind(2)
 
     def _flex(self, q, k, v, H, W, P):
-        """Patch outputs of every branch [B, h, branches, H * W, c] through FlexAttention: one fused
-        kernel per branch on the raw token order, the windows a block mask (CUDA)."""
+        """Patch outputs of every branch, a list of [B, h, H * W, c], through FlexAttention: one
+        fused kernel per branch on the raw token order, the windows a block mask (CUDA)."""
         outs = []
         for branch, d in enumerate(self.dilations):
             wh, ww = min(self.window_size, -(-H // d)), min(self.window_size, -(-W // d))
@@ -233,7 +216,7 @@ class AtrousAttention(TimmAttention):
                 score_mod = _position_score_mod(self.position_bias[branch].to(q.dtype), H, W, P, d, wh, ww, self.window_size)
             out = _flex_attention(q[:, :, P:], k, v, score_mod=score_mod, block_mask=block_mask)
             outs.append(out)
-        return torch.stack(outs, dim=2)
+        return outs
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim]."""
@@ -247,11 +230,14 @@ class AtrousAttention(TimmAttention):
         else:
             branches = self._windowed(q, k, v, H, W, P)
         if self.gate is None:
-            patch_out = branches[:, :, 0]
+            patch_out = branches[0]
         else:
             weights = self.gate(q[:, :, P:].transpose(1, 2).reshape(B, H * W, h * c)).softmax(-1)
             weights = weights.transpose(1, 2).to(q.dtype)[:, None, :, :, None]  # [B, 1, branches, HW, 1]
-            patch_out = (branches * weights).sum(2)
+            # one write per branch: w_0 o_0, then fused multiply-adds
+            patch_out = branches[0] * weights[:, :, 0]
+            for i in range(1, len(branches)):
+                patch_out = torch.addcmul(patch_out, branches[i], weights[:, :, i])
         return torch.cat([prefix_out, patch_out], dim=2)
 
 
