@@ -41,8 +41,8 @@ Two execution paths, equal to 1e-5 in fp32 (tests/test_attention_kernels.py):
   one `F.scaled_dot_product_attention` call, and scattered back by one inverse index.
 All of it in the compute dtype (bf16/fp16 under autocast); nothing needs fp32 (softmax
 accumulates in fp32 inside the fused kernels). One bf16-autocast forward of ViT-S/16 at 512 px:
-54.5 aten ops per block (0.3.0: 206.5), bytes written 2.24x the attention-free bound's (0.3.0:
-2.62x; the three gathered window copies per branch dominate), and 1.51x for the CUDA path
+59.5 aten ops per block (0.3.0: 206.5), bytes written 2.19x the attention-free bound's (0.3.0:
+2.62x; the three gathered window copies per branch dominate), and 1.32x for the CUDA path
 counted with each FlexAttention call as its one kernel (benchmarks/results/attention_proxies.md).
 """
 from __future__ import annotations
