@@ -134,3 +134,16 @@ def test_every_mechanism_compiles_as_one_graph(name):
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager", dynamic=False)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, grid=(4, 6)), layer(x, grid=(4, 6)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["nystrom", "atrous"])
+def test_grid_constants_cached_under_inference_mode_serve_a_later_training_step(name):
+    # Nystrom's pooling matrix and atrous's window layout are cached per grid in eager: built
+    # first under torch.inference_mode(), they must still be usable by autograd afterwards.
+    torch.manual_seed(0)
+    layer = ATTENTIONS[name](64, 2, **{"nystrom": {"landmarks": 4}, "atrous": {"window_size": 2}}[name])
+    x = torch.randn(2, 1 + 5 * 7, 64)
+    with torch.inference_mode():
+        layer.eval()(x, grid=(5, 7))
+    layer.train()(x, grid=(5, 7)).square().mean().backward()
+    assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)

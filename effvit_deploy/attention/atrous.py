@@ -262,14 +262,18 @@ def _atrous_mask_mod(H: int, W: int, P: int, d: int, wh: int, ww: int):
 
 @functools.lru_cache(maxsize=32)
 def _cached_layout(window_size: int, dilations: tuple, H: int, W: int, P: int, device: str):
-    return window_layout(window_size, dilations, H, W, P, torch.device(device))
+    # ordinary tensors even when first built under torch.inference_mode(): a later training step
+    # may save them for backward
+    with torch.inference_mode(False):
+        return window_layout(window_size, dilations, H, W, P, torch.device(device))
 
 
 @functools.lru_cache(maxsize=32)
 def _atrous_block_mask(H: int, W: int, P: int, N: int, d: int, wh: int, ww: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    return create_block_mask(_atrous_mask_mod(H, W, P, d, wh, ww), None, None, H * W, N, device=device)
+    with torch.inference_mode(False):
+        return create_block_mask(_atrous_mask_mod(H, W, P, d, wh, ww), None, None, H * W, N, device=device)
 
 
 def _position_score_mod(table: torch.Tensor, H: int, W: int, P: int, d: int, wh: int, ww: int, window: int):

@@ -291,8 +291,9 @@ class NystromAttention(TimmAttention):
 @functools.lru_cache(maxsize=32)
 def _cached_pooling(grid: tuple, landmarks: int, prefix: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     """[prefix + m', prefix + H * W]: identity rows for the prefix tokens, then the block means."""
-    pool = pooling_matrix(grid, landmarks, dtype, torch.device(device))
-    return torch.block_diag(torch.eye(prefix, dtype=dtype, device=device), pool)
+    with torch.inference_mode(False):  # ordinary tensors: a later training step may save them
+        pool = pooling_matrix(grid, landmarks, dtype, torch.device(device))
+        return torch.block_diag(torch.eye(prefix, dtype=dtype, device=device), pool)
 
 
 @functools.lru_cache(maxsize=64)
