@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,9 @@ from effvit_deploy.attention import (
     PerformerAttention,
     redraw_features,
 )
-from effvit_deploy.attention.atrous import from_windows, to_windows
+from effvit_deploy.attention.atrous import window_layout
 from effvit_deploy.attention.linformer import pooling_projection
-from effvit_deploy.attention.nystrom import PINV_RIDGE_SCALE, block_means, iterative_pinv, segment_means
+from effvit_deploy.attention.nystrom import PINV_RIDGE_SCALE, block_means, iterative_pinv, landmark_grid, segment_means
 
 HEADS, HEAD_DIM = 4, 32
 DIM = HEADS * HEAD_DIM
@@ -255,11 +254,11 @@ def test_nystrom_prefix_tokens_are_landmarks_of_their_own():
     torch.testing.assert_close(one[..., 1, :], x[..., 1:, :].mean(-2))
 
 
-@pytest.mark.parametrize("grid,landmarks", [((4, 4), 4), ((5, 7), 6), ((6, 6), 16), ((1, 9), 8), ((3, 3), 64), ((14, 14), 32)])
+@pytest.mark.parametrize("grid,landmarks", [((4, 4), 4), ((5, 7), 6), ((6, 6), 16), ((1, 9), 8), ((3, 3), 64), ((14, 14), 32), ((1, 128), 64), ((40, 2), 16)])
 def test_block_means_are_the_means_of_a_block_partition_of_the_patch_grid(grid, landmarks):
     H, W = grid
     x = torch.randn(2, 3, H * W, 5, dtype=torch.float64) * 30
-    rows, columns = min(math.isqrt(landmarks), H), min(landmarks // math.isqrt(landmarks), W)
+    rows, columns = landmark_grid(landmarks, grid)
     row_of = torch.arange(H) * rows // H
     column_of = torch.arange(W) * columns // W
     owner = (row_of[:, None] * columns + column_of[None, :]).flatten()
@@ -319,12 +318,13 @@ def test_atrous_error_shrinks_as_windows_grow():
 
 
 def test_atrous_windows_are_dilated_and_invertible():
-    x = torch.arange(36.0).reshape(1, 1, 6, 6, 1)
-    windows = to_windows(x, window=(3, 3), dilation=2)
-    assert windows.shape == (1, 1, 4, 9, 1)
-    # the first atrous window holds rows/cols 0, 2, 4
-    assert windows[0, 0, 0, :, 0].tolist() == [0, 2, 4, 12, 14, 16, 24, 26, 28]
-    assert torch.equal(from_windows(windows, (3, 3), 2, 6, 6), x)
+    # 6 x 6 patches after one prefix token, 3 x 3 windows at dilation 2: four windows of nine
+    query, keys, mask, inverse, counts, _ = window_layout(3, (2,), 6, 6, 1, torch.device("cpu"))
+    assert counts == [4] and mask.shape == (4, 9, 10) and bool(mask.all())  # no padding here
+    # the first atrous window holds rows/cols 0, 2, 4 (token = 1 + 6 * row + col)
+    assert query[:9].tolist() == [1 + t for t in (0, 2, 4, 12, 14, 16, 24, 26, 28)]
+    assert keys[:10].tolist() == query[:9].tolist() + [0]  # then the prefix key
+    assert torch.equal(query[inverse], torch.arange(1, 37))  # every patch, once, back in place
 
 
 def test_atrous_gate_starts_uniform_and_class_token_attends_globally():

@@ -24,11 +24,30 @@ The patch grid (H, W) comes with each forward (`TimmAttention.forward(x, grid=)`
 ratio works. A window never extends past its sub-grid: at dilation d it is
 min(window_size, ceil(H / d)) rows by min(window_size, ceil(W / d)) columns, which leaves the
 keys every query sees unchanged while padding 14x14 at window 7, dilation 3 to 15x15 instead
-of 21x21; the remaining padding is masked out. With one window covering the whole grid and
+of 21x21; padded keys are excluded exactly (a boolean mask, never a finite stand-in such as
+-1e4, which let padded zero keys win once real scores fell below it; a padding query slot
+sees itself, so no row is ever fully masked). With one window covering the whole grid and
 dilations=(1,) the module is exact attention.
+
+Two execution paths, equal to 1e-5 in fp32 (tests/test_attention_kernels.py):
+
+- CUDA (eager or torch.compile, inference): FlexAttention (torch.nn.attention.flex_attention)
+  per branch on the raw token order, the regional/dilated windows and the prefix keys a block
+  mask (built once per grid and cached), the position bias a score_mod; each call compiles to
+  one fused kernel, so no window copy, padding or mask tensor is written.
+- Everything else (CPU, training, torch.export / ONNX / TensorRT): window partition. The
+  windows of all branches are gathered by one index (a constant of the grid, cached in eager,
+  computed with min / floor division of the sizes in an exported graph) into one batch and
+  one `F.scaled_dot_product_attention` call, and scattered back by one inverse index.
+All of it in the compute dtype (bf16/fp16 under autocast); nothing needs fp32 (softmax
+accumulates in fp32 inside the fused kernels). One bf16-autocast forward of ViT-S/16 at 512 px:
+59.5 aten ops per block (0.3.0: 206.5), bytes written 2.19x the attention-free bound's (0.3.0:
+2.62x; the three gathered window copies per branch dominate), and 1.32x for the CUDA path
+counted with each FlexAttention call as its one kernel (benchmarks/results/attention_proxies.md).
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence, Union
 
 import torch
@@ -39,26 +58,6 @@ from .base import TimmAttention, size_min
 
 torch.fx.wrap("size_min")
 
-_MASKED = -1e4  # additive bias for padded keys: finite, so an all-padding window gives no NaN
-
-
-def to_windows(x: torch.Tensor, window: tuple, dilation: int) -> torch.Tensor:
-    """[B, h, Hp, Wp, c] -> [B, h, windows, wh * ww, c]; Hp, Wp multiples of wh * dilation, ww * dilation."""
-    B, h, Hp, Wp, c = x.shape
-    wh, ww = window
-    x = x.reshape(B, h, Hp // (wh * dilation), wh, dilation, Wp // (ww * dilation), ww, dilation, c)
-    x = x.permute(0, 1, 2, 4, 5, 7, 3, 6, 8)
-    return x.reshape(B, h, (Hp // (wh * dilation)) * (Wp // (ww * dilation)) * dilation * dilation, wh * ww, c)
-
-
-def from_windows(x: torch.Tensor, window: tuple, dilation: int, Hp: int, Wp: int) -> torch.Tensor:
-    """Inverse of `to_windows`: [B, h, windows, wh * ww, c] -> [B, h, Hp, Wp, c]."""
-    B, h, _, _, c = x.shape
-    wh, ww = window
-    x = x.reshape(B, h, Hp // (wh * dilation), dilation, Wp // (ww * dilation), dilation, wh, ww, c)
-    x = x.permute(0, 1, 2, 6, 3, 4, 7, 5, 8)
-    return x.reshape(B, h, Hp, Wp, c)
-
 
 def power_of_two_dilations(grid: tuple[int, int], window: int) -> tuple[int, ...]:
     """ACC-ViT's rates: 1, 2, 4, ... while the shorter side of `grid` / rate still holds a window."""
@@ -66,6 +65,59 @@ def power_of_two_dilations(grid: tuple[int, int], window: int) -> tuple[int, ...
     while min(grid) // (rates[-1] * 2) >= window:
         rates.append(rates[-1] * 2)
     return tuple(rates)
+
+
+def window_layout(window_size: int, dilations: tuple, H, W, P, device: torch.device):
+    """Where every branch's windows take their tokens on an H x W patch grid after P prefix tokens,
+    as index tensors (sizes may be symbolic: only min, max and floor division of them).
+
+    Returns (query_index [T * L], key_index [T * (L + P)], mask [T, L, L + P], inverse
+    [branches * H * W], windows per branch, (dilation, wh, ww) per branch), T the windows of
+    all branches, L the largest window: slot s of window t holds token query_index[t * L + s]
+    (a padding slot holds any token: masked as a key, dropped as a query); inverse[b * H * W
+    + p] is patch p's slot in branch b's windows."""
+    L = None
+    parts = []
+    for d in dilations:
+        wh = size_min(window_size, (H + d - 1) // d)
+        ww = size_min(window_size, (W + d - 1) // d)
+        parts.append((d, wh, ww))
+        L = wh * ww if L is None else torch.sym_max(L, wh * ww)
+    query_index, inverse, counts, offset = [], [], [], 0
+    r_of = torch.arange(H, device=device)[:, None]
+    c_of = torch.arange(W, device=device)[None, :]
+    for d, wh, ww in parts:
+        nr, nc = (H + wh * d - 1) // (wh * d), (W + ww * d - 1) // (ww * d)
+        # padded coordinates of slot (a, e, b, f, i, j): window (a, e, b, f), position (i, j)
+        a, e, i = (torch.arange(n, device=device) for n in (nr, d, wh))
+        b, f, j = (torch.arange(n, device=device) for n in (nc, d, ww))
+        r = (a[:, None, None] * (wh * d) + i[None, None, :] * d + e[None, :, None])[:, :, None, None, :, None]
+        c = (b[:, None, None] * (ww * d) + j[None, None, :] * d + f[None, :, None])[None, None, :, :, None, :]
+        inside = (r < H) & (c < W)
+        token = torch.where(inside, P + r * W + c, -1).reshape(nr * d * nc * d, wh * ww)
+        query_index.append(F.pad(token, (0, L - wh * ww), value=-1))  # -1: a padding slot
+        # truncating division of non-negative integers by possibly symbolic sizes (exports to ONNX)
+        r_block, c_block = _div(r_of, wh * d), _div(c_of, ww * d)
+        window = (r_block * d + r_of % d) * (nc * d) + c_block * d + c_of % d
+        slot = _div(r_of - r_block * (wh * d), d) * ww + _div(c_of - c_block * (ww * d), d)
+        inverse.append((offset + window * L + slot).flatten())
+        counts.append(nr * d * nc * d)
+        offset = offset + nr * d * nc * d * L
+    query_index = torch.cat(query_index)
+    valid = query_index >= 0
+    query_index = torch.where(valid, query_index, 0)  # padding slots read token 0: masked as keys, dropped as queries
+    T = query_index.shape[0]
+    prefix = torch.arange(P, device=device).expand(T, P)
+    key_index = torch.cat([query_index, prefix], dim=1)
+    # keys: padding slots never attend (exact: a boolean mask, no finite stand-in); a padding
+    # query slot sees itself so that no row is fully masked (its output is dropped)
+    key_ok = torch.cat([valid, valid.new_ones(T, P)], dim=1)
+    mask = key_ok[:, None, :] | torch.eye(L, L + P, dtype=torch.bool, device=device)[None]
+    return query_index.flatten(), key_index.flatten(), mask, torch.cat(inverse), counts, parts
+
+
+def _div(x: torch.Tensor, n) -> torch.Tensor:
+    return torch.div(x, n, rounding_mode="trunc")
 
 
 class AtrousAttention(TimmAttention):
@@ -119,54 +171,134 @@ class AtrousAttention(TimmAttention):
         index = (dr[:, None, :, None] * span + dc[None, :, None, :]).reshape(wh * ww, wh * ww)
         return self.position_bias[branch].flatten(1)[:, index.flatten()].reshape(-1, wh * ww, wh * ww)
 
-    def _branch(self, q, k, v, prefix_k, prefix_v, H, W, branch):
-        """Window attention of patch queries at one dilation -> [B, h, H * W, c]."""
-        B, h, _, _, c = q.shape
-        d = self.dilations[branch]
-        window = (size_min(self.window_size, (H + d - 1) // d), size_min(self.window_size, (W + d - 1) // d))
-        Hp = (H + window[0] * d - 1) // (window[0] * d) * (window[0] * d)
-        Wp = (W + window[1] * d - 1) // (window[1] * d) * (window[1] * d)
-        pad = (0, 0, 0, Wp - W, 0, Hp - H)
-        qw, kw, vw = (to_windows(F.pad(t, pad), window, d) for t in (q, k, v))
-        windows, P, L = qw.shape[2], prefix_k.shape[2], qw.shape[3]
-        kw = torch.cat([kw, prefix_k.unsqueeze(2).expand(-1, -1, windows, -1, -1)], dim=3)
-        vw = torch.cat([vw, prefix_v.unsqueeze(2).expand(-1, -1, windows, -1, -1)], dim=3)
-        rows = torch.arange(Hp, device=q.device) < H
-        cols = torch.arange(Wp, device=q.device) < W
-        inside = (rows[:, None] & cols[None, :]).reshape(1, 1, Hp, Wp, 1)
-        key_ok = to_windows(inside, window, d).reshape(1, 1, windows, L)
-        key_ok = torch.cat([key_ok, key_ok.new_ones(1, 1, windows, P)], dim=3)
-        bias = torch.where(key_ok, 0.0, _MASKED).to(q.dtype).unsqueeze(3)  # [1, 1, windows, 1, L + P]
-        if self.position_bias is None:
-            bias = bias.expand(1, h, windows, 1, L + P).reshape(1, h * windows, 1, L + P)
+    def _windowed(self, q, k, v, H, W, P):
+        """Patch outputs of every branch, a list of [B, h, H * W, c] views: the windows of all branches
+        gathered into one batch and one `F.scaled_dot_product_attention` call (window partition:
+        CPU eager, ONNX and TensorRT)."""
+        B, h, N, c = q.shape
+        if all(isinstance(x, int) for x in (H, W, P)) and not torch.compiler.is_compiling():
+            # eager: the layout is a constant of the grid, built once (no launches per forward)
+            layout = _cached_layout(self.window_size, self.dilations, H, W, P, str(q.device))
         else:
-            position = F.pad(self._window_bias(branch, window, q.device), (0, P)).to(q.dtype)
-            bias = (bias + position.unsqueeze(1).unsqueeze(0)).reshape(1, h * windows, L, L + P)
-        out = F.scaled_dot_product_attention(
-            qw.reshape(B, h * windows, L, c),
-            kw.reshape(B, h * windows, L + P, c),
-            vw.reshape(B, h * windows, L + P, c),
-            attn_mask=bias,
-            dropout_p=self.attn_drop.p if self.training else 0.0,
-        )
-        out = from_windows(out.reshape(B, h, windows, L, c), window, d, Hp, Wp)
-        return out[:, :, :H, :W].reshape(B, h, H * W, c)
+            layout = window_layout(self.window_size, self.dilations, H, W, P, q.device)
+        query_index, key_index, mask, inverse, counts, parts = layout
+        T, L = mask.shape[0], mask.shape[1]
+        qw = q.index_select(2, query_index)
+        kw = k.index_select(2, key_index)
+        vw = v.index_select(2, key_index)
+        dropout = self.attn_drop.p if self.training else 0.0
+        if self.position_bias is None:
+            out = F.scaled_dot_product_attention(
+                qw.view(B * h, T, L, c), kw.view(B * h, T, L + P, c), vw.view(B * h, T, L + P, c),
+                attn_mask=mask, dropout_p=dropout,
+            )
+        else:
+            biases = []
+            for branch, (d, wh, ww) in enumerate(parts):
+                table = self._window_bias(branch, (wh, ww), q.device)  # [h, wh * ww, wh * ww]
+                table = F.pad(table, (0, L + P - wh * ww, 0, L - wh * ww))  # [h, L, L + P]
+                biases.append(table.unsqueeze(1).expand(h, counts[branch], L, L + P))
+            bias = torch.cat(biases, dim=1).masked_fill(~mask, float("-inf")).to(q.dtype)
+            out = F.scaled_dot_product_attention(
+                qw.view(B, h * T, L, c), kw.view(B, h * T, L + P, c), vw.view(B, h * T, L + P, c),
+                attn_mask=bias.reshape(h * T, L, L + P), dropout_p=dropout,
+            )
+        out = out.reshape(B, h, T * L, c).index_select(2, inverse)
+        return out.unflatten(2, (len(self.dilations), H * W)).unbind(2)
+
+    def _flex(self, q, k, v, H, W, P):
+        """Patch outputs of every branch, a list of [B, h, H * W, c], through FlexAttention: one
+        fused kernel per branch on the raw token order, the windows a block mask (CUDA)."""
+        outs = []
+        for branch, d in enumerate(self.dilations):
+            wh, ww = min(self.window_size, -(-H // d)), min(self.window_size, -(-W // d))
+            block_mask = _atrous_block_mask(H, W, P, q.shape[2], d, wh, ww, str(q.device))
+            score_mod = None
+            if self.position_bias is not None:
+                score_mod = _position_score_mod(self.position_bias[branch].to(q.dtype), H, W, P, d, wh, ww, self.window_size)
+            out = _flex_attention(q[:, :, P:], k, v, score_mod=score_mod, block_mask=block_mask)
+            outs.append(out)
+        return outs
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
+        """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim]."""
         B, h, N, c = q.shape
         H, W, P = self.patch_grid(N, grid)
         prefix_out = F.scaled_dot_product_attention(
             q[:, :, :P], k, v, dropout_p=self.attn_drop.p if self.training else 0.0
         )
-        grid_q, grid_k, grid_v = (t[:, :, P:].reshape(B, h, H, W, c) for t in (q, k, v))
-        branches = [
-            self._branch(grid_q, grid_k, grid_v, k[:, :, :P], v[:, :, :P], H, W, i)
-            for i in range(len(self.dilations))
-        ]
+        if use_flex(q) and not self.training:
+            branches = self._flex(q, k, v, H, W, P)
+        else:
+            branches = self._windowed(q, k, v, H, W, P)
         if self.gate is None:
             patch_out = branches[0]
         else:
             weights = self.gate(q[:, :, P:].transpose(1, 2).reshape(B, H * W, h * c)).softmax(-1)
-            weights = weights.transpose(1, 2).unsqueeze(-1).to(q.dtype)
-            patch_out = sum(weights[:, i : i + 1] * b for i, b in enumerate(branches))
+            weights = weights.transpose(1, 2).to(q.dtype)[:, None, :, :, None]  # [B, 1, branches, HW, 1]
+            # one write per branch: w_0 o_0, then fused multiply-adds
+            patch_out = branches[0] * weights[:, :, 0]
+            for i in range(1, len(branches)):
+                patch_out = torch.addcmul(patch_out, branches[i], weights[:, :, i])
         return torch.cat([prefix_out, patch_out], dim=2)
+
+
+def use_flex(q: torch.Tensor) -> bool:
+    """FlexAttention serves CUDA eager and torch.compile; export and CPU take the window partition."""
+    return q.is_cuda and not torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export()
+
+
+def _atrous_mask_mod(H: int, W: int, P: int, d: int, wh: int, ww: int):
+    """FlexAttention mask_mod of one branch: query patch (over patches only) and key token (all
+    N): prefix keys always, patch keys sharing the query's dilation residue and window."""
+
+    def mask_mod(b, head, q_idx, kv_idx):
+        kp = kv_idx - P
+        qr, qc, kr, kc = q_idx // W, q_idx % W, kp // W, kp % W
+        same = (qr % d == kr % d) & (qc % d == kc % d)
+        same = same & ((qr // d) // wh == (kr // d) // wh) & ((qc // d) // ww == (kc // d) // ww)
+        return (kv_idx < P) | same
+
+    return mask_mod
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_layout(window_size: int, dilations: tuple, H: int, W: int, P: int, device: str):
+    # ordinary tensors even when first built under torch.inference_mode(): a later training step
+    # may save them for backward
+    with torch.inference_mode(False):
+        return window_layout(window_size, dilations, H, W, P, torch.device(device))
+
+
+@functools.lru_cache(maxsize=32)
+def _atrous_block_mask(H: int, W: int, P: int, N: int, d: int, wh: int, ww: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    with torch.inference_mode(False):
+        return create_block_mask(_atrous_mask_mod(H, W, P, d, wh, ww), None, None, H * W, N, device=device)
+
+
+def _position_score_mod(table: torch.Tensor, H: int, W: int, P: int, d: int, wh: int, ww: int, window: int):
+    """Adds table[head, dr + window - 1, dc + window - 1] for patch keys (relative window position)."""
+
+    def score_mod(score, b, head, q_idx, kv_idx):
+        kp = torch.clamp(kv_idx - P, min=0)
+        dr = ((q_idx // W) // d) % wh - ((kp // W) // d) % wh + window - 1
+        dc = ((q_idx % W) // d) % ww - ((kp % W) // d) % ww + window - 1
+        return torch.where(kv_idx < P, score, score + table[head, dr, dc])
+
+    return score_mod
+
+
+def _flex_attention(q, k, v, score_mod=None, block_mask=None):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if torch.compiler.is_compiling() or not q.is_cuda:
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
+_COMPILED_FLEX = None

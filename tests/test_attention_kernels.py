@@ -1,0 +1,149 @@
+"""The GPU-facing forms of Performer, Nystrom and atrous attention: low-precision numerics on a
+trained model's activations, FlexAttention == window partition, full-graph compile, and the
+edge cases of padded keys and thin patch grids."""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from effvit_deploy.attention import ATTENTIONS, AtrousAttention, NystromAttention
+from tests.test_attention import TRAINED_GRIDS, atrous_reference, trained_qkv
+
+CONFIGS = {
+    "exact": {},
+    "performer": {"num_features": 256},
+    "nystrom": {"landmarks": 64, "conv_kernel": 0},
+    "atrous": {"window_size": 7},
+}
+
+
+def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def outputs_by_dtype(name: str, q, k, v, grid) -> dict:
+    """The mechanism's output in float64 (its own formula), fp32, and under bf16 / fp16 autocast."""
+    torch.manual_seed(0)
+    layer = ATTENTIONS[name](96, 3, **CONFIGS[name]).eval()
+    with torch.no_grad():
+        out = {"fp64": layer.double().attend(q.double(), k.double(), v.double(), grid)}
+        layer.float()
+        for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                out[label] = layer.attend(q.to(dtype), k.to(dtype), v.to(dtype), grid)
+    return out
+
+
+# Stated bounds: under bf16 / fp16 autocast (a) the error against exact attention in float64 is
+# within 2% of the fp32 path's, and (b) the rounding against the mechanism's own float64 formula
+# is at most ROUNDING_FACTOR times what exact attention (fused SDPA) loses to rounding in that dtype.
+ROUNDING_FACTOR = {"bf16": 4.0, "fp16": 5.0}
+
+
+@pytest.mark.parametrize("name", ["performer", "nystrom", "atrous"])
+@pytest.mark.parametrize("resolution,block", [("128", "0"), ("128", "3"), ("256", "3")])
+def test_low_precision_error_on_trained_activations_is_within_a_stated_factor_of_fp32(name, resolution, block):
+    q, k, v = trained_qkv(resolution, block)
+    grid = TRAINED_GRIDS[resolution]
+    exact64 = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    mine = outputs_by_dtype(name, q, k, v, grid)
+    exact = outputs_by_dtype("exact", q, k, v, grid)
+    fp32_error = rel(mine["fp32"], exact64)
+    assert rel(mine["fp32"], mine["fp64"]) < 1e-5
+    for dtype in ("bf16", "fp16"):
+        assert mine[dtype].dtype == getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[dtype])
+        assert torch.isfinite(mine[dtype]).all()
+        assert rel(mine[dtype], exact64) <= 1.02 * fp32_error, (dtype, rel(mine[dtype], exact64), fp32_error)
+        rounding, exact_rounding = rel(mine[dtype], mine["fp64"]), rel(exact[dtype], exact64)
+        assert rounding <= ROUNDING_FACTOR[dtype] * exact_rounding, (dtype, rounding, exact_rounding)
+
+
+# FlexAttention (CUDA path) == window partition (CPU / export path), run here by eager FlexAttention
+@pytest.mark.parametrize(
+    "grid,prefix,window,dilations,bias",
+    [((14, 14), 1, 7, (1, 2, 3), False), ((6, 9), 1, 3, (1, 2), True), ((5, 7), 0, 4, (1, 2, 4), True),
+     ((9, 5), 2, 2, (1, 3), False), ((11, 16), 1, 7, (1, 2, 3), True)],
+)
+def test_atrous_flex_attention_matches_the_window_partition(grid, prefix, window, dilations, bias):
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    torch.manual_seed(0)
+    attn = AtrousAttention(64, 2, window_size=window, dilations=dilations, position_bias=bias)
+    if bias:
+        with torch.no_grad():
+            attn.position_bias.normal_(std=1.0)
+    H, W = grid
+    q, k, v = (torch.randn(2, 2, prefix + H * W, 32) * 2 for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager FlexAttention on CPU warns that it is unfused
+        flex = torch.stack(attn._flex(q, k, v, H, W, prefix))
+    windowed = torch.stack(attn._windowed(q, k, v, H, W, prefix))
+    torch.testing.assert_close(flex, windowed, atol=1e-5, rtol=1e-5)
+
+
+def test_atrous_excludes_padded_keys_exactly_when_scores_fall_below_minus_1e4():
+    # Large-norm q/k: real scores far below -1e4; a finite -1e4 stand-in for padding would let the
+    # padded (zero) keys win. Compared with dense attention that never sees padded keys.
+    grid, window, dilation = (5, 7), 4, 1  # 5 x 7 on 4 x 4 windows: padded rows and columns
+    g = torch.Generator().manual_seed(0)
+    u = F.normalize(torch.randn(1, 4, 1, 32, generator=g), dim=-1) * 400
+    q = u + torch.randn(1, 4, 1 + 35, 32, generator=g) * 3
+    k = -u + torch.randn(1, 4, 1 + 35, 32, generator=g) * 3  # every score about -400^2 / sqrt(32)
+    v = torch.randn(1, 4, 1 + 35, 32, generator=g)
+    attn = AtrousAttention(128, 4, window_size=window, dilations=(dilation,))
+    scores = (q @ k.transpose(-1, -2)) * 32**-0.5
+    assert scores.amax() < -1e4
+    out = attn.attend(q, k, v, grid)[:, :, 1:]
+    ref = atrous_reference(q, k, v, grid, window, dilation)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_nystrom_uses_the_requested_landmarks_on_a_thin_grid(caplog):
+    attn = NystromAttention(64, 2, landmarks=64, conv_kernel=0)
+    assert attn.landmarks_used((1, 128)) == 64 and attn.landmarks_used((128, 1)) == 64
+    assert attn.landmarks_used((8, 16)) == 64 and attn.landmarks_used((14, 14)) == 64
+    q, k, v = (torch.randn(1, 2, 1 + 128, 32) for _ in range(3))
+    landmarks = attn._landmarks(q, (1, 128), 1)
+    assert landmarks.shape[-2] == 1 + 64
+    torch.testing.assert_close(landmarks[..., 1:, :], q[..., 1:, :].unflatten(-2, (64, 2)).mean(-2))
+    # a count with no rows x columns factorisation on the grid: says so, once
+    odd = NystromAttention(64, 2, landmarks=65, conv_kernel=0)
+    with caplog.at_level(logging.WARNING, logger="effvit_deploy.attention.nystrom"):
+        odd.attend(q, k, v, (1, 128))
+        odd.attend(q, k, v, (1, 128))
+    assert odd.landmarks_used((1, 128)) == 65
+    with caplog.at_level(logging.WARNING, logger="effvit_deploy.attention.nystrom"):
+        odd.attend(*(torch.randn(1, 2, 1 + 100, 32) for _ in range(3)), (10, 10))
+    warned = [r.getMessage() for r in caplog.records if "landmarks requested" in r.getMessage()]
+    assert warned == ["nystrom: 65 landmarks requested, 64 used on the 10x10 patch grid (no rows x columns "
+                      "factorisation of 65 fits it); landmarks_used(grid) gives the count"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["exact", "linformer", "performer", "nystrom", "atrous"])
+def test_every_mechanism_compiles_as_one_graph(name):
+    kwargs = {"nystrom": {"landmarks": 8}, "performer": {"num_features": 16},
+              "atrous": {"window_size": 2, "position_bias": True}, "linformer": {"proj_len": 8}}.get(name, {})
+    torch.manual_seed(0)
+    layer = ATTENTIONS[name](64, 2, **kwargs).eval()
+    x = torch.randn(2, 1 + 4 * 6, 64)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager", dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, grid=(4, 6)), layer(x, grid=(4, 6)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["nystrom", "atrous"])
+def test_grid_constants_cached_under_inference_mode_serve_a_later_training_step(name):
+    # Nystrom's pooling matrix and atrous's window layout are cached per grid in eager: built
+    # first under torch.inference_mode(), they must still be usable by autograd afterwards.
+    torch.manual_seed(0)
+    layer = ATTENTIONS[name](64, 2, **{"nystrom": {"landmarks": 4}, "atrous": {"window_size": 2}}[name])
+    x = torch.randn(2, 1 + 5 * 7, 64)
+    with torch.inference_mode():
+        layer.eval()(x, grid=(5, 7))
+    layer.train()(x, grid=(5, 7)).square().mean().backward()
+    assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)

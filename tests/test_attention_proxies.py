@@ -1,0 +1,57 @@
+"""Regression guard for the CPU proxies of GPU cost (benchmarks/attention_proxies.py): aten ops
+dispatched per block and bytes written per bf16-autocast forward, each mechanism against the
+attention-free bound, at a small size (ViT-S/16, depth 2, 256 px = 257 tokens, batch 1).
+
+Limits: the values measured at commit time (benchmarks/results/attention_proxies.md gives the
+512 px figures) plus a margin of about 10%. The 0.3.0 modules exceed them by far (extra ops over
+the bound: performer 35, nystrom 256, atrous 178; bytes over the bound 4.2x, 4.7x, 2.8x).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "attention_proxies", Path(__file__).parents[1] / "benchmarks" / "attention_proxies.py")
+proxies = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(proxies)
+
+# (ops per block above the bound's, bytes written / the bound's); measured 1, 13, 52, 71, 31, 26
+# ops and 1.04, 1.11, 1.87, 2.35, 2.35, 1.29x
+LIMITS = {
+    "exact": (3, 1.10),
+    "linformer": (15, 1.20),
+    "performer": (57, 2.05),
+    "nystrom": (72, 2.45),
+    "atrous": (34, 2.50),
+    "atrous-flex": (29, 1.40),
+}
+
+
+@pytest.fixture(scope="module")
+def bound():
+    return proxies.measure(proxies.BOUND, depth=2, resolution=256, batch=1)
+
+
+@pytest.mark.parametrize("attention", sorted(LIMITS))
+def test_ops_and_bytes_per_forward_stay_within_their_limits(bound, attention):
+    row = proxies.measure(attention, depth=2, resolution=256, batch=1)
+    extra_ops, byte_ratio = LIMITS[attention]
+    assert row["ops_per_block"] - bound["ops_per_block"] <= extra_ops, row["top_ops"]
+    assert row["mib_written"] / bound["mib_written"] <= byte_ratio, row["mib_written"]
+    # every mechanism at most 100 aten ops per block
+    assert row["ops_per_block"] <= 100 + (bound["ops_per_block"] - 28.5)
+
+
+def test_the_counter_sees_writes_not_views():
+    import torch
+
+    with proxies.CountOps() as counter:
+        x = torch.ones(4, 8)  # one op writing 128 bytes
+        x.view(8, 4).t()  # views: no bytes
+        x.add_(1)  # in place: 128 bytes
+        torch.nn.functional.dropout(x, 0.5, training=False)  # hands x back: no bytes
+    assert counter.bytes_written == 2 * 4 * 8 * 4
+    assert counter.ops >= 4
