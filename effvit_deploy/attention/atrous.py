@@ -54,9 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import TimmAttention, size_min
+from .base import TimmAttention, size_max, size_min
 
 torch.fx.wrap("size_min")
+torch.fx.wrap("size_max")
 
 
 def power_of_two_dilations(grid: tuple[int, int], window: int) -> tuple[int, ...]:
@@ -82,7 +83,7 @@ def window_layout(window_size: int, dilations: tuple, H, W, P, device: torch.dev
         wh = size_min(window_size, (H + d - 1) // d)
         ww = size_min(window_size, (W + d - 1) // d)
         parts.append((d, wh, ww))
-        L = wh * ww if L is None else torch.sym_max(L, wh * ww)
+        L = wh * ww if L is None else size_max(L, wh * ww)
     query_index, inverse, counts, offset = [], [], [], 0
     r_of = torch.arange(H, device=device)[:, None]
     c_of = torch.arange(W, device=device)[None, :]
@@ -204,7 +205,8 @@ class AtrousAttention(TimmAttention):
                 attn_mask=bias.reshape(h * T, L, L + P), dropout_p=dropout,
             )
         out = out.reshape(B, h, T * L, c).index_select(2, inverse)
-        return out.unflatten(2, (len(self.dilations), H * W)).unbind(2)
+        out = out.unflatten(2, (len(self.dilations), H * W))
+        return [out[:, :, i] for i in range(len(self.dilations))]  # not unbind: FX cannot count a proxy
 
     def _flex(self, q, k, v, H, W, P):
         """Patch outputs of every branch, a list of [B, h, H * W, c], through FlexAttention: one
@@ -244,8 +246,9 @@ class AtrousAttention(TimmAttention):
 
 
 def use_flex(q: torch.Tensor) -> bool:
-    """FlexAttention serves CUDA eager and torch.compile; export and CPU take the window partition."""
-    return q.is_cuda and not torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export()
+    """FlexAttention serves CUDA eager and torch.compile; export, FX tracing (q is then a proxy,
+    not a tensor) and CPU take the window partition."""
+    return isinstance(q, torch.Tensor) and q.is_cuda and not torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export()
 
 
 def _atrous_mask_mod(H: int, W: int, P: int, d: int, wh: int, ww: int):

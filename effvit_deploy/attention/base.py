@@ -30,6 +30,16 @@ def size_min(a: Size, b: Size) -> Size:
 torch.fx.wrap("size_min")
 
 
+def size_max(a: Size, b: Size) -> Size:
+    """max(a, b) of two sizes, symbolic or not: `size_min`'s counterpart."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.sym_max(a, b)
+
+
+torch.fx.wrap("size_max")
+
+
 def refuse_masks(x: torch.Tensor, attn_mask: Optional[torch.Tensor], is_causal: bool, mechanism: str) -> torch.Tensor:
     """x itself, after refusing an attention mask or causal attention for a mechanism without
     them. Registered with `torch.fx.wrap`, so in an FX graph (where the mask arguments are

@@ -162,8 +162,8 @@ def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None,
     """
     m = a.shape[-1]
     ridge = PINV_RIDGE_SCALE / m if ridge is None else ridge
-    batch = a.shape[:-2]
-    a = a.flatten(0, -3) if a.dim() > 2 else a.unsqueeze(0)  # [batch, m, m]: baddbmm's layout
+    shape = a.shape
+    a = a.reshape(-1, m, m)  # [batch, m, m]: baddbmm's layout
     eye = torch.eye(m, device=a.device, dtype=a.dtype)
     if stochastic:
         col_norm = a.sum(dim=-2, keepdim=True).amax(dim=-1, keepdim=True)
@@ -181,7 +181,7 @@ def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None,
         t = torch.baddbmm(eye, zb, torch.add(zb, eye, alpha=-7), beta=15)  # 15 I - zb (7 I - zb)
         t = torch.baddbmm(eye, zb, t, beta=13, alpha=-1)
         z = torch.baddbmm(z, t, z, beta=0, alpha=0.25)
-    return z[..., :m].reshape(*batch, m, m)
+    return z[..., :m].reshape(shape)
 
 
 class NystromAttention(TimmAttention):
@@ -258,7 +258,8 @@ class NystromAttention(TimmAttention):
         mixed = F.scaled_dot_product_attention(q_land, k, v, dropout_p=dropout)
         with fp32_region(q):
             # the [m, m] landmark kernel and its inverse stay fp32: condition numbers 1e7-1e19
-            acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+            # (fp64 stays fp64; FX proxies, whose dtype is unknown while tracing, get fp32)
+            acc = torch.float64 if isinstance(q, torch.Tensor) and q.dtype == torch.float64 else torch.float32
             kernel = torch.softmax(torch.matmul(q_land.to(acc), k_land.to(acc).transpose(-1, -2)) * self.scale, dim=-1)
             inverse = iterative_pinv(kernel, self.pinv_iterations, stochastic=True)
             weights = torch.matmul(inverse, mixed.to(acc)).to(v.dtype)
