@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import timm
+import timm.models.vision_transformer as timm_vit
 import torch
-from timm.layers import resample_abs_pos_embed
 from timm.models import PretrainedCfg, checkpoint, load_pretrained, register_model, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import adapt_input_conv
@@ -104,8 +104,13 @@ def resample_pos_embed(
 ) -> torch.Tensor:
     """timm's `resample_abs_pos_embed` of position embeddings [1, P + Ht * Wt, C] to `grid`.
     Registered with `torch.fx.wrap` (timm registers it only with its own FX tracer), so
-    `torch.fx.symbolic_trace` and torchvision's create_feature_extractor record one call."""
-    return resample_abs_pos_embed(pos_embed, new_size=grid, old_size=build_grid, num_prefix_tokens=num_prefix_tokens)
+    `torch.fx.symbolic_trace` and torchvision's create_feature_extractor record one call.
+    timm's function is looked up in timm's ViT module at call time, so export's portable
+    resampling (`effvit_deploy.export.resample.portable_resampling`, which swaps that module
+    global) applies here as it does in timm's own `_pos_embed`."""
+    return timm_vit.resample_abs_pos_embed(
+        pos_embed, new_size=grid, old_size=build_grid, num_prefix_tokens=num_prefix_tokens
+    )
 
 
 torch.fx.wrap("resample_pos_embed")

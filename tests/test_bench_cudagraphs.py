@@ -9,7 +9,6 @@ from conftest import make_tiny_run, tiny_model
 from effvit_deploy.backends import BACKENDS, BackendUnavailable, load_runner
 from effvit_deploy.backends.pytorch import CUDAGRAPHS, COMPILE_OPTIONS, inference_forward
 from effvit_deploy.bench.layer import LAYER_BACKENDS, module_runner
-from effvit_deploy.bench.results import load_results
 from effvit_deploy.cli.bench import main
 
 
@@ -29,14 +28,16 @@ def test_cudagraphs_on_cpu_is_refused_with_the_fix(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
-def test_effvit_bench_with_cudagraphs_on_cpu_exits_with_one_line_and_records_why(tmp_path, capsys):
+def test_effvit_bench_with_cudagraphs_on_cpu_exits_3_in_one_line_before_any_work(tmp_path, capsys):
+    """A named backend that cannot run here is a missing runtime (exit 3), refused before anything
+    is measured or written."""
+    out = tmp_path / "out"
     rc = main(["--layer-only", "--attention", "exact", "--dim", "64", "--heads", "2", "--resolutions", "64",
-               "--backends", CUDAGRAPHS, "--out", str(tmp_path), "--no-progress"])
-    assert rc == 1
+               "--backends", CUDAGRAPHS, "--out", str(out), "--no-progress"])
+    assert rc == 3
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "CUDA graphs need an NVIDIA GPU" in err
-    (row,) = load_results(tmp_path / "results.jsonl")
-    assert row["status"] == "skipped" and "use torch-compile on CPU" in row["reason"]
+    assert "\n" not in err and "CUDA graphs need an NVIDIA GPU" in err and "use torch-compile on CPU" in err
+    assert not (out / "results.jsonl").exists()
 
 
 @pytest.mark.cuda
