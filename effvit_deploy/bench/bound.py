@@ -32,6 +32,7 @@ from torch import nn
 from ..atomic import atomic_path, write_json
 from ..attention import NoTokenMixing, TimmAttention
 from ..runs import MODEL_CARD, load_run, run_name
+from ..stamps import is_current, write_stamp
 
 BOUND = "attention-free"
 MARKER = "bound.json"
@@ -117,7 +118,7 @@ def bound_run(
     run_dir = cache_dir / f"{run_name(source)}-{BOUND}"
     stamp = {"source": str(source.resolve()), "token_mixing": "identity on values (attend(q, k, v) = v)",
              "formats": list(formats), "min_res": min_res, "max_res": max_res, "max_batch": max_batch}
-    if is_bound_run(run_dir) and json.loads((run_dir / MARKER).read_text()) == stamp:
+    if is_current(run_dir / MARKER, stamp):
         return run_dir
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / MODEL_CARD, run_dir / MODEL_CARD)
@@ -128,5 +129,5 @@ def bound_run(
     if formats:
         card = json.loads((source / MODEL_CARD).read_text())
         _export(run_dir, formats, min_res or int(card["img_size"]), max_res, max_batch)
-    write_json(run_dir / MARKER, stamp)
+    write_stamp(run_dir / MARKER, stamp)
     return run_dir

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..atomic import _writer_alive, remove_stale_temps, write_json
 from ..backends import MANIFEST, ArtifactError, Runner, ThreadPolicy, check_artifact, file_sha256
+from ..stamps import is_current
 from ..runs import ModelCard, load_model_card, load_run, run_name, run_state, unfinished_note, weights_path
 from .format import ExportUnavailable, Format, tool_versions
 from .onnx import DEFAULT_OPSET, ONNX
@@ -167,7 +168,7 @@ class Exporter:
         """The previous entry when its source (weights, options) is unchanged and its files are
         those export wrote (`check_artifact`); otherwise None and the artifact is rebuilt."""
         entry = self.entries.get((fmt, precision))
-        if self.force or entry is None or entry.get("source") != self.source(fmt, precision):
+        if self.force or entry is None or not is_current(entry.get("source"), self.source(fmt, precision)):
             return None
         try:
             check_artifact(self.run_dir, entry, self.previous)
