@@ -31,7 +31,7 @@ from effvit_deploy.atomic import write_json, write_text  # noqa: E402
 from effvit_deploy.environment import environment  # noqa: E402
 from effvit_deploy.export import ParityError, export_run  # noqa: E402
 from effvit_deploy.export.precision import FP32_OPS  # noqa: E402
-from effvit_deploy.export.run import ort_predict  # noqa: E402
+from effvit_deploy.export.onnx import ort_predict  # noqa: E402
 from effvit_deploy.export.verify import _torch_logits, load_validation  # noqa: E402
 from effvit_deploy.runs import load_run, save_weights  # noqa: E402
 

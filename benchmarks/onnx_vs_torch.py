@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     from effvit_deploy.bench.bound import BOUND, bound_run, load_bound_model
     from effvit_deploy.bench.shapes import shape_runs
     from effvit_deploy.environment import environment
-    from effvit_deploy.export.run import tool_versions
+    from effvit_deploy.export.format import tool_versions
     from effvit_deploy.flops import count_flops
     from effvit_deploy.runs import load_model_card
 

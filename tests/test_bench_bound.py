@@ -8,7 +8,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from effvit_deploy.bench.bound import NoTokenMixing, bound_run, load_bound_model, remove_token_mixing
+from effvit_deploy.attention import NoTokenMixing
+from effvit_deploy.bench.bound import bound_run, load_bound_model, remove_token_mixing
 from effvit_deploy.bench.report import write_report
 from effvit_deploy.flops import count_flops
 

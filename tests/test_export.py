@@ -17,6 +17,7 @@ from effvit_deploy import ATTENTIONS
 from effvit_deploy.backends import backend_status, file_sha256, find_artifact, load_runner
 from effvit_deploy.cli.export import main as export_main
 from effvit_deploy.export import ExportUnavailable, ParityError, check_tensorrt_compat, export_run
+from effvit_deploy.export import onnx as onnx_module
 from effvit_deploy.export import run as run_module
 from effvit_deploy.runs import ModelCard, load_run, write_run
 
@@ -138,7 +139,7 @@ def test_failed_parity_leaves_no_artifact_and_reports_figures(exported, tmp_path
         onnx.save(proto, str(path))
         return Path(path)
 
-    monkeypatch.setattr(run_module, "export_onnx", corrupted_export)
+    monkeypatch.setattr(onnx_module, "export_onnx", corrupted_export)
     run = make_tiny_run(tmp_path / "tiny-exact", "exact")
     with pytest.raises(ParityError, match=r"224x224: max_abs=\S+ rel=\S+.*No artifact was written") as failure:
         export_run(run, min_res=224, opt_res=384, max_batch=4, eval_limit=0)

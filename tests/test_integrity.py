@@ -204,7 +204,7 @@ def test_fp16_export_keeps_attention_in_fp32_and_matches_on_real_images(attentio
 
     from effvit_deploy.export import export_run
     from effvit_deploy.export.precision import ATTENTION_MARK, FP32_OPS
-    from effvit_deploy.export.run import ort_predict
+    from effvit_deploy.export.onnx import ort_predict
     from effvit_deploy.export.verify import TOLERANCES
 
     run = _large_activation_run(tmp_path, attention)

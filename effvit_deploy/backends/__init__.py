@@ -30,10 +30,14 @@ A `ThreadPolicy` (threads, passive) is applied by each runtime in its own way an
 Adding a runtime:
   1. write `backends/<runtime>.py` with a loader `load(run_dir, precision, device, policy) ->
      Runner` (import the runtime inside it) and a `Backend(...)` record: name, artifact format,
-     device, precisions, `status()` returning None or the reason with the fix;
-  2. add the record to `BACKENDS` below (the order is the order reports list them).
-  If it needs its own artifact, add a builder in `effvit_deploy/export/` that writes it, verifies
-  it with `export/verify.py` and records it in the manifest under the record's artifact format.
+     device, precisions, `status()` returning None or the reason with the fix, and, when it runs
+     an artifact, `open(path, entry, card, policy) -> Runner` (the loader finds the artifact
+     with `find_artifact` and calls it);
+  2. add the record to `BACKENDS` below (the order is the order reports list them);
+  3. if it needs its own artifact, write `export/<format>.py` with a builder and a `Format`
+     record naming this backend (effvit_deploy/export/format.py) and add it to export's
+     `FORMATS`: export verifies the artifact through this backend's `open`, and the format's
+     precisions are this backend's.
   Bench, demo and export verification then find it through `BACKENDS`.
 """
 from __future__ import annotations

@@ -85,6 +85,8 @@ class Runner:
 
 
 Loader = Callable[[Path, str, str, ThreadPolicy], Runner]
+# (artifact path, its manifest entry, the run's card, thread policy) -> Runner
+Opener = Callable[[Path, dict[str, Any], Optional[ModelCard], ThreadPolicy], Runner]
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,9 @@ class Backend:
     `artifact` is the manifest format it reads (None: the run's own weights); `device` is "cpu",
     "cuda" or "auto" (CUDA when visible); `status()` is None when usable, else the reason and fix;
     `load(run_dir, precision, device, policy)` returns a Runner; `precisions` lists what it runs.
+    `open(path, entry, card, policy)` runs one artifact file given its manifest entry (format,
+    precision, inputs), found or not yet listed: export verifies the file it has just built
+    through it. None for the backends that run the run's own weights.
     """
 
     name: str
@@ -103,6 +108,7 @@ class Backend:
     status: Callable[[], Optional[str]]
     load: Loader
     summary: str
+    open: Optional[Opener] = None
 
     def default_device(self) -> str:
         if self.device == "auto":

@@ -93,28 +93,40 @@ def _status(provider: str, cuda: bool):
     return status
 
 
-def _load(backend: str):
-    def load(run_dir: Path, precision: str, device: str, policy: ThreadPolicy) -> Runner:
-        path, entry = find_artifact(run_dir, "onnx", precision)
+def _open(backend: str, quiet: bool = True):
+    def open_artifact(path: Path, entry: dict[str, Any], card, policy: ThreadPolicy) -> Runner:
         providers: list[Any] = ["CPUExecutionProvider"]
         if backend == "onnxruntime-cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         elif backend == "onnxruntime-tensorrt":
             providers = [("TensorrtExecutionProvider", tensorrt_provider_options(path, entry)),
                          "CUDAExecutionProvider", "CPUExecutionProvider"]
-        session = ort_session(path, providers, policy)
+        session = ort_session(path, providers, policy, quiet)
         threads = {"threads": policy.threads or "default (one per physical core)",
                    "spinning": not policy.passive, "passive": policy.passive}
-        return session_runner(session, backend, precision, device, load_model_card(run_dir), path, threads)
+        return session_runner(session, backend, entry["precision"], "cpu" if backend == "onnxruntime" else "cuda",
+                              card, Path(path), threads)
+
+    return open_artifact
+
+
+def _load(backend: str):
+    def load(run_dir: Path, precision: str, device: str, policy: ThreadPolicy) -> Runner:
+        path, entry = find_artifact(run_dir, "onnx", precision)
+        runner = _open(backend, quiet=False)(path, entry, load_model_card(run_dir), policy)
+        runner.device = device
+        return runner
 
     return load
 
 
 ONNX_PRECISIONS = ("fp32", "fp16", "int8", "int8-static")
 ONNXRUNTIME = Backend("onnxruntime", "onnx", "cpu", ONNX_PRECISIONS, _status("CPUExecutionProvider", False),
-                      _load("onnxruntime"), "ONNX Runtime, CPU execution provider")
+                      _load("onnxruntime"), "ONNX Runtime, CPU execution provider", _open("onnxruntime"))
 ONNXRUNTIME_CUDA = Backend("onnxruntime-cuda", "onnx", "cuda", ("fp32", "fp16"), _status("CUDAExecutionProvider", True),
-                           _load("onnxruntime-cuda"), "ONNX Runtime, CUDA execution provider (onnxruntime-gpu)")
+                           _load("onnxruntime-cuda"), "ONNX Runtime, CUDA execution provider (onnxruntime-gpu)",
+                           _open("onnxruntime-cuda"))
 ONNXRUNTIME_TENSORRT = Backend("onnxruntime-tensorrt", "onnx", "cuda", ("fp32", "fp16"),
                                _status("TensorrtExecutionProvider", True), _load("onnxruntime-tensorrt"),
-                               "ONNX Runtime, TensorRT execution provider with CUDA as fallback")
+                               "ONNX Runtime, TensorRT execution provider with CUDA as fallback",
+                               _open("onnxruntime-tensorrt"))

@@ -63,10 +63,14 @@ def compiled_runner(model: Union[str, Path, Any], precision: str, card: Optional
     )
 
 
+def _open(path: Path, entry: dict[str, Any], card: Optional[ModelCard], policy: ThreadPolicy) -> Runner:
+    return compiled_runner(Path(path), entry["precision"], card, policy, Path(path))
+
+
 def _load(run_dir: Path, precision: str, device: str, policy: ThreadPolicy) -> Runner:
-    path, _ = find_artifact(run_dir, "openvino", precision)
-    return compiled_runner(path, precision, load_model_card(run_dir), policy, path)
+    path, entry = find_artifact(run_dir, "openvino", precision)
+    return _open(path, entry, load_model_card(run_dir), policy)
 
 
 OPENVINO = Backend("openvino", "openvino", "cpu", PRECISIONS, status, _load,
-                   "OpenVINO CPU plugin on the OpenVINO IR converted from the ONNX graph")
+                   "OpenVINO CPU plugin on the OpenVINO IR converted from the ONNX graph", _open)

@@ -78,10 +78,14 @@ def load_engine_runner(path: Union[str, Path], entry: dict[str, Any], card: Opti
     return runner
 
 
+def _open(path: Path, entry: dict[str, Any], card: Optional[ModelCard], policy: ThreadPolicy) -> Runner:
+    return load_engine_runner(path, entry, card, entry["precision"])
+
+
 def _load(run_dir: Path, precision: str, device: str, policy: ThreadPolicy) -> Runner:
     path, entry = find_artifact(run_dir, "tensorrt", precision)
-    return load_engine_runner(path, entry, load_model_card(run_dir), precision)
+    return _open(path, entry, load_model_card(run_dir), policy)
 
 
 TENSORRT = Backend("tensorrt", "tensorrt", "cuda", ("fp32", "fp16", "bf16"), lambda: gpu_package_status("tensorrt"),
-                   _load, "a serialised TensorRT engine (Python API)")
+                   _load, "a serialised TensorRT engine (Python API)", _open)

@@ -31,11 +31,15 @@ def load_torch_tensorrt_runner(path: Union[str, Path], entry: dict[str, Any], ca
     )
 
 
+def _open(path: Path, entry: dict[str, Any], card: Optional[ModelCard], policy: ThreadPolicy) -> Runner:
+    return load_torch_tensorrt_runner(path, entry, card, entry["precision"])
+
+
 def _load(run_dir: Path, precision: str, device: str, policy: ThreadPolicy) -> Runner:
     path, entry = find_artifact(run_dir, "torch-tensorrt", precision)
-    return load_torch_tensorrt_runner(path, entry, load_model_card(run_dir), precision)
+    return _open(path, entry, load_model_card(run_dir), policy)
 
 
 TORCH_TENSORRT = Backend("torch-tensorrt", "torch-tensorrt", "cuda", tuple(TORCH_DTYPES),
                          lambda: gpu_package_status("torch_tensorrt"), _load,
-                         "a Torch-TensorRT exported program")
+                         "a Torch-TensorRT exported program", _open)

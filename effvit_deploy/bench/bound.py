@@ -4,14 +4,13 @@ An efficient attention mechanism can only shrink the token-mixing step. Every me
 still computes the q/k/v projection and the output projection (they share timm's `qkv` and
 `proj` weights), and every block still runs its LayerNorms, MLP and residuals. So the fastest
 any mechanism could make a model is that model with mixing replaced by a no-op: each token keeps
-its own value vector, `attend(q, k, v) = v` (`NoTokenMixing`). Its latency, per backend and
+its own value vector, `attend(q, k, v) = v` (`attention.NoTokenMixing`). Its latency, per backend and
 resolution, bounds every variant's speed-up: the largest speed-up possible is exact / bound,
 and a variant achieves bound / variant of it.
 
-Identity on the values, not zeros: an attention branch returning zeros is dead code that graph
-compilers (ONNX Runtime, OpenVINO) prune together with its LayerNorm and projections, which
-would time a model smaller than anything a mechanism can produce. For ViT-S/16 at 4,097 tokens
-the bound's FLOPs are ~36% of exact's, so no mechanism can exceed ~2.8x there by FLOPs.
+Identity on the values rather than zeros, so no graph compiler prunes the projections
+(`attention/no_mixing.py`). For ViT-S/16 at 4,097 tokens the bound's FLOPs are ~36% of exact's,
+so no mechanism can exceed ~2.8x there by FLOPs.
 
 The bound is a benchmark subject, not a mechanism one trains: `bound_run` writes a run
 directory beside the shape runs (the source run's card and weights plus `bound.json`) and, for
@@ -31,41 +30,13 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path, write_json
-from ..attention import TimmAttention
+from ..attention import NoTokenMixing, TimmAttention
 from ..runs import MODEL_CARD, load_run, run_name
+from ..stamps import is_current, write_stamp
 
 BOUND = "attention-free"
 MARKER = "bound.json"
 PARITY_RTOL = 1e-4
-
-
-class NoTokenMixing(TimmAttention):
-    """A token mixer that mixes nothing: the projections of attention without the attention."""
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
-        return v
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        attn_mask: Optional[torch.Tensor] = None,
-        is_causal: bool = False,
-        grid: Optional[tuple[int, int]] = None,
-    ) -> torch.Tensor:
-        """x [B, N, dim] -> [B, N, dim]: the qkv projection (all of it, as every mechanism pays
-        for it), the value columns taken as they are, then the output projection. The same
-        result as `attend` returning v, without the head split/merge reshapes that a mechanism
-        needs and no mixing does."""
-        values = self.qkv(x)[..., 2 * self.attn_dim :]
-        return self.proj_drop(self.proj(self.norm(values)))
-
-    @classmethod
-    def replacing(cls, attn: TimmAttention) -> "NoTokenMixing":
-        """A no-mixing layer sharing `attn`'s projections and norms (its weights, unchanged)."""
-        layer = cls(attn.qkv.in_features, num_heads=attn.num_heads, attn_head_dim=attn.head_dim)
-        for name in ("qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop"):
-            setattr(layer, name, getattr(attn, name))
-        return layer
 
 
 def remove_token_mixing(model: nn.Module) -> nn.Module:
@@ -147,7 +118,7 @@ def bound_run(
     run_dir = cache_dir / f"{run_name(source)}-{BOUND}"
     stamp = {"source": str(source.resolve()), "token_mixing": "identity on values (attend(q, k, v) = v)",
              "formats": list(formats), "min_res": min_res, "max_res": max_res, "max_batch": max_batch}
-    if is_bound_run(run_dir) and json.loads((run_dir / MARKER).read_text()) == stamp:
+    if is_current(run_dir / MARKER, stamp):
         return run_dir
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / MODEL_CARD, run_dir / MODEL_CARD)
@@ -158,5 +129,5 @@ def bound_run(
     if formats:
         card = json.loads((source / MODEL_CARD).read_text())
         _export(run_dir, formats, min_res or int(card["img_size"]), max_res, max_batch)
-    write_json(run_dir / MARKER, stamp)
+    write_stamp(run_dir / MARKER, stamp)
     return run_dir

@@ -12,14 +12,16 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..atomic import write_json, write_text
+from ..atomic import write_text
 from ..attention import ATTENTIONS
+from ..backends import MANIFEST
 from ..models import build_model
 from ..runs import MODEL_CARD, ModelCard, write_run
+from ..stamps import is_current, write_stamp
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,10 @@ def shape_run(model_name: str, attention: str, cache_dir: Union[str, Path], num_
 EXPORT_STAMP = "bench-export.json"
 
 
-def _has_exports(run_dir: Path, formats: Sequence[str], precisions: Sequence[str], max_res: int) -> bool:
-    """True when an earlier `shape_runs` exported these formats and precisions for at least `max_res`."""
-    stamp = run_dir / EXPORT_STAMP
-    if not stamp.is_file() or not (run_dir / "export" / "manifest.json").is_file():
-        return False
-    done = json.loads(stamp.read_text())
-    return (set(formats) <= set(done.get("formats", ["onnx"])) and set(precisions) <= set(done["precisions"])
-            and done["max_res"] >= max_res)
+def _covers(done: dict[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """An earlier export serves a request for fewer formats and precisions and a smaller `max_res`."""
+    return (set(wanted["formats"]) <= set(done.get("formats", ["onnx"]))
+            and set(wanted["precisions"]) <= set(done.get("precisions", ())) and done.get("max_res", 0) >= wanted["max_res"])
 
 
 def shape_runs(
@@ -91,10 +89,10 @@ def shape_runs(
         from ..export import export_run
 
         for run_dir in runs:
-            if not _has_exports(run_dir, formats, precisions, max_res):
+            wanted = {"formats": list(formats), "precisions": list(precisions), "max_res": max_res}
+            if not is_current(run_dir / EXPORT_STAMP, wanted, covers=_covers, outputs=[run_dir / "export" / MANIFEST]):
                 log.info("exporting %s to %s (max %d px)", run_dir.name, ", ".join(formats), max_res)
                 export_run(run_dir, formats=tuple(formats), precisions=tuple(precisions),
                            min_res=min_res, max_res=max_res, max_batch=max_batch, verify=False, force=True)
-                write_json(run_dir / EXPORT_STAMP, {"formats": list(formats), "precisions": list(precisions),
-                                                    "max_res": max_res})
+                write_stamp(run_dir / EXPORT_STAMP, wanted)
     return runs

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from .errors import EXIT_RUNTIME, Parser, existing_dir, output_dir, require, run_cli
+from .options import parse_with_config
 
 EPILOG = """examples:
   # trained runs, every usable backend, report in bench-out/
@@ -108,41 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config:
-        if not args.config.is_file():
-            parser.error(f"--config {args.config} {'is a folder, expected a file' if args.config.is_dir() else 'does not exist'}")
-        try:
-            raw: dict[str, Any] = yaml.safe_load(args.config.read_text()) or {}
-        except yaml.YAMLError as exc:
-            parser.error(f"--config {args.config} is not valid YAML ({' '.join(str(exc).split())})")
-        if not isinstance(raw, dict):
-            parser.error(f"--config {args.config} must be a mapping of option names to values, e.g. resolutions: [224]")
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(k.replace("-", "_") for k in raw) - known)
-        if unknown:
-            parser.error(f"{args.config}: unknown keys {', '.join(unknown)}; use long option names, e.g. batch_sizes")
-        converters = {"resolutions": _ints, "batch_sizes": _ints, "precision": _names, "budgets": _floats,
-                      "speedup_target": _targets}
-        defaults = {}
-        for key, value in raw.items():
-            key = key.replace("-", "_")
-            if isinstance(value, list):
-                value = ",".join(map(str, value))
-            elif isinstance(value, dict):
-                value = ",".join(f"{k}:{v}" for k, v in value.items())
-            try:
-                defaults[key] = converters[key](value) if key in converters else value
-            except argparse.ArgumentTypeError as exc:
-                parser.error(f"--config {args.config}: {key}: {exc}")
-        if "run_dirs" in defaults:
-            defaults["run_dirs"] = [Path(p) for p in _names(defaults["run_dirs"])]
-        if "out" in defaults:
-            defaults["out"] = Path(defaults["out"])
-        parser.set_defaults(**defaults)
-        args = parser.parse_args(argv)
-    return args
+    """The command line over the `--config` matrix (`cli.options`)."""
+    return parse_with_config(build_parser(), argv, "resolutions: [224]")
 
 
 def _layer_dims(args: argparse.Namespace) -> tuple[int, int, int]:

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from ..export import ExportUnavailable, ParityError, TensorRTIncompatible, check_tensorrt_compat, export_run
+from ..export import FORMATS, ExportUnavailable, ParityError, TensorRTIncompatible, check_tensorrt_compat, export_run
 from ..export.precision import Fp16Unsafe
-from ..export.run import FORMATS
 from .errors import EXIT_RUNTIME, Parser, existing_dir, existing_file, exit_code, one_line, require, run_cli
+from .options import parse_with_config
 
 EPILOG = """examples:
   effvit-export runs/digits-exact                              # ONNX fp32, verified
@@ -31,58 +30,39 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+# export_run's keyword defaults are the command's defaults (option -> parameter where they differ).
+_DEFAULTS = {name: p.default for name, p in inspect.signature(export_run).parameters.items() if p.default is not p.empty}
+_PARAMETER = {"precision": "precisions"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="effvit-export", description=__doc__, epilog=EPILOG)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run directories (or .onnx files with --check-tensorrt)")
     p.add_argument("--config", help="YAML export profile (keys as the long options, e.g. formats: [onnx]); flags override it")
-    p.add_argument("--formats", type=_csv, help=f"comma list of {', '.join(FORMATS)} (default: onnx)")
-    p.add_argument("--precision", type=_csv, help="comma list of fp32, fp16, bf16, int8, int8-static (default: fp32); "
-                   "each format builds those it has")
-    p.add_argument("--int8", action="store_true", default=None, help="also int8 ONNX graphs (CPU): dynamic, and static QDQ calibrated on the run's training images")
+    p.add_argument("--formats", type=_csv, help=f"comma list of {', '.join(FORMATS)} (default: {','.join(_DEFAULTS['formats'])})")
+    p.add_argument("--precision", type=_csv, help="comma list of fp32, fp16, bf16, int8, int8-static (default: "
+                   f"{','.join(_DEFAULTS['precisions'])}); each format builds those it has")
+    p.add_argument("--int8", action="store_true", help="also int8 ONNX graphs (CPU): dynamic, and static QDQ calibrated on the run's training images")
     p.add_argument("--min-res", type=int, help="smallest input side (default: the run's training size)")
     p.add_argument("--opt-res", type=int, help="side TensorRT optimises for (default: min-res)")
-    p.add_argument("--max-res", type=int, help="largest input side (default: 1024)")
-    p.add_argument("--max-batch", type=int, help="largest batch (default: 32)")
-    p.add_argument("--eval-limit", type=int, help="validation images for accuracy figures (default: 1000; 0 skips)")
-    p.add_argument("--no-verify", dest="verify", action="store_false", default=None,
+    p.add_argument("--max-res", type=int, help="largest input side (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, help="largest batch (default: %(default)s)")
+    p.add_argument("--eval-limit", type=int, help="validation images for accuracy figures (default: %(default)s; 0 skips)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip parity and accuracy checks (not recommended)")
-    p.add_argument("--force", action="store_true", default=None, help="rebuild artifacts even when unchanged")
+    p.add_argument("--force", action="store_true", help="rebuild artifacts even when unchanged")
     p.add_argument("--check-tensorrt", action="store_true",
                    help="check every ONNX graph against the TensorRT parser's operator list; fail naming the op")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    p.set_defaults(**{a.dest: _DEFAULTS[_PARAMETER.get(a.dest, a.dest)] for a in p._actions
+                      if _PARAMETER.get(a.dest, a.dest) in _DEFAULTS})
     return p
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    profile: dict[str, Any] = {}
-    if args.config:
-        path = existing_file("--config", args.config)
-        try:
-            profile = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"export profile {path} is not valid YAML ({one_line(exc)})") from None
-        if not isinstance(profile, dict):
-            raise ValueError(f"export profile {path} must be a mapping of option names to values, e.g. formats: [onnx]")
-        known = {"formats", "precision", "int8", "min_res", "opt_res", "max_res", "max_batch", "eval_limit", "verify", "force"}
-        unknown = sorted(set(profile) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    for key in ("formats", "precision", "int8", "min_res", "opt_res", "max_res", "max_batch", "eval_limit", "verify", "force"):
-        value = getattr(args, key)
-        if value is not None:
-            profile[key] = value
-    opts = {
-        "formats": tuple(profile.get("formats", ["onnx"])),
-        "precisions": tuple(profile.get("precision", ["fp32"])),
-        "min_res": profile.get("min_res"),
-        "opt_res": profile.get("opt_res"),
-        "max_res": profile.get("max_res", 1024),
-        "max_batch": profile.get("max_batch", 32),
-        "int8": bool(profile.get("int8", False)),
-        "verify": bool(profile.get("verify", True)),
-        "force": bool(profile.get("force", False)),
-        "eval_limit": profile.get("eval_limit", 1000),
-    }
+    """export_run's keyword arguments from the parsed options, checked."""
+    opts = {_PARAMETER.get(key, key): getattr(args, key) for key in vars(args) if _PARAMETER.get(key, key) in _DEFAULTS}
+    opts["formats"], opts["precisions"] = tuple(opts["formats"]), tuple(opts["precisions"])
     _check(opts)
     return opts
 
@@ -163,7 +143,7 @@ def _export(target: Path, opts: dict[str, Any]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv, "formats: [onnx]")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     return run_cli("effvit-export", lambda: _main(args), args.debug)
 

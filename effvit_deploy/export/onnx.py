@@ -1,4 +1,6 @@
-"""ONNX export with dynamic batch, height and width through `torch.onnx.export(dynamo=True)`.
+"""The "onnx" format: export with dynamic batch, height and width through
+`torch.onnx.export(dynamo=True)`, its reduced-precision variants, and its `Format` record
+(run and verified by the "onnxruntime" backend).
 
 Height and width are declared as multiples of the patch size (`patch * Dim`), so one graph
 serves every resolution in range, square or not; the legacy TorchScript exporter would bake
@@ -9,17 +11,27 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Any, Callable, Union
+
+import numpy as np
 
 import torch
 from torch import nn
 from torch.export import Dim
 
 from ..atomic import atomic_path
+from ..backends import BACKENDS, ThreadPolicy
 from ..backends.onnxruntime import INPUT_NAME
+from .format import Format, tool_versions
+from .precision import attention_scopes, convert_fp16, mark_attention_math, quantize_int8, quantize_static_int8
 from .resample import portable_resampling
+from .trt_compat import check_tensorrt_compat
+
+if TYPE_CHECKING:
+    from .run import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +162,73 @@ def slim_onnx(src: Union[str, Path], dst: Union[str, Path]) -> Path:
         slim = onnxslim.slim(onnx.load(str(src)))
     onnx.save(slim, str(dst))
     return Path(dst)
+
+
+NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
+         "int8-static": "model.int8-static.onnx"}
+
+
+def ort_predict(path: Union[str, Path], precision: str = "fp32") -> Callable[[np.ndarray], np.ndarray]:
+    """float32 NCHW -> float32 logits of the graph at `path`, through the "onnxruntime" backend
+    (CPU provider, passive threads: verification, not timing)."""
+    entry = {"format": "onnx", "precision": precision}
+    return BACKENDS["onnxruntime"].open(Path(path), entry, None, ThreadPolicy(passive=True))
+
+
+def build(exporter: "Exporter", precision: str) -> dict[str, Any]:
+    """model.onnx (fp32: exported, TensorRT-friendly rewrites, onnxslim'd when still exact,
+    attention math marked) or a variant converted from it (fp16, dynamic or static int8)."""
+    final = exporter.export_dir / NAMES[precision]
+    label = exporter.label("ONNX", precision)
+    extra: dict[str, Any] = {}
+    with atomic_path(final) as tmp:
+        if precision == "fp32":
+            h = exporter.inputs["height"]
+            export_onnx(exporter.model, tmp, sample_size=(h[0], h[0]), max_batch=exporter.inputs["batch"][2],
+                        max_res=h[2], opset=exporter.opset)
+            extra["rewrites"] = make_tensorrt_friendly(tmp, h[0], exporter.card.img_size)
+            scopes = attention_scopes(tmp)  # before onnxslim, which drops the exporter's name scopes
+            extra.update(_slim_if_exact(exporter, tmp, label))
+            extra["attention_nodes_marked"] = mark_attention_math(tmp, scopes)
+        else:
+            src = exporter.export_dir / NAMES["fp32"]
+            if precision == "fp16":
+                extra["fp32_attention_nodes"] = convert_fp16(src, tmp, exporter.card.attention)
+                extra["io_dtype"] = "float32"
+            elif precision == "int8-static":
+                extra["quantization"] = quantize_static_int8(src, tmp, exporter.calibration(), INPUT_NAME)
+            else:
+                quantize_int8(src, tmp)
+        runner = exporter.runner("onnx", tmp, {"format": "onnx", "precision": precision})
+        extra.update(exporter.verify_artifact(runner, precision, label))
+        extra.update(graph_info(tmp))
+        if not precision.startswith("int8"):
+            extra["tensorrt_check"] = check_tensorrt_compat(tmp).as_dict()
+        extra["tool_versions"] = tool_versions()
+        entry = exporter.record("onnx", precision, final, tmp, extra)
+    return entry
+
+
+def _slim_if_exact(exporter: "Exporter", path: Path, label: str) -> dict[str, Any]:
+    """Replace `path` by its onnxslim'd graph when that still passes fp32 parity."""
+    if not exporter.verify:
+        return {"optimized": None}
+    slim = path.with_name(path.name + ".slim")
+    try:
+        slim_onnx(path, slim)
+        exporter.check_parity(exporter.runner("onnx", slim, {"format": "onnx", "precision": "fp32"}), "fp32",
+                              label + " after onnxslim")
+    except Exception as exc:  # noqa: BLE001 - a parity miss or optimiser crash only costs the optimisation
+        slim.unlink(missing_ok=True)
+        log.warning("onnxslim not applied, keeping the unoptimised graph: %s", exc)
+        return {"optimized": None}
+    os.replace(slim, path)
+    return {"optimized": f"onnxslim {tool_versions()['onnxslim']}"}
+
+
+def _sources(precision: str) -> list[tuple[str, str]]:
+    return [] if precision == "fp32" else [("onnx", "fp32")]
+
+
+# Built with torch and onnx alone; onnxruntime is needed to verify it (its import error says so).
+ONNX = Format("onnx", "onnxruntime", build, _sources, needs_runtime=False)

@@ -11,54 +11,45 @@
       model.<prec>.<gpu>.trt<ver>.engine     TensorRT engine (tensorrt.py)
       model.<prec>.torch_trt.ep              Torch-TensorRT exported program (torch_tensorrt.py)
 
-Each artifact is written to a temporary name, verified against PyTorch fp32 (verify.py) and only
-then renamed; a failed check raises ParityError with the figures and leaves nothing behind.
+Each format is a `Format` record in its own module (onnx.py, openvino.py, tensorrt.py,
+torch_tensorrt.py: its builder, the artifacts it is built from, the backend that runs it); this
+module plans the build order, holds the state the builders share (`Exporter`) and writes the
+manifest. Each artifact is written to a temporary name, verified against PyTorch fp32 through
+its backend's `open` (`BACKENDS`; figures: verify.py) and only then renamed; a failed check raises ParityError with the figures and leaves nothing behind.
 Re-running reuses an artifact whose weights hash and options are unchanged (unless `force`).
 """
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import json
 import logging
-import os
-import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from ..atomic import _writer_alive, atomic_path, remove_stale_temps, write_json
-from ..backends import (MANIFEST, ArtifactError, BackendUnavailable, ThreadPolicy, backend_status, check_artifact, file_sha256,
-                        ort_session)
-from ..backends.onnxruntime import INPUT_NAME
-from ..backends.openvino import compiled_runner
-from ..backends.tensorrt import load_engine_runner
-from ..backends.torch_tensorrt import load_torch_tensorrt_runner
+from ..atomic import _writer_alive, remove_stale_temps, write_json
+from ..backends import MANIFEST, ArtifactError, Runner, ThreadPolicy, check_artifact, file_sha256
+from ..stamps import is_current
 from ..runs import ModelCard, load_model_card, load_run, run_name, run_state, unfinished_note, weights_path
-from .onnx import DEFAULT_OPSET, export_onnx, graph_info, make_tensorrt_friendly, slim_onnx
-from .precision import attention_scopes, convert_fp16, mark_attention_math, quantize_int8, quantize_static_int8
-from .trt_compat import check_tensorrt_compat, require_tensorrt_compat
+from .format import ExportUnavailable, Format, tool_versions
+from .onnx import DEFAULT_OPSET, ONNX
+from .openvino import OPENVINO, WORK_PREFIX
+from .tensorrt import TENSORRT
+from .torch_tensorrt import TORCH_TENSORRT
 from .verify import Reference, build_reference, check_accuracy, check_parity, image_reference, parity_resolutions
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "openvino", "tensorrt", "torch-tensorrt")
-PRECISIONS = {"onnx": ("fp32", "fp16", "int8", "int8-static"), "openvino": ("fp32", "int8-static"),
-              "tensorrt": ("fp32", "fp16", "bf16"), "torch-tensorrt": ("fp32", "fp16", "bf16")}
-ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
-              "int8-static": "model.int8-static.onnx"}
-_TOOLS = ("torch", "timm", "onnx", "onnxscript", "onnxruntime", "onnxslim", "openvino")
+# One record per format (export/<format>.py), in the order `--formats` lists them.
+FORMATS: dict[str, Format] = {f.name: f for f in (ONNX, OPENVINO, TENSORRT, TORCH_TENSORRT)}
+PRECISIONS: dict[str, tuple[str, ...]] = {name: f.precisions for name, f in FORMATS.items()}
 CALIBRATION_IMAGES = 64
 # Bumped when the graphs' contents change for the same options (2: attention-math nodes marked
 # for fp16), so artifacts of an older effvit-deploy are rebuilt, not reused.
 ARTIFACT_LAYOUT = 2
-
-
-WORK_PREFIX = ".openvino."  # + PID + "." + random: the OpenVINO conversion's work folder
 
 
 def remove_stale_work(export_dir: Path) -> list[Path]:
@@ -81,33 +72,9 @@ def remove_stale_work(export_dir: Path) -> list[Path]:
     return removed
 
 
-class ExportUnavailable(BackendUnavailable):
-    """A requested format cannot be built on this machine; the message says how to fix it."""
-
-
-def tool_versions(*extra: str) -> dict[str, Optional[str]]:
-    """Installed versions of the export toolchain (None when absent)."""
-    out: dict[str, Optional[str]] = {"python": platform.python_version()}
-    for name in (*_TOOLS, *extra):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def ort_predict(path: Union[str, Path]) -> Callable[[np.ndarray], np.ndarray]:
-    """float32 NCHW -> float32 logits through ONNX Runtime's CPU provider."""
-    session = ort_session(path, policy=ThreadPolicy(passive=True), quiet=True)  # verification, not timing
-    name = session.get_inputs()[0].name
-    return lambda x: np.asarray(session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0], dtype=np.float32)
-
-
 def _check_available(formats: Sequence[str]) -> None:
     for fmt in formats:
-        if fmt == "onnx":
-            continue
-        reason = backend_status(fmt)
+        reason = FORMATS[fmt].unavailable()
         if reason is not None:
             raise ExportUnavailable(f"cannot build {fmt} artifacts here: {reason}")
 
@@ -144,15 +111,8 @@ def _plan(formats: Sequence[str], precisions: Sequence[str], int8: bool) -> list
             raise ValueError(f"{', '.join(formats)} has no {prec} precision; valid: {', '.join(valid)}")
     for fmt in formats:
         for prec in precisions:
-            if prec not in PRECISIONS[fmt]:
-                continue
-            if fmt == "tensorrt":
-                plan += [("onnx", "fp32"), ("onnx", "fp16" if prec == "fp16" else "fp32")]
-            if fmt == "openvino":
-                plan += [("onnx", "fp32"), ("onnx", prec)]
-            if fmt == "onnx" and prec != "fp32":
-                plan.append(("onnx", "fp32"))
-            plan.append((fmt, prec))
+            if prec in PRECISIONS[fmt]:
+                plan += [*FORMATS[fmt].sources(prec), (fmt, prec)]
     if int8:
         plan += [("onnx", "fp32"), ("onnx", "int8"), ("onnx", "int8-static")]
         if "openvino" in formats:
@@ -160,8 +120,9 @@ def _plan(formats: Sequence[str], precisions: Sequence[str], int8: bool) -> list
     return list(dict.fromkeys(plan))
 
 
-class _Exporter:
-    """Builds, verifies and records artifacts for one run; state shared across them."""
+class Exporter:
+    """Builds, verifies and records artifacts for one run; the state every format's `build`
+    shares (model, card, input profile, PyTorch reference, manifest entries so far)."""
 
     def __init__(self, run_dir: Path, inputs: dict[str, list[int]], opset: int, verify: bool, force: bool, eval_limit: int,
                  calibration_images: int = CALIBRATION_IMAGES):
@@ -200,20 +161,14 @@ class _Exporter:
                   "inputs": self.inputs, "opset": self.opset, "verified": self.verify, "layout": ARTIFACT_LAYOUT}
         if precision == "int8-static":
             source["calibration_images"] = self.calibration_images
-        if fmt == "openvino":
-            source["toolchain"] = tool_versions()
-        if fmt in ("tensorrt", "torch-tensorrt"):
-            import torch
-
-            source["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-            source["toolchain"] = tool_versions("tensorrt", "torch_tensorrt")
+        source.update(FORMATS[fmt].stamp())
         return source
 
     def reusable(self, fmt: str, precision: str) -> Optional[dict[str, Any]]:
         """The previous entry when its source (weights, options) is unchanged and its files are
         those export wrote (`check_artifact`); otherwise None and the artifact is rebuilt."""
         entry = self.entries.get((fmt, precision))
-        if self.force or entry is None or entry.get("source") != self.source(fmt, precision):
+        if self.force or entry is None or not is_current(entry.get("source"), self.source(fmt, precision)):
             return None
         try:
             check_artifact(self.run_dir, entry, self.previous)
@@ -226,6 +181,19 @@ class _Exporter:
         """Entries of the manifest not built from the current weights (kept, refused by bench and demo)."""
         return [f"{e['format']}/{e['precision']}" for e in self.entries.values()
                 if (e.get("source") or {}).get("weights_sha256") != self.weights_sha256]
+
+    def label(self, kind: str, precision: str) -> str:
+        """How messages name an artifact: 'ONNX fp16 (digits-exact)'."""
+        return f"{kind} {precision} ({run_name(self.run_dir)})"
+
+    def runner(self, fmt: str, path: Path, entry: dict[str, Any]) -> Runner:
+        """The artifact at `path` (maybe not yet in the manifest) opened by the backend that
+        runs `fmt` (`BACKENDS`), with passive threads: verification, not timing."""
+        return FORMATS[fmt].runtime.open(Path(path), entry, self.card, ThreadPolicy(passive=True))
+
+    def check_parity(self, predict, precision: str, label: str) -> dict[str, Any]:
+        """`verify.check_parity` against this run's reference (raises ParityError)."""
+        return check_parity(predict, self.reference, precision, label)
 
     def verify_artifact(self, predict, precision: str, label: str) -> dict[str, Any]:
         if not self.verify:
@@ -256,63 +224,11 @@ class _Exporter:
             self.reused.add((fmt, precision))
             return reused
         started = time.perf_counter()
-        if fmt == "onnx":
-            entry = self._onnx(precision)
-        elif fmt == "openvino":
-            entry = self._openvino(precision)
-        elif fmt == "tensorrt":
-            entry = self._tensorrt(precision)
-        else:
-            entry = self._torch_tensorrt(precision)
+        entry = FORMATS[fmt].build(self, precision)
         entry["build_s"] = round(time.perf_counter() - started, 2)
         self.entries[(fmt, precision)] = entry
         self.write_manifest()
         return entry
-
-    def _onnx(self, precision: str) -> dict[str, Any]:
-        final = self.export_dir / ONNX_NAMES[precision]
-        label = f"ONNX {precision} ({run_name(self.run_dir)})"
-        extra: dict[str, Any] = {}
-        with atomic_path(final) as tmp:
-            if precision == "fp32":
-                h = self.inputs["height"]
-                export_onnx(self.model, tmp, sample_size=(h[0], h[0]), max_batch=self.inputs["batch"][2],
-                            max_res=h[2], opset=self.opset)
-                extra["rewrites"] = make_tensorrt_friendly(tmp, h[0], self.card.img_size)
-                scopes = attention_scopes(tmp)  # before onnxslim, which drops the exporter's name scopes
-                extra.update(self._slim_if_exact(tmp, label))
-                extra["attention_nodes_marked"] = mark_attention_math(tmp, scopes)
-            else:
-                src = self.export_dir / ONNX_NAMES["fp32"]
-                if precision == "fp16":
-                    extra["fp32_attention_nodes"] = convert_fp16(src, tmp, self.card.attention)
-                    extra["io_dtype"] = "float32"
-                elif precision == "int8-static":
-                    extra["quantization"] = quantize_static_int8(src, tmp, self.calibration(), INPUT_NAME)
-                else:
-                    quantize_int8(src, tmp)
-            extra.update(self.verify_artifact(ort_predict(tmp), precision, label))
-            extra.update(graph_info(tmp))
-            if not precision.startswith("int8"):
-                extra["tensorrt_check"] = check_tensorrt_compat(tmp).as_dict()
-            extra["tool_versions"] = tool_versions()
-            entry = self.record("onnx", precision, final, tmp, extra)
-        return entry
-
-    def _slim_if_exact(self, path: Path, label: str) -> dict[str, Any]:
-        """Replace `path` by its onnxslim'd graph when that still passes fp32 parity."""
-        if not self.verify:
-            return {"optimized": None}
-        slim = path.with_name(path.name + ".slim")
-        try:
-            slim_onnx(path, slim)
-            check_parity(ort_predict(slim), self.reference, "fp32", label + " after onnxslim")
-        except Exception as exc:  # noqa: BLE001 - a parity miss or optimiser crash only costs the optimisation
-            slim.unlink(missing_ok=True)
-            log.warning("onnxslim not applied, keeping the unoptimised graph: %s", exc)
-            return {"optimized": None}
-        os.replace(slim, path)
-        return {"optimized": f"onnxslim {tool_versions()['onnxslim']}"}
 
     @functools.cache
     def calibration(self) -> np.ndarray:
@@ -327,62 +243,6 @@ class _Exporter:
         images = subset.validation_subset(self.card, self.calibration_images, split="train")
         return np.concatenate([x.numpy() for x, _, _ in DataLoader(images, batch_size=32, collate_fn=collate_skip_bad)
                                if len(x)]).astype(np.float32)
-
-    def _openvino(self, precision: str) -> dict[str, Any]:
-        """OpenVINO IR (xml + bin) converted from the verified ONNX graph of `precision`."""
-        import openvino as ov
-
-        onnx_entry = self.entries[("onnx", precision)]
-        stem = "model.openvino" if precision == "fp32" else f"model.{precision}.openvino"
-        final, final_bin = self.export_dir / f"{stem}.xml", self.export_dir / f"{stem}.bin"
-        label = f"OpenVINO {precision} ({run_name(self.run_dir)})"
-        with tempfile.TemporaryDirectory(dir=self.export_dir, prefix=f"{WORK_PREFIX}{os.getpid()}.") as work:
-            xml = Path(work) / f"{stem}.xml"
-            ov.save_model(ov.convert_model(self.export_dir / onnx_entry["path"]), xml, compress_to_fp16=False)
-            runner = compiled_runner(xml, precision, self.card, ThreadPolicy(passive=True))
-            extra = {**self.verify_artifact(runner, precision, label), "onnx": onnx_entry["path"],
-                     "tool_versions": tool_versions()}
-            del runner
-            bin_sha, bin_bytes = file_sha256(xml.with_suffix(".bin")), xml.with_suffix(".bin").stat().st_size
-            with atomic_path(final_bin) as tmp_bin:
-                os.replace(xml.with_suffix(".bin"), tmp_bin)
-            extra["weights_file"] = {"path": final_bin.name, "sha256": bin_sha, "bytes": bin_bytes}
-            with atomic_path(final) as tmp:
-                os.replace(xml, tmp)
-                entry = self.record("openvino", precision, final, tmp, extra)
-        entry["bytes"] += bin_bytes  # the artifact is the xml and its weights
-        return entry
-
-    def _tensorrt(self, precision: str) -> dict[str, Any]:
-        from . import tensorrt as trt_export
-
-        onnx_entry = self.entries[("onnx", "fp16" if precision == "fp16" else "fp32")]
-        onnx_path = self.export_dir / onnx_entry["path"]
-        require_tensorrt_compat(onnx_path)
-        final = self.export_dir / trt_export.engine_filename(precision)
-        label = f"TensorRT {precision} ({run_name(self.run_dir)})"
-        with atomic_path(final) as tmp:
-            info = trt_export.build_engine(onnx_path, tmp, precision, self.inputs, self.export_dir / "trt_cache")
-            entry = {"format": "tensorrt", "precision": precision, "inputs": self.inputs, **info}
-            runner = load_engine_runner(tmp, entry, self.card, precision)
-            extra = {**info, **self.verify_artifact(runner, precision, label),
-                     "onnx": onnx_entry["path"], "tool_versions": tool_versions("tensorrt")}
-            entry = self.record("tensorrt", precision, final, tmp, extra)
-        return entry
-
-    def _torch_tensorrt(self, precision: str) -> dict[str, Any]:
-        from . import torch_tensorrt as tt_export
-
-        final = self.export_dir / f"model.{precision}.torch_trt.ep"
-        label = f"Torch-TensorRT {precision} ({run_name(self.run_dir)})"
-        with atomic_path(final) as tmp:
-            info = tt_export.compile_and_save(self.model, tmp, precision, self.inputs)
-            entry = {"format": "torch-tensorrt", "precision": precision, "inputs": self.inputs, **info}
-            runner = load_torch_tensorrt_runner(tmp, entry, self.card, precision)
-            extra = {**info, **self.verify_artifact(runner, precision, label),
-                     "tool_versions": tool_versions("tensorrt", "torch_tensorrt")}
-            entry = self.record("torch-tensorrt", precision, final, tmp, extra)
-        return entry
 
     def manifest(self) -> dict[str, Any]:
         card = self.card
@@ -441,7 +301,7 @@ def export_run(
     plan = _plan(formats, precisions, int8)
     _check_available({fmt for fmt, _ in plan})
     inputs = _resolve_profile(load_model_card(run_dir), min_res, opt_res, max_res, max_batch)
-    exporter = _Exporter(run_dir, inputs, opset, verify, force, eval_limit)
+    exporter = Exporter(run_dir, inputs, opset, verify, force, eval_limit)
     note = unfinished_note(run_dir)
     if note:
         log.warning("%s; exporting it anyway (recorded as run_state in the manifest)", note)

@@ -1,4 +1,5 @@
-"""TensorRT engines built from the exported ONNX graph (their runner: effvit_deploy/backends/tensorrt.py).
+"""The "tensorrt" format: engines built from the exported ONNX graph (their runner, which also
+verifies them: effvit_deploy/backends/tensorrt.py).
 
 Built with the TensorRT Python API (builder -> ONNX parser -> one optimisation profile over
 batch, height and width -> serialised engine), following NVIDIA's TensorRT samples
@@ -20,14 +21,18 @@ with the install hint.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
-from ..atomic import write_bytes
+from ..atomic import atomic_path, write_bytes
 from ..backends import BackendUnavailable, import_gpu_package, profile_shapes
 from ..backends.tensorrt import gpu_slug, trt_major
-from .trt_compat import TensorRTIncompatible
+from .format import Format, gpu_stamp, tool_versions
+from .trt_compat import TensorRTIncompatible, require_tensorrt_compat
+
+if TYPE_CHECKING:
+    from .run import Exporter
 
 
 def engine_filename(precision: str) -> str:
@@ -89,3 +94,29 @@ def build_engine(
         "timing_cache_reused": bool(cached),
         "device_memory_bytes": int(memory if memory is not None else engine.device_memory_size),
     }
+
+
+def _onnx_precision(precision: str) -> str:
+    """The ONNX graph an engine of `precision` is parsed from (fp16 from the fp16 graph)."""
+    return "fp16" if precision == "fp16" else "fp32"
+
+
+def build(exporter: "Exporter", precision: str) -> dict[str, Any]:
+    """A serialised engine of `precision` from the verified ONNX graph, checked for TensorRT first."""
+    onnx_entry = exporter.entries[("onnx", _onnx_precision(precision))]
+    onnx_path = exporter.export_dir / onnx_entry["path"]
+    require_tensorrt_compat(onnx_path)
+    final = exporter.export_dir / engine_filename(precision)
+    label = exporter.label("TensorRT", precision)
+    with atomic_path(final) as tmp:
+        info = build_engine(onnx_path, tmp, precision, exporter.inputs, exporter.export_dir / "trt_cache")
+        runner = exporter.runner("tensorrt", tmp, {"format": "tensorrt", "precision": precision,
+                                                    "inputs": exporter.inputs, **info})
+        extra = {**info, **exporter.verify_artifact(runner, precision, label),
+                 "onnx": onnx_entry["path"], "tool_versions": tool_versions("tensorrt")}
+        entry = exporter.record("tensorrt", precision, final, tmp, extra)
+    return entry
+
+
+TENSORRT = Format("tensorrt", "tensorrt", build,
+                  sources=lambda precision: [("onnx", "fp32"), ("onnx", _onnx_precision(precision))], stamp=gpu_stamp)

@@ -1,5 +1,5 @@
-"""Torch-TensorRT (dynamo) compilation saved as an exported program (its runner:
-effvit_deploy/backends/torch_tensorrt.py).
+"""The "torch-tensorrt" format: Torch-TensorRT (dynamo) compilation saved as an exported
+program (its runner, which also verifies it: effvit_deploy/backends/torch_tensorrt.py).
 
 The model is first captured by `torch.export` with the same dynamic batch / patch-multiple
 height and width as the ONNX export (`onnx.dynamic_shapes`), then compiled by
@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_path
 from ..backends import TORCH_DTYPES, import_gpu_package, profile_shapes
 from ..backends.tensorrt import trt_major
+from .format import Format, gpu_stamp, tool_versions
 from .onnx import dynamic_shapes
 from .resample import portable_resampling
+
+if TYPE_CHECKING:
+    from .run import Exporter
 
 
 def compile_and_save(model: nn.Module, path: Union[str, Path], precision: str, inputs: dict[str, list[int]]) -> dict[str, Any]:
@@ -53,3 +58,20 @@ def compile_and_save(model: nn.Module, path: Union[str, Path], precision: str, i
         "gpu": torch.cuda.get_device_name(),
         "input_dtype": str(in_dtype).replace("torch.", ""),
     }
+
+
+def build(exporter: "Exporter", precision: str) -> dict[str, Any]:
+    """model.PRECISION.torch_trt.ep compiled from the run's PyTorch model."""
+    final = exporter.export_dir / f"model.{precision}.torch_trt.ep"
+    label = exporter.label("Torch-TensorRT", precision)
+    with atomic_path(final) as tmp:
+        info = compile_and_save(exporter.model, tmp, precision, exporter.inputs)
+        runner = exporter.runner("torch-tensorrt", tmp, {"format": "torch-tensorrt", "precision": precision,
+                                                          "inputs": exporter.inputs, **info})
+        extra = {**info, **exporter.verify_artifact(runner, precision, label),
+                 "tool_versions": tool_versions("tensorrt", "torch_tensorrt")}
+        entry = exporter.record("torch-tensorrt", precision, final, tmp, extra)
+    return entry
+
+
+TORCH_TENSORRT = Format("torch-tensorrt", "torch-tensorrt", build, stamp=gpu_stamp)

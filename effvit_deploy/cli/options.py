@@ -1,0 +1,67 @@
+"""One way to read a command's options: a YAML file of long option names (`--config`) becomes
+the parser's defaults (`set_defaults`) and the command line overrides it.
+
+    effvit-bench --config serve/bench_cpu_vits.yaml --repeats 2
+    effvit-export runs/x --config export/tensorrt.yaml --max-res 512
+
+A key is a long option name with `_` or `-` (`batch_sizes`, `max-res`); a list is read as the
+option's comma list and a mapping as `key:value` pairs, each through the option's own `type`, so a
+value written as text means the same in the file as on the command line. One key check for every command: a key
+that names no option, a file that is missing, not YAML or not a mapping is a usage error (exit 2)
+naming the file.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+_NOT_KEYS = ("help", "config", "debug")
+
+
+def _value(action: argparse.Action, value: Any) -> Any:
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    elif isinstance(value, dict):
+        value = ",".join(f"{k}:{v}" for k, v in value.items())
+    if action.type is None or isinstance(value, bool) or value is None:
+        return value
+    if not isinstance(value, str):  # a YAML number stays as read, unless the option takes a list (`resolutions: 224`)
+        converted = action.type(str(value))
+        return converted if isinstance(converted, (list, dict)) else value
+    if action.nargs in ("*", "+"):
+        return [action.type(part.strip()) for part in str(value).split(",") if part.strip()]
+    return action.type(value)
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[list[str]], example: str) -> argparse.Namespace:
+    """Parse `argv`; when `--config FILE` is given, FILE's keys become defaults and `argv` is parsed
+    again so that flags override them. `example` ("resolutions: [224]") goes into the message for a
+    file that is not a mapping. Exits 2 through `parser.error` on a bad file or key."""
+    args = parser.parse_args(argv)
+    if not getattr(args, "config", None):
+        return args
+    path = Path(args.config)
+    if not path.is_file():
+        parser.error(f"--config {path} {'is a folder, expected a file' if path.is_dir() else 'does not exist'}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        parser.error(f"--config {path} is not valid YAML ({' '.join(str(exc).split())})")
+    if not isinstance(raw, dict):
+        parser.error(f"--config {path} must be a mapping of option names to values, e.g. {example}")
+    actions = {a.dest: a for a in parser._actions if a.dest not in _NOT_KEYS}
+    unknown = sorted({str(k).replace("-", "_") for k in raw} - set(actions))
+    if unknown:
+        parser.error(f"{path}: unknown keys {', '.join(unknown)}; use long option names: {', '.join(sorted(actions))}")
+    defaults = {}
+    for key, value in raw.items():
+        key = str(key).replace("-", "_")
+        try:
+            defaults[key] = _value(actions[key], value)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            parser.error(f"--config {path}: {key}: {exc}")
+    parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
