@@ -129,16 +129,22 @@ def _run_identity(run: Path) -> dict[str, Any]:
     return {"run": str(run), "config": (run / "config.yaml").read_text(), "summary": (run / "summary.json").read_text()}
 
 
+def _stamp(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {"digest": _digest(inputs), "options": inputs.get("options")}
+
+
 def _is_current(directory: Path, inputs: dict[str, Any]) -> bool:
-    """True when `directory` holds a result built from exactly these inputs."""
-    path = directory / FINGERPRINT
-    return path.is_file() and json.loads(path.read_text()).get("digest") == _digest(inputs)
+    """True when `directory` holds a result built from exactly these inputs (`stamps.is_current`)."""
+    from .stamps import is_current
+
+    return is_current(directory / FINGERPRINT, _stamp(inputs),
+                      covers=lambda recorded, wanted: recorded.get("digest") == wanted["digest"])
 
 
 def _record_inputs(directory: Path, inputs: dict[str, Any]) -> None:
-    from .atomic import write_json
+    from .stamps import write_stamp
 
-    write_json(directory / FINGERPRINT, {"digest": _digest(inputs), "options": inputs.get("options")})
+    write_stamp(directory / FINGERPRINT, _stamp(inputs))
 
 
 def train_current(recipe: Path, attention: str, out: Path, overrides: list[str], redo: bool) -> Path:

@@ -38,7 +38,7 @@ def divergence_hint(t: "Trainer") -> str:
     """The knobs that stop a divergence, with their current values."""
     lr = t.optimizer.param_groups[-1]["lr"]
     hint = f"lower optim.lr (now {lr:.3g} at this step)"
-    hint += f", set clip_grad (now off), e.g. clip_grad=1.0" if not t.clip_grad else f", lower clip_grad (now {t.clip_grad:g})"
+    hint += ", set clip_grad (now off), e.g. clip_grad=1.0" if not t.clip_grad else f", lower clip_grad (now {t.clip_grad:g})"
     if t.amp_dtype is not None:
         hint += f" or train without AMP (amp.enabled=false; now {str(t.amp_dtype).replace('torch.', '')})"
     return hint
