@@ -198,7 +198,7 @@ def test_fp16_export_keeps_attention_in_fp32_and_matches_on_real_images(attentio
     """q/k scaled by 8: the fp16 graph marks every attention-math node, keeps them fp32 with no
     fp16 round trip between them, and matches fp32 on 64 digits validation images within the
     fp16 tolerance (rel 1e-2). For Performer the control, the same graph converted without the
-    marks (what 0.3.0 did after onnxslim), is outside that tolerance on the same images."""
+    marks (what 0.3.0 did after onnxslim), is further from fp32 on the same images."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -236,7 +236,10 @@ def test_fp16_export_keeps_attention_in_fp32_and_matches_on_real_images(attentio
         onnx.save(unmarked, str(tmp_path / "unmarked.onnx"))
         got = ort_predict(tmp_path / "unmarked.onnx")(images)
         rel = np.abs(got - reference).max() / np.abs(reference).max()
-        assert rel > TOLERANCES["fp16"]["rel"], rel
+        # 0.3.0's Performer (feature maps and key sums in the graph) was outside the tolerance
+        # here; the SDPA form's log-mass normaliser no longer underflows, so the unmarked graph is
+        # now within it (measured: 9.7e-3) and the marks still make it closer (6.8e-3).
+        assert image["rel"] < rel, (image["rel"], rel)
 
 
 @pytest.mark.slow  # an ONNX export end to end
