@@ -61,7 +61,7 @@ def load_bound_model(run_dir: Union[str, Path]) -> nn.Module:
 
 def _export(run_dir: Path, formats: Sequence[str], min_res: int, max_res: int, max_batch: int) -> list[dict[str, Any]]:
     """The bound's ONNX graph (and OpenVINO IR) and manifest entries, as `effvit-export` writes a variant's."""
-    from ..export.onnx import export_onnx, make_tensorrt_friendly
+    from ..export import export_onnx, make_tensorrt_friendly
     from ..backends import file_sha256
 
     model, card = load_run(run_dir)
