@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_tiny_run  # noqa: E402  (the tests' tiny run: same model, no training)
+from conftest import make_large_activation_run  # noqa: E402  (the tests' tiny run, q/k scaled)
 
 from effvit_deploy.atomic import write_json, write_text  # noqa: E402
 from effvit_deploy.environment import environment  # noqa: E402
@@ -33,21 +33,13 @@ from effvit_deploy.export import ParityError, export_run  # noqa: E402
 from effvit_deploy.export.precision import FP32_OPS  # noqa: E402
 from effvit_deploy.export.onnx import ort_predict  # noqa: E402
 from effvit_deploy.export.verify import _torch_logits, load_validation  # noqa: E402
-from effvit_deploy.runs import load_run, save_weights  # noqa: E402
+from effvit_deploy.runs import load_run  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def _scaled_run(root: Path, attention: str, scale: float) -> Path:
-    run = make_tiny_run(root / f"{attention}-x{scale:g}", attention)
-    model, _ = load_run(run)
-    with torch.no_grad():
-        for block in model.blocks:
-            dim = block.attn.qkv.in_features
-            block.attn.qkv.weight[: 2 * dim] *= scale
-            block.attn.qkv.bias[: 2 * dim] *= scale
-    save_weights(model, run / "checkpoints" / "best.safetensors")
-    return run
+    return make_large_activation_run(root / f"{attention}-x{scale:g}", attention, scale)
 
 
 def _unmarked_error(run: Path, images: np.ndarray, reference: np.ndarray, work: Path) -> float:

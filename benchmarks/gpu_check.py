@@ -28,7 +28,6 @@ figures of a toy model, evidence only that the path works, never a GPU figure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import defaultdict

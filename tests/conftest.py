@@ -48,6 +48,22 @@ def make_tiny_run(run_dir: Path, attention: str, num_classes: int = 10, top1: fl
     return write_run(run_dir, model, card, summary)
 
 
+def make_large_activation_run(run_dir: Path, attention: str, scale: float = 8.0) -> Path:
+    """`make_tiny_run` with every block's q and k rows (weights and biases) scaled by `scale`:
+    the large-norm, peaked attention trained models reach, for fp16 and parity checks."""
+    from effvit_deploy.runs import load_run, save_weights
+
+    run = make_tiny_run(run_dir, attention)
+    model, _ = load_run(run)
+    with torch.no_grad():
+        for block in model.blocks:
+            dim = block.attn.qkv.in_features
+            block.attn.qkv.weight[: 2 * dim] *= scale
+            block.attn.qkv.bias[: 2 * dim] *= scale
+    save_weights(model, run / "checkpoints" / "best.safetensors")
+    return run
+
+
 @pytest.fixture(params=sorted(ATTENTIONS))
 def attention(request) -> str:
     return request.param

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_run, tiny_model
+from conftest import make_large_activation_run, make_tiny_run, tiny_model
 from effvit_deploy.cli import train as train_cli
 from effvit_deploy.export.verify import ParityError, Reference, check_accuracy, check_parity
 from effvit_deploy.runs import save_weights
@@ -179,17 +179,7 @@ def test_bench_accuracy_of_nan_logits_is_none_not_the_training_figure(tmp_path):
 
 def _large_activation_run(root: Path, attention: str, scale: float = 8.0) -> Path:
     """A tiny run whose q and k rows are scaled by `scale` (trained models reach such norms)."""
-    from effvit_deploy.runs import load_run
-
-    run = make_tiny_run(root / f"large-{attention}", attention)
-    model, _ = load_run(run)
-    with torch.no_grad():
-        for block in model.blocks:
-            dim = block.attn.qkv.in_features
-            block.attn.qkv.weight[: 2 * dim] *= scale
-            block.attn.qkv.bias[: 2 * dim] *= scale
-    save_weights(model, run / "checkpoints" / "best.safetensors")
-    return run
+    return make_large_activation_run(root / f"large-{attention}", attention, scale)
 
 
 @pytest.mark.slow  # an ONNX export end to end

@@ -2,7 +2,6 @@
 paired tests and image counts, and parse as GitHub-flavoured Markdown tables."""
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -78,7 +77,6 @@ def _acc(top1, images=1000, correct=None):
 
 def test_study_table_has_intervals_paired_tests_and_counts_and_parses_as_tables(built):
     root, recipe, source, study = built
-    exact = "tiny-exact"
     evals = {source.name: {"32": _acc(0.9, correct="1" * 900 + "0" * 100)}}
     rows = pipeline.study_rows([source], evals)
     rows[0]["zero_shot_top1"] = 0.1
