@@ -47,6 +47,8 @@ counted with each FlexAttention call as its one kernel (benchmarks/results/atten
 """
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import functools
 from typing import Sequence, Union
 
@@ -123,6 +125,18 @@ def _div(x: torch.Tensor, n) -> torch.Tensor:
 
 class AtrousAttention(TimmAttention):
     """Gated fusion of regional and dilated window attention; prefix tokens attend globally."""
+
+    display_rank = 4
+    tiny_settings = MappingProxyType({"window_size": 2, "dilations": (1, 2)})
+
+    @classmethod
+    def error_budgets(cls, grid: int) -> list[dict]:
+        """Windows of a quarter and half of the training grid with rates (1, 2, 3), the quarter
+        window with ACC-ViT's power-of-two rates, and one window over the whole grid (exact)."""
+        return [{"window_size": max(2, grid // 4), "dilations": (1, 2, 3)},
+                {"window_size": max(2, grid // 4), "dilations": "pow2"},
+                {"window_size": max(2, grid // 2), "dilations": (1, 2, 3)},
+                {"window_size": grid, "dilations": (1,)}]
 
     def __init__(
         self,

@@ -7,7 +7,8 @@ pretrained timm ViT's weights load unchanged (timm/layers/attention.py).
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Union
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -81,6 +82,22 @@ class TimmAttention(nn.Module):
     """
 
     supports_masks = False
+    # Facts about a mechanism that the other stages read from its class (one place each):
+    #: rank in every table and plot (exact first, then the mechanisms by the year of their paper)
+    display_rank: int = 99
+    #: whether an fp16 export keeps this mechanism's attention nodes in fp32 (its normalisers or
+    #: landmark kernels leave fp16's range on a trained model's activations; export/precision.py)
+    computes_in_fp32: bool = False
+    #: constructor settings that fit a 4x4 patch grid (64 px, patch 16): the tests' tiny models
+    tiny_settings: Mapping[str, Any] = MappingProxyType({})
+
+    @classmethod
+    def error_budgets(cls, grid: int) -> list[dict[str, Any]]:
+        """Constructor settings (budgets) for the approximation-error table of a model trained
+        on a grid x grid patch grid (14 for ViT-S/16 at 224 px), smallest budget first; empty
+        for the exact reference. Budgets that grow with the grid end at the mechanism's exact
+        limit (effvit_deploy.approximation)."""
+        return []
 
     def __init__(
         self,

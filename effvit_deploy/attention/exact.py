@@ -16,6 +16,8 @@ from .base import TimmAttention
 class ExactAttention(TimmAttention):
     """Softmax attention over all N tokens: O(N^2) time, O(N) memory with fused kernels."""
 
+    display_rank = 0
+
     supports_masks = True
 
     def attend(

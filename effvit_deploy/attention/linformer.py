@@ -20,6 +20,8 @@ Choices beyond the paper, so the module is a ViT drop-in:
 """
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import math
 
 import torch
@@ -58,6 +60,16 @@ def resample_projection(proj: torch.Tensor, grid: tuple) -> torch.Tensor:
 
 class LinformerAttention(TimmAttention):
     """Low-rank attention: patch keys/values projected to `proj_len` rows along the sequence."""
+
+    display_rank = 1
+    tiny_settings = MappingProxyType({"proj_len": 8})
+
+    @classmethod
+    def error_budgets(cls, grid: int) -> list[dict]:
+        """Projection lengths of 1/16, 1/4 and all of the training grid's cells (the last is
+        full rank: exact attention)."""
+        cells = grid * grid
+        return [{"proj_len": p} for p in sorted({max(1, cells // 16), max(1, cells // 4), cells})]
 
     def __init__(
         self,

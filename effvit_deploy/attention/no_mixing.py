@@ -24,6 +24,8 @@ from .base import TimmAttention
 class NoTokenMixing(TimmAttention):
     """A token mixer that mixes nothing: the projections of attention without the attention."""
 
+    display_rank = 98  # the bound: after every mechanism
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         return v
 

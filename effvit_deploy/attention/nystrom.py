@@ -66,6 +66,8 @@ kernel 33) is zero-initialised so a pretrained ViT starts unchanged.
 """
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import functools
 import logging
 import math
@@ -186,6 +188,17 @@ def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None,
 
 class NystromAttention(TimmAttention):
     """Landmark (Nystrom) attention: `landmarks` pooled patch landmarks plus the prefix tokens."""
+
+    display_rank = 3
+    computes_in_fp32 = True
+    tiny_settings = MappingProxyType({"landmarks": 8, "conv_kernel": 3})
+
+    @classmethod
+    def error_budgets(cls, grid: int) -> list[dict]:
+        """16-128 landmarks without the value convolution (the approximation alone), and 16 and 64
+        landmarks with 64 pseudo-inverse iterations (the default is 8)."""
+        return [*({"landmarks": m, "conv_kernel": 0} for m in (16, 32, 64, 128)),
+                *({"landmarks": m, "pinv_iterations": 64, "conv_kernel": 0} for m in (16, 64))]
 
     def __init__(
         self,

@@ -39,6 +39,8 @@ lucidrains/performer-pytorch.
 """
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import math
 
 import torch
@@ -62,6 +64,15 @@ def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator)
 
 class PerformerAttention(TimmAttention):
     """Linear-time softmax-kernel attention with `num_features` positive random features."""
+
+    display_rank = 2
+    computes_in_fp32 = True
+    tiny_settings = MappingProxyType({"num_features": 32})
+
+    @classmethod
+    def error_budgets(cls, grid: int) -> list[dict]:
+        """64, 256 (the paper's) and 1,024 random features."""
+        return [{"num_features": m} for m in (64, 256, 1024)]
 
     def __init__(
         self,
