@@ -9,7 +9,13 @@ ViT-S/16 (12 blocks) at 512 px (1,025 tokens), batch 2, under `torch.inference_m
   embedding and head are spread over the blocks, the same for every mechanism);
 - bytes written: the bytes of every tensor an op writes, in MiB: fresh outputs and in-place or
   out= targets; views and inputs handed back unchanged (eval-mode dropout, no-op casts) write
-  nothing and are not counted.
+  nothing and are not counted;
+- peak memory at inference: the most bytes held at once by tensors the forward allocates (every
+  fresh storage counts from the op that creates it until it is freed; weights and the input
+  are not counted), the quantity a caching GPU allocator's peak follows;
+- peak memory in training: the same over one bf16-autocast forward and backward of the loss
+  (the sum of the logits) at `--train-resolution` (default 1024 px, 4,097 tokens), batch 1, no
+  optimizer step: activations saved for backward, the gradients and every temporary.
 
 Subjects: each mechanism with its defaults; `atrous-flex`, atrous's CUDA path (FlexAttention with
 a block mask) with each FlexAttention call counted as the one fused kernel it compiles to there
@@ -30,6 +36,7 @@ import platform
 import subprocess
 import sys
 import types
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,43 @@ MECHANISMS = ("exact", "linformer", "performer", "nystrom", "atrous")
 BOUND = "attention-free"
 FLEX = "atrous-flex"  # atrous's CUDA path: one compiled FlexAttention kernel per branch
 MIB = 2**20
+
+
+class PeakMemory(TorchDispatchMode):
+    """The peak of the bytes held by storages that ops allocate while the mode is active.
+
+    A storage counts from the op that returns it fresh until Python frees it (a finalizer on the
+    storage), so temporaries freed inside a layer count while they live, exactly as on a caching
+    allocator; storages that existed before (weights, inputs) never count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._tracked: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._tracked.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat, _ = tree_flatten(out)
+        for t in flat:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            key = id(storage)
+            if key in self._tracked or storage.nbytes() == 0:
+                continue
+            if any(storage.data_ptr() == a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
+                   if isinstance(a, torch.Tensor)):
+                continue  # an input's storage handed back (views, in-place ops)
+            self._tracked.add(key)
+            self.live += storage.nbytes()
+            weakref.finalize(storage, self._release, key, storage.nbytes())
+        self.peak = max(self.peak, self.live)
+        return out
 
 
 class CountOps(TorchDispatchMode):
@@ -86,15 +130,32 @@ def make_model(attention: str, depth: int, img_size: int, **kwargs: Any) -> torc
     return model
 
 
+class _FlexKernel(torch.autograd.Function):
+    """Stands in for one compiled FlexAttention kernel: writes its [B, heads, N, head_dim] output
+    and, when autograd records it, saves its [B, heads, N] log-sum-exp for the backward kernel,
+    which writes dq, dk, dv (as the compiled forward and backward kernels do on CUDA)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, lse)
+        return torch.empty_like(q)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 @contextlib.contextmanager
 def flex_as_one_kernel():
     """Atrous takes its CUDA path on the CPU, each FlexAttention call standing in as the one
-    fused kernel it compiles to there: one op writing its [B, heads, H * W, head_dim] output."""
+    fused kernel it compiles to there (`_FlexKernel`)."""
     from effvit_deploy.attention import atrous
 
     saved = atrous.use_flex, atrous._flex_attention
     atrous.use_flex = lambda q: True
-    atrous._flex_attention = lambda q, k, v, score_mod=None, block_mask=None: torch.empty_like(q)
+    atrous._flex_attention = lambda q, k, v, score_mod=None, block_mask=None: _FlexKernel.apply(q, k, v)
     try:
         yield
     finally:
@@ -113,12 +174,30 @@ def measure(attention: str, depth: int = 12, resolution: int = 512, batch: int =
         with CountOps() as counter:
             model(x)
     top = sorted(counter.by_op.items(), key=lambda kv: -kv[1])[:12]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), PeakMemory() as memory:
+        model(x)
     return {
         "ops_per_block": counter.ops / depth,
         "ops": counter.ops,
         "mib_written": counter.bytes_written / MIB,
+        "peak_mib": memory.peak / MIB,
         "top_ops": {name: count for name, count in top},
     }
+
+
+def measure_training(attention: str, depth: int = 12, resolution: int = 1024, batch: int = 1) -> dict[str, Any]:
+    """Peak MiB held during one bf16-autocast forward and backward of `attention`'s model."""
+    if attention == FLEX:
+        with flex_as_one_kernel():
+            return measure_training("atrous", depth, resolution, batch)
+    model = make_model(attention, depth, resolution).train()
+    x = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    with PeakMemory() as memory:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().sum()
+        loss.backward()
+        del loss
+    return {"train_peak_mib": memory.peak / MIB}
 
 
 def _commit() -> str:
@@ -134,11 +213,29 @@ def _commit() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+COLUMNS = (  # (header, results key, format)
+    ("aten ops per block", "ops_per_block", "{:.1f}"),
+    ("MiB written", "mib_written", "{:.0f}"),
+    ("written / bound", "bytes_vs_bound", "{:.2f}x"),
+    ("peak MiB", "peak_mib", "{:.0f}"),
+    ("peak / exact", "peak_vs_exact", "{:.2f}x"),
+    ("training peak MiB", "train_peak_mib", "{:.0f}"),
+    ("training peak / exact", "train_peak_vs_exact", "{:.2f}x"),
+)
+
+
+def _cell(row: dict[str, Any] | None, key: str, fmt: str) -> str:
+    value = (row or {}).get(key)
+    return "-" if value is None else fmt.format(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolution", type=int, default=512, help="square input size in px (default 512)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--train-resolution", type=int, default=1024,
+                        help="square input size in px of the training-memory proxy, batch 1 (default 1024: 4,097 tokens; 0 skips it)")
     parser.add_argument("--mechanisms", default=",".join((BOUND,) + MECHANISMS), help=f"comma-separated subjects; {FLEX}: "
                         "atrous's CUDA path with each FlexAttention call counted as its one fused kernel")
     parser.add_argument("--out", type=Path, required=True, help="results .json (a .md table is written beside it)")
@@ -146,42 +243,54 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     subjects = [m for m in args.mechanisms.split(",") if m]
     unknown = [m for m in subjects if m not in (BOUND, FLEX) + MECHANISMS]
-    if unknown or args.resolution % 16 or min(args.batch, args.depth, args.resolution) < 1:
-        parser.error(f"--mechanisms from {', '.join((BOUND,) + MECHANISMS)}; --resolution a positive multiple of 16")
+    if (unknown or args.resolution % 16 or args.train_resolution % 16 or args.train_resolution < 0
+            or min(args.batch, args.depth, args.resolution) < 1):
+        parser.error(f"--mechanisms from {', '.join((BOUND, FLEX) + MECHANISMS)}; --resolution and --train-resolution "
+                     "positive multiples of 16 (--train-resolution 0 skips training)")
     results = {m: measure(m, args.depth, args.resolution, args.batch) for m in subjects}
+    if args.train_resolution:
+        for m in subjects:
+            results[m].update(measure_training(m, args.depth, args.train_resolution))
     bound = results.get(BOUND, {}).get("mib_written")
+    exact = results.get("exact", {})
     for row in results.values():
         row["bytes_vs_bound"] = row["mib_written"] / bound if bound else None
+        row["peak_vs_exact"] = row["peak_mib"] / exact["peak_mib"] if exact else None
+        if "train_peak_mib" in row and "train_peak_mib" in exact:
+            row["train_peak_vs_exact"] = row["train_peak_mib"] / exact["train_peak_mib"]
     tokens = (args.resolution // 16) ** 2 + 1
+    setup = (f"vit_small_patch16_224, depth {args.depth}, {args.resolution} px ({tokens} tokens), batch "
+             f"{args.batch}, bf16 autocast on CPU, torch.inference_mode(), second call counted")
+    if args.train_resolution:
+        setup += (f"; training peak: one forward + backward at {args.train_resolution} px "
+                  f"({(args.train_resolution // 16) ** 2 + 1} tokens), batch 1")
     record = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "commit": _commit(),
         "machine": f"{platform.machine()} {platform.processor() or platform.platform()}, torch {torch.__version__}",
-        "setup": f"vit_small_patch16_224, depth {args.depth}, {args.resolution} px ({tokens} tokens), batch "
-                 f"{args.batch}, bf16 autocast on CPU, torch.inference_mode(), second call counted",
+        "setup": setup,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(args.out)
-    lines = [f"# Attention CPU proxies ({record['commit']})", "", record["setup"] + ".", "",
-             f"Command: `{record['command']}`; {record['machine']}.", "",
-             "| attention | aten ops per block | MiB written | written / bound |", "|---|---:|---:|---:|"]
     before = json.loads(args.before.read_text()) if args.before else None
+    title = f"{before['commit']} (before) -> {record['commit']}" if before else record["commit"]
+    lines = [f"# Attention CPU proxies: {title}", "", record["setup"] + ".", "",
+             f"Command: `{record['command']}`; {record['machine']}.", ""]
     if before:
-        lines[0] = f"# Attention CPU proxies: {before['commit']} (before) -> {record['commit']}"
-        lines[-2:] = ["| attention | ops per block before | after | MiB written before | after | written / bound before | after |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
-        lines.insert(-2, f"Before: `{before['command']}` with PYTHONPATH at a `git worktree add --detach` of {before['commit']}, in its own process.\n")
+        lines += [f"Before: `{before['command']}` with PYTHONPATH at a `git worktree add --detach` of "
+                  f"{before['commit']}, in its own process; `-`: not measured by that version.", ""]
+        headers = [f"{h} {when}" for h, _, _ in COLUMNS for when in ("before", "after")]
+    else:
+        headers = [h for h, _, _ in COLUMNS]
+    lines += ["| attention | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
     for name, row in results.items():
-        ratio = f"{row['bytes_vs_bound']:.2f}x" if row["bytes_vs_bound"] else "n/a"
         old = before["results"].get(name) if before else None
-        if before:
-            was = (f"{old['ops_per_block']:.1f}", f"{old['mib_written']:.0f}", f"{old['bytes_vs_bound']:.2f}x") if old else ("-",) * 3
-            lines.append(f"| {name} | {was[0]} | {row['ops_per_block']:.1f} | {was[1]} | {row['mib_written']:.0f} | {was[2]} | {ratio} |")
-        else:
-            lines.append(f"| {name} | {row['ops_per_block']:.1f} | {row['mib_written']:.0f} | {ratio} |")
+        cells = [c for _, key, fmt in COLUMNS
+                 for c in ((_cell(old, key, fmt), _cell(row, key, fmt)) if before else (_cell(row, key, fmt),))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     md = args.out.with_suffix(".md")
     md.with_suffix(".md.tmp").write_text("\n".join(lines) + "\n")
     md.with_suffix(".md.tmp").replace(md)

@@ -55,3 +55,44 @@ def test_the_counter_sees_writes_not_views():
         torch.nn.functional.dropout(x, 0.5, training=False)  # hands x back: no bytes
     assert counter.bytes_written == 2 * 4 * 8 * 4
     assert counter.ops >= 4
+
+
+# Peak memory (benchmarks/attention_proxies.py `PeakMemory`) against exact attention's, ViT-S/16
+# depth 1, batch 1: inference at 1024 px, training (forward + backward) at 1024 px (4,097
+# tokens). Limits: (inference, training) peak / exact's. The targets are 1.0 and 1.1;
+# the mechanisms still above them carry their measured ratio plus ~5% until their kernels meet it.
+MEMORY_LIMITS = {
+    "linformer": (1.0, 1.1),
+    "performer": (1.0, 1.45),
+    "nystrom": (1.0, 1.18),
+    "atrous": (2.0, 3.05),
+    "atrous-flex": (1.0, 3.05),
+}
+
+
+@pytest.fixture(scope="module")
+def exact_memory():
+    return proxies.measure("exact", depth=1, resolution=1024, batch=1)["peak_mib"], \
+        proxies.measure_training("exact", depth=1, resolution=1024)["train_peak_mib"]
+
+
+@pytest.mark.parametrize("attention", sorted(MEMORY_LIMITS))
+def test_peak_memory_stays_within_its_limit_of_exacts(exact_memory, attention):
+    inference, training = MEMORY_LIMITS[attention]
+    peak = proxies.measure(attention, depth=1, resolution=1024, batch=1)["peak_mib"]
+    train_peak = proxies.measure_training(attention, depth=1, resolution=1024)["train_peak_mib"]
+    assert peak <= inference * exact_memory[0] + 0.01, (peak, exact_memory[0])
+    assert train_peak <= training * exact_memory[1], (train_peak, exact_memory[1])
+
+
+def test_peak_memory_counts_temporaries_while_they_live():
+    import torch
+
+    with proxies.PeakMemory() as memory:
+        a = torch.ones(256)  # 1 KiB
+        b = torch.ones(512)  # 2 KiB: 3 KiB held
+        del a, b
+        c = torch.ones(128)  # 0.5 KiB after both were freed
+        c.add_(1)  # in place: nothing new
+    assert memory.peak == 3 * 1024
+    assert memory.live == 512
