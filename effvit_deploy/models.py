@@ -35,7 +35,7 @@ from timm.models._manipulate import adapt_input_conv
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from .attention import REGISTRY, LinformerAttention, TimmAttention
+from .attention import ATTENTIONS, REFERENCES, REGISTRY, LinformerAttention, TimmAttention
 from .attention.linformer import resample_projection
 
 log = logging.getLogger(__name__)
@@ -315,9 +315,9 @@ def mechanism_arguments(attention: str) -> set[str]:
 def split_attention_kwargs(attention: str, kwargs: dict[str, Any]) -> tuple[dict, dict]:
     """Split keyword arguments into (mechanism arguments, timm model arguments)."""
     if not isinstance(attention, str):
-        raise ArgumentError(f"attention must be a mechanism name ({', '.join(sorted(REGISTRY))}), got {attention!r}")
+        raise ArgumentError(f"attention must be a mechanism name ({', '.join(sorted(ATTENTIONS))}), got {attention!r}")
     if attention not in REGISTRY:
-        raise _unknown("attention", attention, sorted(REGISTRY))
+        raise _unknown("attention", attention, [*sorted(ATTENTIONS), *REFERENCES])
     own = mechanism_arguments(attention)
     attn_kwargs = {k: v for k, v in kwargs.items() if k in own}
     return attn_kwargs, {k: v for k, v in kwargs.items() if k not in own}
