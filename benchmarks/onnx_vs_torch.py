@@ -86,10 +86,9 @@ def _callable(job: dict[str, Any]):
         if job["what"] == "gemm":
             ta, tb = torch.from_numpy(feeds["a"]), torch.from_numpy(feeds["b"])
             return (lambda: torch.mm(ta, tb)), info
-        from effvit_deploy.bench.bound import is_bound_run, load_bound_model
         from effvit_deploy.runs import load_run
 
-        model = load_bound_model(job["run_dir"]) if is_bound_run(job["run_dir"]) else load_run(job["run_dir"])[0]
+        model = load_run(job["run_dir"])[0]
         tx = torch.from_numpy(feeds["pixel_values"])
 
         def run_torch():
@@ -290,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from effvit_deploy.atomic import write_json, write_text
-    from effvit_deploy.bench.bound import BOUND, bound_run, load_bound_model
+    from effvit_deploy.bench.bound import BOUND, bound_run
     from effvit_deploy.bench.shapes import shape_runs
     from effvit_deploy.environment import environment
     from effvit_deploy.export.format import tool_versions
@@ -354,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         elif key in extra:
             gemm[rt] = extra[key]
     peak = max(g["gflops"] for g in gemm.values() if "gflops" in g)
-    flops = {(att, size): count_flops(load_bound_model(runs[att]) if att == BOUND else load_model_card(runs[att]).build(), size) / 1e9
+    flops = {(att, size): count_flops(load_model_card(runs[att]).build(), size) / 1e9
              for att in attentions for size in sizes}
     rows = []
     for att in attentions:

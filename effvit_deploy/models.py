@@ -1,4 +1,4 @@
-"""build_model(): a timm VisionTransformer whose attention is one of `ATTENTIONS`.
+"""build_model(): a timm VisionTransformer whose attention is one of `ATTENTIONS` (or a reference, `REFERENCES`).
 
 The model is timm's own (`timm.create_model` with `dynamic_img_size=True`), its blocks'
 attention layers instances of the module-level mechanism classes (so the model pickles, spawns
@@ -35,7 +35,7 @@ from timm.models._manipulate import adapt_input_conv
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from .attention import ATTENTIONS, LinformerAttention, TimmAttention
+from .attention import ATTENTIONS, REFERENCES, REGISTRY, LinformerAttention, TimmAttention
 from .attention.linformer import resample_projection
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ def _unknown(kind: str, name: str, valid: list[str]) -> ValueError:
 
 def mechanism_arguments(attention: str) -> set[str]:
     """The arguments of mechanism `attention` beyond timm's attention constructor."""
-    own = set(inspect.signature(ATTENTIONS[attention].__init__).parameters) - _TIMM_ATTENTION_ARGS
+    own = set(inspect.signature(REGISTRY[attention].__init__).parameters) - _TIMM_ATTENTION_ARGS
     return own - {"self", "kwargs"}
 
 
@@ -316,8 +316,8 @@ def split_attention_kwargs(attention: str, kwargs: dict[str, Any]) -> tuple[dict
     """Split keyword arguments into (mechanism arguments, timm model arguments)."""
     if not isinstance(attention, str):
         raise ArgumentError(f"attention must be a mechanism name ({', '.join(sorted(ATTENTIONS))}), got {attention!r}")
-    if attention not in ATTENTIONS:
-        raise _unknown("attention", attention, sorted(ATTENTIONS))
+    if attention not in REGISTRY:
+        raise _unknown("attention", attention, [*sorted(ATTENTIONS), *REFERENCES])
     own = mechanism_arguments(attention)
     attn_kwargs = {k: v for k, v in kwargs.items() if k in own}
     return attn_kwargs, {k: v for k, v in kwargs.items() if k not in own}
@@ -380,7 +380,8 @@ def build_model(
 
     Args:
         model_name: any timm VisionTransformer name, e.g. "vit_small_patch16_224".
-        attention: a key of `ATTENTIONS`.
+        attention: a key of `ATTENTIONS`, or of `attention.REFERENCES` ("attention-free": no token
+            mixing, the benchmark's bound).
         num_classes: classifier outputs (0: no classifier, as in timm).
         pretrained: False; True for timm hub weights (needs the network); or a local
             .safetensors/.pth/.pt/.bin/.npz file, loaded offline and adapted as timm adapts
@@ -435,7 +436,7 @@ def build_model(
     if not isinstance(probe, VisionTransformer):
         raise not_a_vit
     _check_img_size(probe)
-    mechanism = ATTENTIONS[attention]
+    mechanism = REGISTRY[attention]
     given_attn_kwargs = dict(attn_kwargs)
     if "grid_size" in inspect.signature(mechanism.__init__).parameters:
         attn_kwargs.setdefault("grid_size", tuple(probe.patch_embed.grid_size))

@@ -1,4 +1,5 @@
-"""The attention-free bound (no token mixing, projections kept) and the report's reading of it."""
+"""The attention-free bound (no token mixing, projections kept): a reference mechanism whose run
+directory every stage treats like any run, and the report's reading of it."""
 from __future__ import annotations
 
 import json
@@ -8,16 +9,37 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from effvit_deploy.attention import NoTokenMixing
-from effvit_deploy.bench.bound import bound_run, load_bound_model, remove_token_mixing
+from effvit_deploy import build_model
+from effvit_deploy.attention import ATTENTION_FREE, ATTENTIONS, REFERENCES, NoTokenMixing
+from effvit_deploy.backends import file_sha256, find_artifact
+from effvit_deploy.bench.bound import bound_run, bound_subjects
 from effvit_deploy.bench.report import write_report
+from effvit_deploy.bench.shapes import parse_attentions
 from effvit_deploy.flops import count_flops
+from effvit_deploy.runs import load_run, save_weights, weights_path
 
-from conftest import make_tiny_run, tiny_model
+from conftest import TINY_IMG, TINY_MODEL, make_tiny_run, tiny_model
+
+
+def tiny_bound() -> torch.nn.Module:
+    """`tiny_model`'s architecture built with the reference mechanism, by its registry name."""
+    torch.manual_seed(0)
+    return build_model(TINY_MODEL, attention=ATTENTION_FREE, num_classes=10, depth=2, img_size=TINY_IMG)
+
+
+def test_the_reference_mechanism_is_built_by_name_and_kept_out_of_all():
+    assert REFERENCES == {"attention-free": NoTokenMixing}
+    assert list(ATTENTIONS) == ["exact", "linformer", "performer", "nystrom", "atrous"]
+    assert parse_attentions("all") == list(ATTENTIONS), "'all' is the trainable mechanisms only"
+    model = tiny_bound()
+    assert all(type(b.attn) is NoTokenMixing for b in model.blocks)
+    assert model.effvit_spec["attention"] == ATTENTION_FREE
+    with pytest.raises(ValueError, match="unknown attention.*attention-free"):
+        build_model(TINY_MODEL, attention="attention-fre", num_classes=10, depth=2, img_size=TINY_IMG)
 
 
 def test_attention_free_model_mixes_no_tokens():
-    model = remove_token_mixing(tiny_model("exact"))
+    model = tiny_bound()
     x = torch.randn(1, 3, 64, 64)
     y = x.clone()
     y[..., :16, :16] += 3.0  # only the first patch changes
@@ -28,30 +50,66 @@ def test_attention_free_model_mixes_no_tokens():
     assert torch.all(changed[0] == 0) and torch.all(changed[2:] == 0), "no other token may see the change"
 
 
-def test_bound_keeps_the_projections_and_removes_exactly_the_attention_flops():
-    exact = tiny_model("exact")
-    params = {id(p) for p in exact.parameters()}
-    bound = remove_token_mixing(tiny_model("exact"))
-    assert all(isinstance(b.attn, NoTokenMixing) for b in bound.blocks)
-    bound_shared = remove_token_mixing(exact)
-    assert {id(p) for p in bound_shared.parameters()} == params, "same weights, nothing added or dropped"
-    for res in (64, 128):
-        tokens, dim = 1 + (res // 16) ** 2, exact.embed_dim
-        attention_core = len(exact.blocks) * 4 * tokens**2 * dim  # QK^T and AV, a multiply-add = 2
-        assert count_flops(tiny_model("exact"), res) - count_flops(bound, res) == attention_core
+@pytest.mark.parametrize("attention", ["exact", "linformer"])
+def test_bound_run_holds_the_source_weights_and_removes_exactly_the_attention_flops(tmp_path, attention):
+    """The bound's run directory loads with `load_run`; every tensor it has is the source run's
+    (for a mechanism with parameters of its own, those are the ones left out), and its FLOPs are
+    the source's minus the token mixing."""
+    run = make_tiny_run(tmp_path / attention, attention)
+    source, _ = load_run(run)
+    bound, card = load_run(bound_run(run, tmp_path / "cache"))
+    assert card.attention == ATTENTION_FREE and not card.attention_kwargs and not card.data
+    assert all(type(b.attn) is NoTokenMixing for b in bound.blocks)
+    mine, theirs = bound.state_dict(), source.state_dict()
+    extra = set(theirs) - set(mine)
+    assert set(mine) <= set(theirs) and all(torch.equal(v, theirs[k]) for k, v in mine.items())
+    assert (not extra) if attention == "exact" else (extra and all(".attn." in k for k in extra))
+    if attention == "exact":
+        for res in (64, 128):
+            tokens, dim = 1 + (res // 16) ** 2, source.embed_dim
+            attention_core = len(source.blocks) * 4 * tokens**2 * dim  # QK^T and AV, a multiply-add = 2
+            assert count_flops(source, res) - count_flops(bound, res) == attention_core
+
+
+def test_bound_run_is_reused_while_the_source_weights_are_unchanged(tmp_path):
+    run = make_tiny_run(tmp_path / "exact", "exact")
+    bound = bound_run(run, tmp_path / "cache")
+    written = weights_path(bound).stat().st_mtime_ns
+    assert bound_run(run, tmp_path / "cache") == bound and weights_path(bound).stat().st_mtime_ns == written
+    source, _ = load_run(run)
+    with torch.no_grad():
+        source.head.weight.add_(1.0)
+    save_weights(source, weights_path(run))
+    bound_run(run, tmp_path / "cache")
+    assert torch.equal(load_run(bound)[0].head.weight, source.head.weight), "new source weights: the bound is rewritten"
+    with pytest.raises(ValueError, match="already a reference run"):
+        bound_run(bound, tmp_path / "cache")
+    assert bound_subjects([run, bound], tmp_path / "cache", (), [32], 1) == [bound], "a bound gets no bound of its own"
 
 
 @pytest.mark.slow
-def test_bound_run_exports_onnx_and_openvino_artifacts_that_match_pytorch(tmp_path):
+def test_bound_artifacts_are_built_verified_and_bound_to_weights_by_export_run(tmp_path):
     run = make_tiny_run(tmp_path / "exact", "exact")
     bound = bound_run(run, tmp_path / "cache", formats=("onnx", "openvino"), min_res=32, max_res=64)
     manifest = json.loads((bound / "export" / "manifest.json").read_text())
-    assert manifest["attention"] == "attention-free"
-    assert [e["format"] for e in manifest["artifacts"]] == ["onnx", "openvino"]
+    assert manifest["attention"] == "attention-free" and manifest["weights_sha256"] == file_sha256(weights_path(bound))
+    assert [(e["format"], e["precision"]) for e in manifest["artifacts"]] == [("onnx", "fp32"), ("openvino", "fp32")]
     for entry in manifest["artifacts"]:
-        assert entry["inputs"]["height"] == [32, 32, 64] and entry["parity"]["rel_max_error"] < 1e-4
-    assert bound_run(run, tmp_path / "cache", formats=("onnx", "openvino"), min_res=32, max_res=64) == bound  # reused
-    assert all(isinstance(b.attn, NoTokenMixing) for b in load_bound_model(bound).blocks)
+        assert entry["inputs"]["height"] == [32, 32, 64] and entry["source"]["weights_sha256"] == manifest["weights_sha256"]
+        sizes = [k for k in entry["parity"] if k != "tolerance"]
+        assert len(sizes) >= 3 and all(entry["parity"][k]["max_abs"] <= 1e-4 for k in sizes)
+        find_artifact(bound, entry["format"], "fp32")  # hash, manifest and weights checked as for any run
+    onnx_file = bound / "export" / "model.onnx"
+    built = onnx_file.stat().st_mtime_ns
+    bound_run(run, tmp_path / "cache", formats=("onnx", "openvino"), min_res=32, max_res=64)
+    assert onnx_file.stat().st_mtime_ns == built, "current artifacts are reused"
+    source, _ = load_run(run)
+    with torch.no_grad():
+        source.head.weight.add_(1.0)
+    save_weights(source, weights_path(run))
+    bound_run(run, tmp_path / "cache", formats=("onnx",), min_res=32, max_res=64)
+    rebuilt = json.loads((bound / "export" / "manifest.json").read_text())["artifacts"][0]
+    assert rebuilt["source"]["weights_sha256"] == file_sha256(weights_path(bound)) != manifest["weights_sha256"]
 
 
 def _row(attention, res, ms, **extra):
@@ -132,7 +190,7 @@ def test_the_bound_block_dispatches_no_more_ops_and_writes_no_more_bytes_than_ex
     """Item 5 of the efficiency issue: the bound is a bound on any backend only if it does no work
     exact attention skips; counted as a GPU would pay it (kernels, bytes written), per block."""
     exact = _one_block(tiny_model("exact"), size, autocast)
-    bound = _one_block(remove_token_mixing(tiny_model("exact")), size, autocast)
+    bound = _one_block(tiny_bound(), size, autocast)
     assert "aten.scaled_dot_product_attention.default" in exact.ops, "the control: exact's block mixes tokens"
     assert len(bound.ops) <= len(exact.ops), (bound.ops, exact.ops)
     assert bound.bytes_written <= exact.bytes_written
@@ -151,7 +209,7 @@ def test_the_bound_onnx_graph_has_no_node_kind_more_than_exact(tmp_path):
     from effvit_deploy.export.onnx import export_onnx
 
     counts = {}
-    for name, model in (("exact", tiny_model("exact")), ("bound", remove_token_mixing(tiny_model("exact")))):
+    for name, model in (("exact", tiny_model("exact")), ("bound", tiny_bound())):
         path = export_onnx(model, tmp_path / f"{name}.onnx", sample_size=(64, 64), max_batch=2, max_res=128)
         counts[name] = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
     assert counts["exact"]["Softmax"] > 0 and counts["bound"]["Softmax"] == 0

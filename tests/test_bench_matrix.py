@@ -46,6 +46,11 @@ def test_sweep_over_two_backends_and_two_resolutions_writes_results_and_report(r
         (a, b, res) for a in ("exact", "performer", "attention-free") for b in ("torch", "onnxruntime") for res in (32, 64)}
     bound = [r for r in rows if r["attention"] == "attention-free"]
     assert all(r["status"] == "ok" and r["top1"] is None and "latency reference" in r["top1_source"] for r in bound)
+    assert {(r["run"], r["implementation"]) for r in bound} == {
+        ("exact-attention-free", "torch: PyTorch module (eager)"), ("exact-attention-free", "onnxruntime: model.onnx")}, \
+        "the exact run's bound, run like any run: its weights in PyTorch, its exported graph in ONNX Runtime"
+    exact_gflops = {r["resolution"]: r["gflops"] for r in rows if r["attention"] == "exact"}
+    assert all(0 < r["gflops"] < exact_gflops[r["resolution"]] for r in bound)
     rows = [r for r in rows if r["attention"] != "attention-free"]
     for r in rows:
         assert r["status"] == "ok", r["reason"]

@@ -1,8 +1,9 @@
 """Attention mechanisms, each a drop-in for `timm.layers.Attention`, by registry name.
 
 `ATTENTIONS` lists the trainable mechanisms ("all" in effvit-train and effvit-bench);
-`NoTokenMixing`, the reference without token mixing behind the benchmark's attention-free
-bound, is exported here but is not one of them."""
+`REFERENCES` the reference mechanisms, built, exported and benchmarked by name but never trained
+("attention-free": `NoTokenMixing`, the benchmark's bound); `REGISTRY` is both, every name
+`build_model` accepts."""
 from .atrous import AtrousAttention
 from .base import TimmAttention
 from .exact import ExactAttention
@@ -18,15 +19,21 @@ ATTENTIONS: dict[str, type[TimmAttention]] = {
     "nystrom": NystromAttention,
     "atrous": AtrousAttention,
 }
+ATTENTION_FREE = "attention-free"
+REFERENCES: dict[str, type[TimmAttention]] = {ATTENTION_FREE: NoTokenMixing}
+REGISTRY: dict[str, type[TimmAttention]] = {**ATTENTIONS, **REFERENCES}
 
 __all__ = [
     "ATTENTIONS",
+    "ATTENTION_FREE",
     "AtrousAttention",
     "ExactAttention",
     "LinformerAttention",
     "NoTokenMixing",
     "NystromAttention",
     "PerformerAttention",
+    "REFERENCES",
+    "REGISTRY",
     "TimmAttention",
     "redraw_features",
 ]

@@ -9,8 +9,9 @@ Identity on the values, not zeros: an attention branch returning zeros is dead c
 compilers (ONNX Runtime, OpenVINO) prune together with its LayerNorm and projections, which
 would time a model smaller than anything a mechanism can produce.
 
-A reference, not a trainable mechanism: it is exported by this package but kept out of
-`ATTENTIONS` (and so out of "all" in effvit-train and effvit-bench).
+A reference, not a trainable mechanism: registered as "attention-free" in `REFERENCES` (so
+`build_model(..., attention="attention-free")` and a run directory naming it work like any
+mechanism's) but kept out of `ATTENTIONS` (and so out of "all" in effvit-train and effvit-bench).
 """
 from __future__ import annotations
 
@@ -42,11 +43,3 @@ class NoTokenMixing(TimmAttention):
         needs and no mixing does."""
         values = self.qkv(x)[..., 2 * self.attn_dim :]
         return self.proj_drop(self.proj(self.norm(values)))
-
-    @classmethod
-    def replacing(cls, attn: TimmAttention) -> "NoTokenMixing":
-        """A no-mixing layer sharing `attn`'s projections and norms (its weights, unchanged)."""
-        layer = cls(attn.qkv.in_features, num_heads=attn.num_heads, attn_head_dim=attn.head_dim)
-        for name in ("qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop"):
-            setattr(layer, name, getattr(attn, name))
-        return layer

@@ -18,8 +18,8 @@ from ..backends import Runner
 from ..evaluation import NonFiniteLogits, Top1, top1_of
 from ..runs import ModelCard, load_summary
 
-NOT_APPLICABLE = "not applicable: untrained shape-only run (no data set)"
-BOUND_NOT_APPLICABLE = "not applicable: the attention-free bound is a latency reference, not a classifier"
+# Runs made without a data set: untrained shape-only runs and the attention-free bound.
+NOT_APPLICABLE = "not applicable: no data set (an untrained shape-only run, or the attention-free bound: a latency reference)"
 
 
 def measure_accuracy(runner: Runner, card: ModelCard, limit: Optional[int] = None, batch_size: int = 16,

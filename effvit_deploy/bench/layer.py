@@ -72,7 +72,7 @@ def load_layer_runner(config: dict[str, Any]) -> Runner:
 def module_runner(module: nn.Module, backend: str, precision: str) -> Runner:
     """A Runner over an in-memory PyTorch module (eager, torch.compile, or torch.compile with CUDA
     graphs: `backends.pytorch.COMPILE_OPTIONS`, the same settings the run backends use), on the GPU
-    when there is one: the layer-only study and the attention-free bound time modules that have no
-    artifact of their own. Raises BackendUnavailable for CUDA graphs without a GPU."""
+    when there is one: the layer-only study times a module that has no run directory of its own.
+    Raises BackendUnavailable for CUDA graphs without a GPU."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch_runner(module, backend, precision, device)

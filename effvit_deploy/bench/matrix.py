@@ -27,8 +27,8 @@ from tqdm import tqdm
 from ..backends import BACKENDS, Runner, backend_status, find_artifact, get_backend, load_runner
 from ..flops import count_flops, count_params
 from ..runs import load_model_card, run_name
-from .accuracy import BOUND_NOT_APPLICABLE, artifact_accuracy
-from .bound import BOUND, bound_run, is_bound_run, load_bound_model
+from .accuracy import artifact_accuracy
+from .bound import bound_subjects
 from .layer import LAYER_BACKENDS, VIT_S_DIM, VIT_S_HEADS, build_layer, layer_flops, tokens_for
 from ..environment import environment
 from .results import append_results
@@ -50,7 +50,6 @@ class Subject:
     prefix: int = 1
     train_res: Optional[int] = None
     run_dir: Optional[Path] = None
-    bound: bool = False
     layer: dict[str, Any] = field(default_factory=dict)
     _flops: dict[int, Optional[int]] = field(default_factory=dict)
 
@@ -75,8 +74,6 @@ def _count(subject: Subject, resolution: int) -> Optional[int]:
             if subject.mode == "layer":
                 module = build_layer(subject.attention, subject.layer["dim"], subject.layer["heads"], **subject.layer["kwargs"])
                 return layer_flops(module.to(device), resolution, subject.patch, subject.layer["dim"])
-            if subject.bound:
-                return count_flops(load_bound_model(subject.run_dir).to(device), resolution)
             return count_flops(load_model_card(subject.run_dir).build().to(device), resolution)
         except Exception:  # not computable on meta: retry on CPU; None if neither works
             continue
@@ -85,12 +82,11 @@ def _count(subject: Subject, resolution: int) -> Optional[int]:
 
 def model_subject(run_dir: Union[str, Path]) -> Subject:
     card = load_model_card(run_dir)
-    bound = is_bound_run(run_dir)
-    model = load_bound_model(run_dir) if bound else card.build()
+    model = card.build()
     return Subject(
-        mode="model", name=run_name(run_dir), attention=BOUND if bound else card.attention, model=card.model,
+        mode="model", name=run_name(run_dir), attention=card.attention, model=card.model,
         patch=card.patch_size, params=count_params(model), run_dir=Path(run_dir),
-        prefix=int(getattr(model, "num_prefix_tokens", 1)), train_res=card.img_size, bound=bound,
+        prefix=int(getattr(model, "num_prefix_tokens", 1)), train_res=card.img_size,
     )
 
 
@@ -99,20 +95,6 @@ def artifact_formats(backends: Sequence[str]) -> tuple[str, ...]:
     ONNX graph, so it brings ONNX along. GPU engines are built by `effvit-export` on the GPU."""
     formats = {get_backend(b).artifact for b in backends} & {"onnx", "openvino"}
     return tuple(f for f in ("onnx", "openvino") if f in formats or (f == "onnx" and formats))
-
-
-def bound_subjects(run_dirs: Sequence[Union[str, Path]], cache_dir: Path, formats: Sequence[str],
-                   resolutions: Sequence[int], max_batch: int) -> list[Path]:
-    """One attention-free bound per distinct model among the runs (the exact run's when given,
-    else the first run's weights: the bound's latency does not depend on them)."""
-    sources: dict[str, Path] = {}
-    for run_dir in run_dirs:
-        card = load_model_card(run_dir)
-        key = json.dumps([card.model, card.model_kwargs, card.num_classes, card.img_size], sort_keys=True)
-        if key not in sources or card.attention == "exact":
-            sources[key] = Path(run_dir)
-    return [bound_run(src, cache_dir, formats=formats, min_res=min(resolutions), max_res=max(resolutions),
-                      max_batch=max(max_batch, 2)) for src in sources.values()]
 
 
 def layer_subject(attention: str, dim: int = VIT_S_DIM, heads: int = VIT_S_HEADS, patch: int = 16, **kwargs: Any) -> Subject:
@@ -150,8 +132,6 @@ def _precheck(subject: Subject, backend: str, precision: str, resolution: int, b
     try:
         _, entry = find_artifact(subject.run_dir, fmt, precision)
     except FileNotFoundError as exc:
-        if subject.bound:
-            return f"the attention-free bound is exported as fp32 ONNX only (no {fmt} {precision} artifact)"
         return str(exc)
     inputs = entry.get("inputs") or {}
     max_res = max((inputs.get("height") or [0])[-1], 0) or None
@@ -222,8 +202,6 @@ def _accuracy(subject: Subject, backend: str, precision: str, res: int, enabled:
               thread_policy: str) -> dict[str, Any]:
     """Top-1 fields of a model row at its own resolution; one runner per artifact, reused
     across resolutions (`runners`)."""
-    if subject.bound:
-        return {"top1": None, "top1_source": BOUND_NOT_APPLICABLE, "top1_resolution": None, "top1_images": None}
     key = (subject.name, backend, precision)
 
     def factory() -> Runner:
@@ -301,16 +279,17 @@ def run_benchmark(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     use, skipped = resolve_backends(backends)
-    run_dirs = [Path(d) for d in run_dirs]
-    if bound and run_dirs:
-        run_dirs += bound_subjects([d for d in run_dirs if not is_bound_run(d)], out_dir / "cache",
-                                   artifact_formats(use), resolutions, max(batch_sizes))
-    subjects = [model_subject(d) for d in dict.fromkeys(run_dirs)] + list(layers)
-    if not subjects:
+    run_dirs = list(dict.fromkeys(Path(d) for d in run_dirs))
+    if not run_dirs and not layers:
         raise ValueError("nothing to benchmark: give run directories, --model, or --layer-only")
-    for subject in subjects:
-        if subject.mode == "model" and any(r % subject.patch for r in resolutions):
+    models = [model_subject(d) for d in run_dirs]
+    for subject in models:
+        if any(r % subject.patch for r in resolutions):
             raise ValueError(f"resolutions {list(resolutions)} must be multiples of {subject.name}'s patch size {subject.patch}")
+    if bound and run_dirs:
+        bounds = bound_subjects(run_dirs, out_dir / "cache", artifact_formats(use), resolutions, max(batch_sizes))
+        models += [model_subject(d) for d in bounds if d not in run_dirs]
+    subjects = models + list(layers)
     env = environment()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     sweep = {"sweep_started": stamp, "warmup": warmup, "repeats_max": repeats, "max_time_s": max_time_s,
@@ -356,7 +335,6 @@ def run_benchmark(
                 "attention": subject.attention, "patch": subject.patch,
                 "dim": subject.layer.get("dim"), "heads": subject.layer.get("heads"),
                 "attention_kwargs": subject.layer.get("kwargs", {}), "thread_policy": thread_policy,
-                "bound": subject.bound,
             }
             result = run_isolated(config, timeout_s, memory_cap_bytes) if isolate else measure(config, runner_factory)
             if result["status"] in RESOURCE_FAILURES:

@@ -41,7 +41,7 @@ from ..atomic import write_text
 from ..backends import TORCH_DTYPES, Runner, backend_device
 from ..environment import environment
 from ..runs import load_run
-from .bound import BOUND, load_bound_model
+from .bound import BOUND
 from .results import append_results, load_results
 
 TRAIN_STEP = "train_step"  # OUT/train_step.jsonl, .csv, .md
@@ -97,8 +97,8 @@ def epoch_fields(latency_median_ms: float, batch: int, epoch_images: int) -> dic
     return {"epoch_images": epoch_images, "epoch_steps": steps, "epoch_s": steps * latency_median_ms / 1e3}
 
 
-def _model(run_dir: Path, bound: bool) -> tuple[nn.Module, int]:
-    model = load_bound_model(run_dir) if bound else load_run(run_dir)[0]
+def _model(run_dir: Path) -> tuple[nn.Module, int]:
+    model = load_run(run_dir)[0]
     return model, int(model.num_classes)
 
 
@@ -110,7 +110,7 @@ def _release(device: str) -> None:
 
 
 def measure_train_step(config: dict[str, Any]) -> dict[str, Any]:
-    """Time one training configuration in this process: config has run_dir, bound, precision,
+    """Time one training configuration in this process: config has run_dir, precision,
     batch, resolution, warmup, repeats, max_time_s (and optionally epoch_images). Never raises
     for a failing configuration: `status` is ok / oom / error with the reason (worker.measure)."""
     from .worker import measure
@@ -118,7 +118,7 @@ def measure_train_step(config: dict[str, Any]) -> dict[str, Any]:
     device = backend_device("torch")
 
     def factory(cfg: dict[str, Any]) -> Runner:
-        model, classes = _model(Path(cfg["run_dir"]), cfg.get("bound", False))
+        model, classes = _model(Path(cfg["run_dir"]))
         return train_runner(model, cfg["precision"], device, classes)
 
     result = measure({**config, "mode": "model", "backend": "torch"}, factory)
@@ -153,7 +153,8 @@ def train_step_sweep(
     tried at larger resolutions, so one OOM does not end the sweep. `bound` adds the
     attention-free bound of the runs' model (its weights copied into out_dir/cache).
     """
-    from .matrix import bound_subjects, model_subject
+    from .bound import bound_subjects
+    from .matrix import model_subject
 
     check_train_options(precisions, epoch_images)
     out_dir = Path(out_dir)
@@ -178,8 +179,7 @@ def train_step_sweep(
         if key in failed_at:
             result = {"status": "skipped", "reason": f"not run: {failed_at[key][0]} at {failed_at[key][1]} px"}
         else:
-            result = measure_train_step({"run_dir": str(subject.run_dir), "bound": subject.bound,
-                                         "precision": precision, "batch": batch, "resolution": res,
+            result = measure_train_step({"run_dir": str(subject.run_dir), "precision": precision, "batch": batch, "resolution": res,
                                          "warmup": warmup, "repeats": repeats, "max_time_s": max_time_s,
                                          "epoch_images": epoch_images})
             if result["status"] == "oom":

@@ -19,7 +19,7 @@ import torch
 from ..atomic import write_json
 from ..backends import BackendUnavailable, Runner, ThreadPolicy, backend_device, load_runner
 from .harness import latency_stats, time_runner
-from .layer import LAYER_BACKENDS, layer_input, load_layer_runner, module_runner
+from .layer import layer_input, load_layer_runner
 from .memory import memory_probe
 
 OOM_MESSAGES = ("out of memory", "failed to allocate", "bad_alloc", "cannot allocate memory")
@@ -46,24 +46,19 @@ def thread_policy_of(name: str) -> ThreadPolicy:
     return ThreadPolicy(passive=name == "passive")
 
 
-def implementation(runner: Runner, bound: bool = False) -> str:
+def implementation(runner: Runner) -> str:
     """What ran, for the results row: the artifact file a runtime executed (with the runtime's
     own graph optimisations: ONNX Runtime at its highest level, OpenVINO's CPU plugin fusions),
     or the PyTorch module (eager or compiled; exact attention through
     F.scaled_dot_product_attention's fused CPU kernel)."""
     if runner.artifact is not None:
         return f"{runner.backend}: {runner.artifact.name}"
-    what = "attention-free bound module" if bound else "PyTorch module"
     how = {"torch": "eager", "torch-compile": "torch.compile", "torch-compile-cudagraphs": "torch.compile, CUDA graphs"}
-    return f"{runner.backend}: {what} ({how.get(runner.backend, runner.backend)})"
+    return f"{runner.backend}: PyTorch module ({how.get(runner.backend, runner.backend)})"
 
 
 def _model_runner(config: dict[str, Any]) -> Runner:
-    """The run's artifact on its backend; the attention-free bound's module in PyTorch."""
-    if config.get("bound") and config["backend"] in LAYER_BACKENDS:
-        from .bound import load_bound_model
-
-        return module_runner(load_bound_model(config["run_dir"]), config["backend"], config["precision"])
+    """The run's artifact (or, for the PyTorch backends, its weights) on its backend."""
     return load_runner(config["run_dir"], config["backend"], config["precision"],
                        policy=thread_policy_of(config.get("thread_policy", "default")))
 
@@ -84,7 +79,7 @@ def measure(config: dict[str, Any], runner_factory: Optional[Callable[[dict], Ru
         probe.before_load()
         runner = factory(config)
         result["runtime_threads"] = runner.threads
-        result["implementation"] = implementation(runner, config.get("bound", False))
+        result["implementation"] = implementation(runner)
         if layer:
             x = layer_input(batch, res, config["patch"], config["dim"])
         else:
