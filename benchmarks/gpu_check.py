@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from effvit_deploy.atomic import write_json, write_text
+from effvit_deploy.attention import ATTENTIONS as MECHANISMS
 from effvit_deploy.bench.bound import BOUND
 from effvit_deploy.bench.results import load_results
 from effvit_deploy.bench.train_step import TRAIN_STEP, train_tables
@@ -47,8 +48,8 @@ FULL = {
 }
 SMOKE = {
     "model": "vit_tiny_patch16_224", "batch": 4,
-    "build_kwargs": {"*": {"depth": 2}, "linformer": {"proj_len": 8}, "performer": {"num_features": 32},
-                     "nystrom": {"landmarks": 8, "conv_kernel": 3}, "atrous": {"window_size": 2, "dilations": (1, 2)}},
+    "build_kwargs": {"*": {"depth": 2}, **{name: dict(mechanism.tiny_settings)  # the class facts the tests use
+                                           for name, mechanism in MECHANISMS.items() if mechanism.tiny_settings}},
     "infer_res": [64, 96], "train_res": [64, 96], "cudagraphs_res": [64], "fp32_res": [64],
     "target_res": [96], "train_target_res": 96,
     "warmup": 1, "repeats": 3, "max_time_s": 1.0, "train_warmup": 1, "train_repeats": 2,

@@ -2,9 +2,10 @@
 paired test against a control.
 
 Everything in the project that prints an accuracy (the study, the benchmark report's cells, the
-export log, the demo) measures it with `top1_of` on `data.subset.validation_subset` (the same
-evenly spaced validation images for the same limit) and prints it with `Top1.text`, which always
-carries the image count. Statistics:
+export log, the demo) measures it on `validation_batches` (`data.subset.validation_subset`: the
+same evenly spaced validation images for the same limit) with one scoring rule
+(`top1_of_logits`; `top1_of` runs a predict function over the batches) and prints it with
+`Top1.text`, which always carries the image count. Statistics:
 
 - Wilson score interval (Wilson 1927; Brown, Cai & DasGupta 2001, "Interval Estimation for a
   Binomial Proportion"): a 95% interval that stays inside [0, 1] and keeps its coverage near 0
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -91,17 +92,39 @@ class NonFiniteLogits(ValueError):
     """A model or artifact returned NaN or infinite logits: its accuracy is not a number to report."""
 
 
-def top1_of(predict: Callable[[Any], Any], card: Any, limit: Optional[int], resolution: Optional[int] = None,
-            batch_size: int = 32) -> Top1:
-    """Score `predict` (a float32 image batch (B, 3, H, W), torch tensor -> logits (B, classes),
-    tensor or array) on the run's validation subset of `limit` images (`validation_subset`; all
-    when None) at `resolution` px (default: the training one). Unreadable images are skipped
-    (not counted).
+def top1_of_logits(logits: Any, labels: Any) -> Top1:
+    """The scoring rule every top-1 goes through: logits (B, classes), tensor or array, against
+    labels (B,) integer class indices; top-5 counts a label among the 5 largest logits (all
+    when fewer classes). Ties go to the lowest class index.
 
     Raises:
-        NonFiniteLogits: a batch's logits hold NaN or inf (never scored as a guess).
-        ValueError: nothing could be scored.
+        NonFiniteLogits: the logits hold NaN or inf (never scored as a guess).
+        ValueError: there is no image to score.
     """
+    if len(labels) == 0:
+        raise ValueError("no image to score: the logits are empty")
+    correct, top5 = _hits(logits, labels)
+    return Top1(correct, top5=top5 / len(correct))
+
+
+def _hits(logits: Any, labels: Any) -> tuple[list[bool], int]:
+    """(per-image top-1 correctness, top-5 hit count) of one batch; raises NonFiniteLogits."""
+    import torch
+
+    logits = (logits if torch.is_tensor(logits) else torch.as_tensor(np.asarray(logits))).float()
+    labels = labels if torch.is_tensor(labels) else torch.as_tensor(np.asarray(labels))
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLogits("the logits hold NaN or inf on validation images")
+    k = min(5, logits.shape[1])
+    return (logits.argmax(1) == labels).tolist(), int((logits.topk(k, 1).indices == labels[:, None]).any(1).sum())
+
+
+def validation_batches(card: Any, limit: Optional[int], resolution: Optional[int] = None,
+                       batch_size: int = 32) -> Iterator[tuple[Any, Any]]:
+    """(images float32 (B, 3, H, W), labels (B,)) torch batches of the run's validation subset of
+    `limit` images (`data.subset.validation_subset`; all when None), in subset order, at
+    `resolution` px (default: the training one). Unreadable images are skipped, and a batch
+    left with none is not yielded."""
     import torch
 
     from .data import collate_skip_bad
@@ -109,19 +132,30 @@ def top1_of(predict: Callable[[Any], Any], card: Any, limit: Optional[int], reso
 
     loader = torch.utils.data.DataLoader(validation_subset(card, limit, img_size=resolution), batch_size=batch_size,
                                          shuffle=False, num_workers=0, collate_fn=collate_skip_bad)
+    for images, labels, _skipped in loader:
+        if len(labels):
+            yield images, labels
+
+
+def top1_of(predict: Callable[[Any], Any], card: Any, limit: Optional[int], resolution: Optional[int] = None,
+            batch_size: int = 32) -> Top1:
+    """Score `predict` (a float32 image batch (B, 3, H, W), torch tensor -> logits (B, classes),
+    tensor or array) on `validation_batches(card, limit, resolution, batch_size)` with
+    `top1_of_logits`'s rule. Unreadable images are skipped (not counted).
+
+    Raises:
+        NonFiniteLogits: a batch's logits hold NaN or inf (never scored as a guess).
+        ValueError: nothing could be scored.
+    """
+    import torch
+
     correct: list[bool] = []
     top5 = 0
     with torch.inference_mode():
-        for images, labels, _skipped in loader:
-            if len(labels) == 0:
-                continue
-            out = predict(images)
-            logits = (out if torch.is_tensor(out) else torch.as_tensor(np.asarray(out))).float()
-            if not torch.isfinite(logits).all():
-                raise NonFiniteLogits("the logits hold NaN or inf on validation images")
-            correct += (logits.argmax(1) == labels).tolist()
-            k = min(5, logits.shape[1])
-            top5 += int((logits.topk(k, 1).indices == labels[:, None]).any(1).sum())
+        for images, labels in validation_batches(card, limit, resolution, batch_size):
+            hits, hits5 = _hits(predict(images), labels)
+            correct += hits
+            top5 += hits5
     if not correct:
         raise ValueError(f"no validation image of {card.data} could be scored")
     return Top1(correct, top5=top5 / len(correct))

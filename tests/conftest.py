@@ -13,23 +13,16 @@ from effvit_deploy.runs import ModelCard, write_run
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 TINY_MODEL = "vit_tiny_patch16_224"
-TINY_IMG = 64
-# Mechanism settings that fit a 4x4 patch grid (64 px images, patch 16).
-TINY_ATTENTION_KWARGS = {
-    "exact": {},
-    "linformer": {"proj_len": 8},
-    "performer": {"num_features": 32},
-    "nystrom": {"landmarks": 8, "conv_kernel": 3},
-    "atrous": {"window_size": 2, "dilations": (1, 2)},
-}
+TINY_IMG = 64  # a 4x4 patch grid: each mechanism's `tiny_settings` fit it
 
 
 def tiny_model(attention: str, num_classes: int = 10, depth: int = 2, img_size: int = TINY_IMG, **kwargs):
-    """A 2-block ViT-Tiny-width model at 64 px with mechanism settings that fit its grid."""
+    """A 2-block ViT-Tiny-width model at 64 px with its mechanism's `tiny_settings` (class fact),
+    overridden by `kwargs`."""
     torch.manual_seed(0)
     return build_model(
         TINY_MODEL, attention=attention, num_classes=num_classes, depth=depth, img_size=img_size,
-        **{**TINY_ATTENTION_KWARGS[attention], **kwargs},
+        **{**ATTENTIONS[attention].tiny_settings, **kwargs},
     )
 
 

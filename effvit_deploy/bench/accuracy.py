@@ -5,8 +5,9 @@ it is timed: an fp16 engine, an INT8 graph or a resolution other than the traini
 accuracy that the PyTorch training summary would not show. The data set is the one the run was
 trained for (`effvit_deploy.data.build_eval_dataset` with the run's model card: data set,
 normalisation, interpolation, crop), resized for the resolution measured; unreadable images
-are skipped. A limit scores the first `limit` validation images, so rows with the same limit
-compare the same images.
+are skipped. A limit scores the validation subset of that many evenly spaced images
+(`evaluation.top1_of`, as export and the demo do), so rows with the same limit compare the same
+images.
 """
 from __future__ import annotations
 

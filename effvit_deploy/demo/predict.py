@@ -147,26 +147,25 @@ class Variant:
 
 
 def validation_accuracy(variant: Variant, backend: str = AUTO, limit: Optional[int] = 200) -> tuple[float, int]:
-    """(top-1, images) of one served backend on the run's validation subset of `limit` images:
-    the same images export and bench score for that limit (`data.subset`)."""
-    from torch.utils.data import DataLoader
+    """(top-1, images) of one served backend on the run's validation subset of `limit` images,
+    measured by `evaluation.top1_of` as export and bench measure theirs (the same images for a limit).
 
-    from ..data import collate_skip_bad, subset
+    Raises:
+        NonFiniteOutput: the backend returned NaN or infinite logits.
+        ValueError: no validation image could be read.
+    """
+    from ..evaluation import NonFiniteLogits, top1_of
 
     runner = variant.runners[variant.pick_backend(backend)]
-    correct = total = 0
     with variant.lock:
-        for x, y, _ in DataLoader(subset.validation_subset(variant.card, limit), batch_size=16, collate_fn=collate_skip_bad):
-            if len(y):
-                logits = runner(x.numpy())
-                if not np.isfinite(logits).all():
-                    raise NonFiniteOutput(f"{variant.run_dir}: {runner.backend} returned NaN or infinite logits on "
-                                          "validation images: its accuracy is not a number")
-                correct += int((logits.argmax(1) == y.numpy()).sum())
-                total += len(y)
-    if total == 0:
-        raise ValueError(f"{variant.run_dir}: the validation set of {variant.card.data} has no readable image")
-    return correct / total, total
+        try:
+            result = top1_of(lambda images: runner(images.numpy()), variant.card, limit, batch_size=16)
+        except NonFiniteLogits as exc:
+            raise NonFiniteOutput(f"{variant.run_dir}: {runner.backend} returned NaN or infinite logits on "
+                                  "validation images: its accuracy is not a number") from exc
+        except ValueError as exc:
+            raise ValueError(f"{variant.run_dir}: {exc}") from exc
+    return result.top1, result.images
 
 
 def servable_backends(run_dir: Union[str, Path], precision: str = "fp32") -> list[str]:

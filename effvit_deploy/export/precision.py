@@ -36,13 +36,14 @@ from typing import Iterable, Union
 
 import numpy as np
 
+from ..attention import REGISTRY
+
 log = logging.getLogger(__name__)
 
 FP32_OPS = [
     "LayerNormalization", "Softmax", "Exp", "ReduceMax", "ReduceSum", "ReduceMean", "Pow", "Sqrt",
     "Resize", "Range", "Min", "Max", "CumSum",
 ]
-FP32_ATTENTION = {"performer", "nystrom"}
 
 
 ATTENTION_MARK = "effvit.fp32_attention"  # node metadata key: the attention module the node computes for
@@ -179,16 +180,24 @@ def _skip_fp16_round_trips(proto) -> int:
     return skipped
 
 
+def keeps_attention_fp32(attention: str) -> bool:
+    """Whether an fp16 graph of mechanism `attention` (a name in `effvit_deploy.attention.REGISTRY`,
+    the attention-free reference included) keeps its attention math in fp32: the class fact
+    `computes_in_fp32`."""
+    return REGISTRY[attention].computes_in_fp32
+
+
 def convert_fp16(src: Union[str, Path], dst: Union[str, Path], attention: str) -> int:
     """fp16 copy of the fp32 graph `src` at `dst` (float32 inputs/outputs); returns how many
-    attention-math nodes were kept in fp32. Raises Fp16Unsafe when `attention` needs them and
-    `src` marks none."""
+    attention-math nodes were kept in fp32. Raises Fp16Unsafe when `attention` needs them
+    (`keeps_attention_fp32`) and `src` marks none."""
     import onnx
     from onnx import numpy_helper
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    keep = list(attention_scopes(src)) if attention in FP32_ATTENTION else []
-    if attention in FP32_ATTENTION and not keep:
+    fp32_attention = keeps_attention_fp32(attention)
+    keep = list(attention_scopes(src)) if fp32_attention else []
+    if fp32_attention and not keep:
         raise Fp16Unsafe(
             f"{src} does not mark its {attention} attention nodes, which must stay fp32 in an fp16 graph (their sums "
             "underflow in fp16): rebuild the fp32 graph with `effvit-export RUN_DIR --force` (0.3.0 graphs lack the mark)"

@@ -6,8 +6,9 @@ Two checks, both recorded in the manifest:
   for a calibrated int8 graph: `image_reference`) at three or more resolutions (the profile's min and opt squares and a non-square size inside the range):
   max absolute error, relative error (max abs error / max abs reference logit) and top-1
   agreement. An artifact outside `TOLERANCES` fails the export.
-- accuracy: top-1 on the run's validation set (`effvit_deploy.data.build_eval_dataset`) and
-  top-1 agreement with PyTorch fp32 on the same images: the accuracy delta of a precision.
+- accuracy: top-1 on the run's validation subset (`evaluation.validation_batches`, scored by
+  `evaluation.top1_of_logits` as every top-1 is) and top-1 agreement with PyTorch fp32 on the
+  same images: the accuracy delta of a precision.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..evaluation import top1_of_logits, validation_batches
 from ..runs import ModelCard
 from .resample import portable_resampling
 
@@ -79,9 +81,11 @@ class Reference:
 
     @property
     def val_top1(self) -> Optional[float]:
-        if self.val_logits is None:
+        """PyTorch fp32 top-1 on the validation images (`evaluation.top1_of_logits`); None without
+        them or when its logits are not finite (not a number to record)."""
+        if self.val_logits is None or not np.isfinite(self.val_logits).all():
             return None
-        return float((self.val_logits.argmax(1) == self.val_labels).mean())
+        return top1_of_logits(self.val_logits, self.val_labels).top1
 
 
 @torch.inference_mode()
@@ -99,16 +103,12 @@ def _torch_logits(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.n
 
 
 def load_validation(card: ModelCard, limit: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The validation subset of `limit` images (`data.subset`), float32 NCHW at `size`, and labels."""
-    from torch.utils.data import DataLoader
-
-    from ..data import collate_skip_bad, subset
-
+    """The validation subset of `limit` images (`evaluation.validation_batches`) at the training
+    resolution, resized to float32 NCHW at `size`, and labels: loaded once, scored for every artifact."""
     images, labels = [], []
-    for x, y, _ in DataLoader(subset.validation_subset(card, limit), batch_size=64, collate_fn=collate_skip_bad):
-        if len(x):
-            images.append(x)
-            labels.append(y)
+    for x, y in validation_batches(card, limit, batch_size=64):
+        images.append(x)
+        labels.append(y)
     x = torch.cat(images)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
@@ -214,7 +214,7 @@ def check_accuracy(predict: Predict, ref: Reference, precision: str = "fp32", la
             "No artifact was written."
         )
     preds = logits.argmax(1)
-    top1 = float((preds == ref.val_labels).mean())
+    top1 = top1_of_logits(logits, ref.val_labels).top1
     return {
         "top1": top1,
         "top1_agreement_vs_torch": float((preds == ref.val_logits.argmax(1)).mean()),
