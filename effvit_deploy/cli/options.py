@@ -14,14 +14,33 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
 _NOT_KEYS = ("help", "config", "debug")
 
 
+def positive_list(cast: Callable[[str], Any]) -> Callable[[str], list]:
+    """An argparse `type` for a comma list of positive `cast` values: `positive_list(int)` reads
+    "128,192" as [128, 192]; text that is not one, or a value <= 0, is an ArgumentTypeError (exit 2)."""
+    noun = {int: "integers", float: "numbers"}.get(cast, "values")
+
+    def parse(text: str) -> list:
+        try:
+            values = [cast(v) for v in str(text).split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from None
+        if not values or min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"expected positive {noun}, got {text!r}")
+        return values
+
+    return parse
+
+
 def _value(action: argparse.Action, value: Any) -> Any:
+    if action.type is None and action.nargs in ("*", "+") and isinstance(value, list):
+        return [str(v) for v in value]  # a list of plain words (recipe overrides: [epochs=2])
     if isinstance(value, list):
         value = ",".join(map(str, value))
     elif isinstance(value, dict):
