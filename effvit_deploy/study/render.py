@@ -29,7 +29,7 @@ def paired_tests(evals: dict[str, dict[str, dict]], exact: str) -> dict[str, dic
 def study_rows(runs: list[Path], evals: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
     """One row per fine-tuned mechanism, from its summary.json and the evaluation stage."""
     from ..runs import load_summary
-    from ..train.config import read_yaml
+    from ..recipes import read_yaml
 
     exact = next((r.name for r in runs if r.name.endswith("-exact")), None)
     tests = paired_tests(evals, exact) if exact else {}

@@ -127,7 +127,7 @@ def train_current(recipe: Path, attention: str, out: Path, overrides: list[str],
     """Train one variant unless OUT/STEM-ATTENTION is complete with this very config; a complete
     run whose config.yaml differs (another recipe, other options) is trained again."""
     from ..train import is_complete, load_config, train_all
-    from ..train.config import read_yaml
+    from ..recipes import read_yaml
 
     run = out / f"{recipe.stem}-{attention}"
     wanted = load_config(recipe, overrides, attention=attention)
