@@ -80,8 +80,9 @@ def _main(args: argparse.Namespace, command: str) -> int:
         existing_file("--recipe", args.recipe)
     changes: dict[str, Any] = {"overrides": tuple(args.overrides)}
     for key in ("pretrain_recipes", "recipe", "eval_limit", "resolutions", "eval_resolutions"):
-        if getattr(args, key) is not None:
-            changes[key] = tuple(getattr(args, key)) if isinstance(getattr(args, key), list) else getattr(args, key)
+        value = getattr(args, key)
+        if value is not None:
+            changes[key] = tuple(value) if isinstance(value, list) else value
     run(args.out, args.redo, replace(choose_profile(args.profile), **changes), bound=args.bound, command=command)
     return 0
 
