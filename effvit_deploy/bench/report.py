@@ -297,7 +297,7 @@ def write_report(
     `speedup_targets` ({resolution px: speed-up over exact}) adds a table checking your own
     goals; `budgets_ms` are the latency budgets of the recommendation table. `accuracy`
     ({(run name, px): {"top1", "images", "ci95"}}, PyTorch fp32 top-1 measured elsewhere, e.g.
-    the pipeline's evaluation stage) fills the top-1 of the PyTorch fp32 rows of those runs and
+    the study's evaluation stage) fills the top-1 of the PyTorch fp32 rows of those runs and
     resolutions that have none of their own.
     """
     targets = dict(speedup_targets or {})
@@ -316,9 +316,9 @@ def write_report(
     model = series(rows, "model")
     if model:
         scaling_plot(model, "latency_median_ms", "median latency (ms)", "End-to-end latency vs tokens per image",
-                      out_dir / "latency_vs_tokens.png")
+                     out_dir / "latency_vs_tokens.png")
         scaling_plot(model, "peak_mem_bytes", "peak memory (MiB)", "End-to-end peak memory vs tokens per image",
-                      out_dir / "memory_vs_tokens.png", scale=1 / 2**20)
+                     out_dir / "memory_vs_tokens.png", scale=1 / 2**20)
         blocks: list[Block] = [("img", "latency_vs_tokens.png", "latency vs tokens, log-log, fitted slopes"),
                                ("img", "memory_vs_tokens.png", "peak memory vs tokens, log-log, fitted slopes")]
         drawn = speedup_plot(model, out_dir / "speedup_vs_tokens.png", targets)
@@ -357,9 +357,9 @@ def write_report(
     layer = series(rows, "layer")
     if layer:
         scaling_plot(layer, "latency_median_ms", "median latency (ms)", "One attention layer: latency vs tokens",
-                      out_dir / "layer_latency_vs_tokens.png")
+                     out_dir / "layer_latency_vs_tokens.png")
         scaling_plot(layer, "peak_mem_bytes", "peak memory (MiB)", "One attention layer: peak memory vs tokens",
-                      out_dir / "layer_memory_vs_tokens.png", scale=1 / 2**20)
+                     out_dir / "layer_memory_vs_tokens.png", scale=1 / 2**20)
         sections.append(("Scaling with tokens (one attention layer)", [
             ("img", "layer_latency_vs_tokens.png", "layer latency vs tokens"),
             ("img", "layer_memory_vs_tokens.png", "layer peak memory vs tokens"),
