@@ -31,6 +31,8 @@ def colour(attention: str) -> str:
 
 
 def scaling_plot(series: dict, field: str, ylabel: str, title: str, path: Path, scale: float = 1.0) -> None:
+    """`field` (times `scale`) against tokens per image, log-log, one line per attention labelled
+    with its fitted exponent, one panel per (backend, precision, batch) of `series`; PNG at `path`."""
     keys = sorted(series)
     fig, axes = _panels(len(keys))
     for ax, key in zip(axes, keys):
