@@ -111,7 +111,7 @@ KINDS: dict[str, Callable[[dict, Path], None]] = {
 def _latest(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    from effvit_deploy.bench.report import latest_rows
+    from effvit_deploy.bench.analysis import latest_rows
 
     return latest_rows(load_results(path))[0]
 

@@ -98,7 +98,7 @@ def test_pareto_front_and_pick():
 
 
 def test_report_keeps_the_latest_measurement_of_a_rerun_configuration():
-    from effvit_deploy.bench.report import latest_rows
+    from effvit_deploy.bench.analysis import latest_rows
 
     base = {"mode": "model", "run": "r", "backend": "torch", "precision": "fp32", "batch": 1, "env": {"cpu_model": "x"}}
     rows = [{**base, "resolution": 224, "latency_median_ms": 5.0}, {**base, "resolution": 384, "latency_median_ms": 9.0},
@@ -106,3 +106,16 @@ def test_report_keeps_the_latest_measurement_of_a_rerun_configuration():
     kept, superseded = latest_rows(rows)
     assert superseded == 1
     assert sorted((r["resolution"], r["latency_median_ms"]) for r in kept) == [(224, 4.0), (384, 9.0)]
+
+
+def test_tables_and_plots_list_mechanisms_by_their_class_display_rank(monkeypatch):
+    from effvit_deploy.attention import ATTENTIONS
+    from effvit_deploy.bench.analysis import display_order
+    from effvit_deploy.bench.bound import BOUND
+    from effvit_deploy.bench.plots import colour
+
+    names = [BOUND, "atrous", "my-own", "exact", "nystrom", "linformer", "performer"]
+    assert display_order(names) == ["exact", "linformer", "performer", "nystrom", "atrous", BOUND, "my-own"]
+    assert [colour(a) for a in display_order(ATTENTIONS)] == ["C0", "C1", "C2", "C3", "C4"] and colour(BOUND) == "k"
+    monkeypatch.setattr(ATTENTIONS["atrous"], "display_rank", -1)  # the class decides, nothing else
+    assert display_order(names)[:2] == ["atrous", "exact"] and colour("atrous") == "C0"

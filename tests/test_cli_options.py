@@ -41,3 +41,27 @@ def test_an_unknown_key_is_a_usage_error_naming_it(tmp_path, parse, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "colour" in err and str(bad) in err and "\n" not in err.strip()
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00binary", b"epochs: [1, 2\n", b"- 224\n", b"colour: blue\n"],
+                         ids=["not-text", "not-yaml", "not-a-mapping", "unknown-key"])
+@pytest.mark.parametrize("command", ["train", "export", "bench", "study"])
+def test_every_command_reads_its_yaml_file_through_one_reader(command, content, tmp_path, capsys, monkeypatch):
+    """The same bad file is the same one-line usage error (exit 2, naming the file) whether it is
+    effvit-train's recipe or the --config of effvit-export, effvit-bench or the study."""
+    from effvit_deploy.cli import bench, export, study, train
+
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    argv = {"train": ["--config", str(bad), "--out", str(tmp_path / "runs")], "export": ["run", "--config", str(bad)],
+            "bench": ["--config", str(bad)], "study": ["--config", str(bad)]}[command]
+    try:
+        code = {"train": train, "export": export, "bench": bench, "study": study}[command].main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert str(bad) in lines[0] and ": error: " in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]

@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from effvit_deploy.pipeline import readme_table
+from effvit_deploy.study import readme_table
 
 ROOT = Path(__file__).parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "cluttered_study"

@@ -6,8 +6,10 @@
 harness.py times one runner, memory.py measures its peak memory, worker.py measures one
 configuration (in a fresh process), matrix.py sweeps the matrix, bound.py builds the
 attention-free bound every speed-up is read against, accuracy.py scores top-1 per resolution,
-results.py writes the results file with the environment, analysis.py fits scaling laws and
-crossovers, report.py draws them. train_step.py times training steps (forward, backward, AdamW)
+results.py writes the results file with the environment, analysis.py reads the rows (latest
+rows, series, scaling laws, crossovers, Pareto fronts, display order), plots.py draws them,
+report.py says what each section of the report holds and document.py renders it as Markdown
+and HTML. train_step.py times training steps (forward, backward, AdamW)
 with the same harness, into train_step.jsonl beside the results file.
 """
 from __future__ import annotations

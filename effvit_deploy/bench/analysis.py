@@ -1,4 +1,5 @@
-"""What the report reads off the results: scaling exponents, crossovers, Pareto fronts, picks.
+"""What the report reads off the results: scaling exponents, crossovers, Pareto fronts, picks,
+and which rows it reads (the latest of each configuration, grouped into series, in display order).
 
 - Scaling exponent: least-squares slope of log(latency or memory) against log(tokens) over the
   long-sequence end (the `top` largest token counts), where the N^2 term dominates exact
@@ -11,9 +12,13 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections import defaultdict
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
+
+EXACT = "exact"
+FIT_POINTS = 3  # the largest token counts a scaling exponent is fitted on
 
 
 def fit_power_law(x: Sequence[float], y: Sequence[float], top: int = 3) -> tuple[float, float]:
@@ -74,3 +79,77 @@ def pick(candidates: Sequence[dict], budget_ms: float) -> Optional[dict]:
     if not fits:
         return None
     return min(fits, key=lambda c: (-(c.get("top1") if c.get("top1") is not None else -1.0), c["latency_median_ms"]))
+
+
+def display_rank(attention: str) -> int:
+    """Where `attention` goes in every table and plot: its class's `display_rank` (the
+    attention-free reference after every mechanism); unknown names last."""
+    from ..attention import REGISTRY, TimmAttention
+
+    return REGISTRY.get(attention, TimmAttention).display_rank
+
+
+def display_order(attentions: Iterable[str]) -> list[str]:
+    """`attentions` by `display_rank`, then by name."""
+    return sorted(attentions, key=lambda a: (display_rank(a), a))
+
+
+def latest_rows(rows: list[dict]) -> tuple[list[dict], int]:
+    """The last row of each configuration on each machine (the file is append-only: a re-run
+    supersedes an earlier measurement), and how many rows were superseded."""
+    latest: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["mode"], r["run"], r["backend"], r["precision"], r.get("batch"), r.get("resolution"),
+               (r.get("env") or {}).get("cpu_model"), (r.get("env") or {}).get("gpu"))
+        latest.pop(key, None)
+        latest[key] = r
+    return list(latest.values()), len(rows) - len(latest)
+
+
+def series(rows: list[dict], mode: str) -> dict[tuple, dict[str, list[dict]]]:
+    """{(backend, precision, batch): {attention: ok rows sorted by tokens}} for one mode."""
+    out: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["mode"] == mode and r["status"] == "ok":
+            out[(r["backend"], r["precision"], r["batch"])][r["attention"]].append(r)
+    for by_att in out.values():
+        for att in by_att:
+            by_att[att].sort(key=lambda r: r["tokens"])
+    return out
+
+
+def fit_exponent(points: list[dict], field: str) -> Optional[float]:
+    """The scaling exponent of `field` against tokens over the FIT_POINTS largest token counts;
+    None with fewer than two measured points."""
+    xs = [p["tokens"] for p in points if p.get(field)]
+    ys = [p[field] for p in points if p.get(field)]
+    try:
+        return fit_power_law(xs, ys, FIT_POINTS)[0]
+    except ValueError:
+        return None
+
+
+def measured_here(row: dict) -> bool:
+    """True when the row's top-1 was measured for its own configuration at its own resolution."""
+    return row.get("top1") is not None and row.get("top1_images") is not None and row.get("top1_resolution") == row.get("resolution")
+
+
+def with_accuracy(row: dict, accuracy: dict[tuple[str, int], dict[str, Any]]) -> dict:
+    """The row with top-1 from `accuracy` when it is a PyTorch fp32 model row of a run and
+    resolution listed there and has no top-1 measured at its own resolution."""
+    acc = accuracy.get((row.get("run"), row.get("resolution")))
+    if (acc is None or measured_here(row) or row["mode"] != "model" or row["backend"] != "torch"
+            or row["precision"] != "fp32"):
+        return row
+    return {**row, "top1": acc["top1"], "top1_images": acc["images"], "top1_ci95": acc.get("ci95"),
+            "top1_resolution": row["resolution"], "top1_source": "evaluation stage (PyTorch fp32, same weights)"}
+
+
+def tradeoff_points(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Per batch size: every measured configuration (run, backend, precision, resolution) whose
+    top-1 was measured at that same configuration."""
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["mode"] == "model" and r["status"] == "ok" and measured_here(r):
+            out[("all backends", "all precisions", r["batch"])].append(r)
+    return out

@@ -1,5 +1,8 @@
 """The benchmark report: report.md and report.html (PNG plots embedded) from a results file.
 
+What it reads off the rows is in `analysis`, the plots are drawn by `plots`, the two documents
+rendered by `document`; this module says what the report contains, section by section.
+
 Plots (matplotlib, Agg): latency and peak memory against tokens per image on log-log axes with
 each variant's fitted scaling exponent; speed-up over exact attention with the attention-free
 bound's ceiling; accuracy against latency with the Pareto front; the same scaling plots for
@@ -10,29 +13,20 @@ every failure with its reason. Nothing is typed in by hand: every figure comes f
 """
 from __future__ import annotations
 
-import base64
-import html
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import matplotlib
+from ..atomic import write_text
+from ..evaluation import MIN_IMAGES
+from .analysis import (EXACT, FIT_POINTS, crossover, display_order, fit_exponent, latest_rows, measured_here,
+                       pareto_front, pick, series, tokens_to_resolution, tradeoff_points, with_accuracy)
+from .bound import BOUND
+from .document import Block, Section, render_html, render_markdown
+from .plots import scaling_plot, speedup_plot, tradeoff_plot
+from .results import load_results
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
-
-from ..atomic import atomic_path, write_text  # noqa: E402
-from ..evaluation import MIN_IMAGES  # noqa: E402
-from .analysis import crossover, fit_power_law, pareto_front, pick, tokens_to_resolution  # noqa: E402
-from .bound import BOUND  # noqa: E402
-from .markdown import md_table  # noqa: E402
-from .results import load_results  # noqa: E402
-
-EXACT = "exact"
-FIT_POINTS = 3
 BUDGETS_MS = (10, 30, 100, 300, 1000, 3000, 10000)
 MEMORY_NOTE = (
     "Peak memory on CPU is the rise of the process's resident-set high-water mark during warm-up and "
@@ -47,16 +41,6 @@ TIMING_NOTE = (
     "Throughput = batch / median latency."
 )
 
-STYLESHEET = (
-    "body{font:15px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif;color:#222;max-width:1200px;margin:2em auto;"
-    "padding:0 1em}h1,h2{line-height:1.2}h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}"
-    ".scroll{overflow-x:auto}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}"
-    "th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f6f8fa}"
-    "tr:nth-child(even) td{background:#fafbfc}figure{margin:1em 0}img{max-width:100%;height:auto}"
-    "figcaption{color:#555;font-size:13px}"
-)
-Block = tuple  # ("p", text) | ("table", header, rows) | ("img", file, caption)
-
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -66,124 +50,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _series(rows: list[dict], mode: str) -> dict[tuple, dict[str, list[dict]]]:
-    """{(backend, precision, batch): {attention: ok rows sorted by tokens}} for one mode."""
-    out: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["mode"] == mode and r["status"] == "ok":
-            out[(r["backend"], r["precision"], r["batch"])][r["attention"]].append(r)
-    for by_att in out.values():
-        for att in by_att:
-            by_att[att].sort(key=lambda r: r["tokens"])
-    return out
-
-
-def _fit(points: list[dict], field: str) -> Optional[float]:
-    xs = [p["tokens"] for p in points if p.get(field)]
-    ys = [p[field] for p in points if p.get(field)]
-    try:
-        return fit_power_law(xs, ys, FIT_POINTS)[0]
-    except ValueError:
-        return None
-
-
-def _order(attentions) -> list[str]:
-    known = [EXACT, "linformer", "performer", "nystrom", "atrous", BOUND]
-    return sorted(attentions, key=lambda a: (known.index(a) if a in known else len(known), a))
-
-
-def _colour(attention: str) -> str:
-    """The same colour for one attention in every plot (exact blue, linformer orange, ...)."""
-    known = _order([EXACT, "linformer", "performer", "nystrom", "atrous"])
-    return "k" if attention == BOUND else f"C{known.index(attention) if attention in known else 5 + sum(map(ord, attention)) % 4}"
-
-
-def _scaling_plot(series: dict, field: str, ylabel: str, title: str, path: Path, scale: float = 1.0) -> None:
-    keys = sorted(series)
-    fig, axes = _panels(len(keys))
-    for ax, key in zip(axes, keys):
-        for att in _order(series[key]):
-            pts = [p for p in series[key][att] if p.get(field)]
-            if not pts:
-                continue
-            slope = _fit(pts, field)
-            label = f"{att} (slope {slope:.2f})" if slope is not None else att
-            ax.plot([p["tokens"] for p in pts], [p[field] * scale for p in pts], marker="o", label=label, color=_colour(att))
-        _style(ax, key, "tokens per image", ylabel)
-    fig.suptitle(title)
-    _save(fig, path)
-
-
-def _panels(count: int):
-    """A figure with `count` side-by-side panels (one per backend/precision/batch)."""
-    fig, axes = plt.subplots(1, count, figsize=(5.2 * count, 4.2), squeeze=False)
-    return fig, axes[0]
-
-
-def _style(ax, key: tuple, xlabel: str, ylabel: str, log_y: bool = True, title_suffix: str = "") -> None:
-    """Log-scaled axes, labels, the panel's (backend, precision, batch) title, grid and legend."""
-    ax.set_xscale("log")
-    _plain_log_ticks(ax.xaxis)
-    if log_y:
-        ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{key[0]} {key[1]} batch {key[2]}{title_suffix}")
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-
-
-def _plain_log_ticks(axis) -> None:
-    """Log-axis labels at 1, 2 and 5 per decade, plain numbers, unlabelled minor ticks: labels
-    that never collide (matplotlib's default labels minor ticks on short ranges, and they did)."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def _save(fig, path: Path) -> None:
-    """Lay out and write the PNG atomically."""
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def _speedup_plot(series: dict, path: Path, targets: dict[int, float]) -> Optional[bool]:
-    """Draw the plot; None when there is nothing to draw, else whether the bound line is in it."""
-    keys = [k for k in sorted(series) if EXACT in series[k] and len(series[k]) > 1]
-    if not keys:
-        return None
-    fig, axes = _panels(len(keys))
-    for ax, key in zip(axes, keys):
-        exact = {p["tokens"]: p["latency_median_ms"] for p in series[key][EXACT]}
-        for att in _order(series[key]):
-            if att == EXACT:
-                continue
-            pts = [(p["tokens"], exact[p["tokens"]] / p["latency_median_ms"]) for p in series[key][att] if p["tokens"] in exact]
-            if pts:
-                style = ({"color": "k", "linestyle": "--", "label": "largest possible (attention-free bound)"} if att == BOUND
-                         else {"label": att, "color": _colour(att)})
-                ax.plot(*zip(*pts), marker="o", **style)
-        patch = series[key][EXACT][0].get("patch") or 16
-        for res, target in targets.items():
-            ax.plot([1 + (res // patch) ** 2], [target], marker="*", color="k", markersize=11, linestyle="none")
-        ax.axhline(1.0, color="grey", linewidth=1)
-        _style(ax, key, "tokens per image", "speed-up over exact (x)", title_suffix="  (stars: your targets)" if targets else "")
-    _save(fig, path)
-    return any(BOUND in series[k] for k in keys)
-
-
-def _measured_here(row: dict) -> bool:
-    """True when the row's top-1 was measured for its own configuration at its own resolution."""
-    return row.get("top1") is not None and row.get("top1_images") is not None and row.get("top1_resolution") == row.get("resolution")
-
-
 def _decidable(row: dict) -> bool:
     """True when the row's top-1 may rank it: measured here on at least MIN_IMAGES images."""
-    return _measured_here(row) and row["top1_images"] >= MIN_IMAGES
+    return measured_here(row) and row["top1_images"] >= MIN_IMAGES
 
 
 def _accuracy(row: dict) -> str:
@@ -192,47 +61,6 @@ def _accuracy(row: dict) -> str:
     interval = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else ""
     tail = "" if row["top1_images"] >= MIN_IMAGES else f", under {MIN_IMAGES}: not recommended"
     return f"{100 * row['top1']:.1f}%{interval} on {row['top1_images']:,} images{tail}"
-
-
-def _tradeoff_points(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Per batch size: every measured configuration (run, backend, precision, resolution) whose
-    top-1 was measured at that same configuration."""
-    out: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r["mode"] == "model" and r["status"] == "ok" and _measured_here(r):
-            out[("all backends", "all precisions", r["batch"])].append(r)
-    return out
-
-
-def _tradeoff_plot(points: dict, path: Path) -> None:
-    """One colour per attention, one marker per resolution, 95% intervals as error bars; a
-    legend instead of point labels (which overlapped into unreadable clusters)."""
-    keys = sorted(points, key=lambda k: k[2])
-    fig, axes = _panels(len(keys))
-    markers = "osD^vP*X"
-    for ax, key in zip(axes, keys):
-        pts = points[key]
-        resolutions = sorted({p["resolution"] for p in pts})
-        colours = {att: _colour(att) for att in _order({p["attention"] for p in pts})}
-        for p in pts:
-            lo, hi = p.get("top1_ci95") or (p["top1"], p["top1"])
-            ax.errorbar(p["latency_median_ms"], 100 * p["top1"], yerr=[[100 * (p["top1"] - lo)], [100 * (hi - p["top1"])]],
-                        fmt=markers[resolutions.index(p["resolution"]) % len(markers)], color=colours[p["attention"]],
-                        capsize=2, zorder=3)
-        lat = [p["latency_median_ms"] for p in pts]
-        front = pareto_front(lat, [p["top1"] for p in pts])
-        ax.step([lat[i] for i in front], [100 * pts[i]["top1"] for i in front], where="post", color="grey",
-                linestyle=":", zorder=2)
-        ax.scatter([lat[i] for i in front], [100 * pts[i]["top1"] for i in front], s=180, facecolors="none",
-                   edgecolors="grey", linewidths=1.2, zorder=4)
-        handles = [plt.Line2D([], [], color=c, marker="o", linestyle="none", label=a) for a, c in colours.items()]
-        handles += [plt.Line2D([], [], color="k", marker=markers[i % len(markers)], linestyle="none", label=f"{r} px")
-                    for i, r in enumerate(resolutions)]
-        handles.append(plt.Line2D([], [], color="grey", linestyle=":", marker="o", markerfacecolor="none", markersize=11,
-                                  label="Pareto front (ringed)"))
-        _style(ax, key, "median latency (ms), log scale", "top-1 (%), 95% interval", log_y=False)
-        ax.legend(handles=handles, fontsize=7, loc="best")
-    _save(fig, path)
 
 
 def _pareto_table(points: dict) -> Block:
@@ -249,11 +77,11 @@ def _pareto_table(points: dict) -> Block:
 def _exponent_table(series: dict, mode: str) -> Block:
     body = []
     for key in sorted(series):
-        for att in _order(series[key]):
+        for att in display_order(series[key]):
             pts = series[key][att]
             used = pts[-FIT_POINTS:]
-            body.append([mode, key[0], key[1], key[2], att, _fmt(_fit(pts, "latency_median_ms")),
-                         _fmt(_fit(pts, "peak_mem_bytes")), f"{used[0]['tokens']}-{used[-1]['tokens']}" if used else "-"])
+            body.append([mode, key[0], key[1], key[2], att, _fmt(fit_exponent(pts, "latency_median_ms")),
+                         _fmt(fit_exponent(pts, "peak_mem_bytes")), f"{used[0]['tokens']}-{used[-1]['tokens']}" if used else "-"])
     return ("table", ["mode", "backend", "precision", "batch", "attention", "latency exponent", "memory exponent", "fit tokens"], body)
 
 
@@ -262,7 +90,7 @@ def _speedup_table(series: dict) -> Block:
     body = []
     for key in sorted(series):
         exact = {p["tokens"]: p["latency_median_ms"] for p in series[key].get(EXACT, [])}
-        for att in _order(series[key]):
+        for att in display_order(series[key]):
             if att == EXACT:
                 continue
             mine = {p["tokens"]: p["latency_median_ms"] for p in series[key][att]}
@@ -283,7 +111,7 @@ def _bound_table(series: dict) -> list[Block]:
         bound = {p["resolution"]: p for p in by[BOUND]}
         for res in sorted(set(exact) & set(bound)):
             e, b = exact[res]["latency_median_ms"], bound[res]["latency_median_ms"]
-            for att in _order(by):
+            for att in display_order(by):
                 if att in (EXACT, BOUND):
                     continue
                 mine = next((p for p in by[att] if p["resolution"] == res), None)
@@ -317,7 +145,7 @@ def _targets(rows: list[dict], series: dict, targets: dict[int, float]) -> list[
         exact = {p["resolution"]: p for p in series[key][EXACT]}
         bound = {p["resolution"]: p for p in series[key].get(BOUND, [])}
         present = {r["attention"] for r in rows if r["mode"] == "model"} - {EXACT, BOUND}
-        for att in _order(present):
+        for att in display_order(present):
             mine = {p["resolution"]: p for p in series[key].get(att, [])}
             for res, target in sorted(targets.items()):
                 label = f"{res} px speed-up >= {target:g}x"
@@ -349,7 +177,7 @@ def _crossover_table(series: dict, rows: list[dict]) -> Block:
         if EXACT not in series[key]:
             continue
         exact = {p["tokens"]: p["latency_median_ms"] for p in series[key][EXACT]}
-        for att in _order(series[key]):
+        for att in display_order(series[key]):
             if att == EXACT:
                 continue
             pts = [p for p in series[key][att] if p["tokens"] in exact]
@@ -372,8 +200,8 @@ def _recommendations(rows: list[dict], budgets_ms: tuple[float, ...]) -> list[Bl
     for res in sorted({r["resolution"] for r in ok}):
         cands = [r for r in ok if r["resolution"] == res]
         scored = [r for r in cands if _decidable(r)]
-        few = sorted({r["top1_images"] for r in cands if _measured_here(r) and not _decidable(r)})
-        previous, start = None, None
+        few = sorted({r["top1_images"] for r in cands if measured_here(r) and not _decidable(r)})
+        previous, start, last = None, None, None
         for budget in budgets_ms:
             c = pick(scored, budget)
             if c is None:
@@ -431,7 +259,7 @@ def _failures(rows: list[dict]) -> list[Block]:
 
 
 def _environment(rows: list[dict]) -> Block:
-    envs = {tuple(sorted(r["env"].items())) for r in rows if r.get("env")}
+    envs = sorted({tuple(sorted(r["env"].items())) for r in rows if r.get("env")}, key=str)  # one column per machine, stable
     keys = ["cpu_model", "cpu_cores", "cpu_affinity", "memory_gib", "gpu", "gpu_driver", "os", "python", "torch",
             "timm", "onnxruntime", "tensorrt", "git_commit"]
     body = [[k] + ([_fmt(dict(e).get(k)) for e in envs] or ["-"]) for k in keys]
@@ -439,53 +267,6 @@ def _environment(rows: list[dict]) -> Block:
     body.append(["sweeps (start, warm-up, max repeats, timed budget s)", "; ".join(map(str, sweeps))]
                 + [""] * (max(1, len(envs)) - 1))
     return ("table", ["environment"] + [f"machine {i + 1}" for i in range(max(1, len(envs)))], body)
-
-
-def _render_md(sections: list[tuple[str, list[Block]]], title: str) -> str:
-    out = [f"# {title}", ""]
-    for heading, blocks in sections:
-        out += [f"## {heading}", ""]
-        for b in blocks:
-            if b[0] == "p":
-                out += [b[1], ""]
-            elif b[0] == "img":
-                out += [f"![{b[2]}]({b[1]})", ""]
-            else:
-                out += md_table(b[1], b[2]) + [""]
-    return "\n".join(out)
-
-
-def _render_html(sections: list[tuple[str, list[Block]]], title: str, out_dir: Path) -> str:
-    e = html.escape
-    out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
-           f"content='width=device-width, initial-scale=1'><title>{e(title)}</title><style>{STYLESHEET}</style>"
-           f"</head><body>", f"<h1>{e(title)}</h1>"]
-    for heading, blocks in sections:
-        out.append(f"<h2>{e(heading)}</h2>")
-        for b in blocks:
-            if b[0] == "p":
-                out.append(f"<p>{e(b[1])}</p>")
-            elif b[0] == "img":
-                data = base64.b64encode((out_dir / b[1]).read_bytes()).decode()
-                out.append(f"<figure><img alt='{e(b[2])}' src='data:image/png;base64,{data}'><figcaption>{e(b[2])}</figcaption></figure>")
-            else:
-                out.append("<div class='scroll'><table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in b[1]) + "</tr>")
-                out += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in b[2]]
-                out.append("</table></div>")
-    out.append("</body></html>")
-    return "\n".join(out)
-
-
-def latest_rows(rows: list[dict]) -> tuple[list[dict], int]:
-    """The last row of each configuration on each machine (the file is append-only: a re-run
-    supersedes an earlier measurement), and how many rows were superseded."""
-    latest: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r["mode"], r["run"], r["backend"], r["precision"], r.get("batch"), r.get("resolution"),
-               (r.get("env") or {}).get("cpu_model"), (r.get("env") or {}).get("gpu"))
-        latest.pop(key, None)
-        latest[key] = r
-    return list(latest.values()), len(rows) - len(latest)
 
 
 def _thread_note(rows: list[dict]) -> Block:
@@ -503,17 +284,6 @@ def _thread_note(rows: list[dict]) -> Block:
             "spinning), the robust choice on a host shared with other jobs.")
 
 
-def _with_accuracy(row: dict, accuracy: dict[tuple[str, int], dict[str, Any]]) -> dict:
-    """The row with top-1 from `accuracy` when it is a PyTorch fp32 model row of a run and
-    resolution listed there and has no top-1 measured at its own resolution."""
-    acc = accuracy.get((row.get("run"), row.get("resolution")))
-    if (acc is None or _measured_here(row) or row["mode"] != "model" or row["backend"] != "torch"
-            or row["precision"] != "fp32"):
-        return row
-    return {**row, "top1": acc["top1"], "top1_images": acc["images"], "top1_ci95": acc.get("ci95"),
-            "top1_resolution": row["resolution"], "top1_source": "evaluation stage (PyTorch fp32, same weights)"}
-
-
 def write_report(
     results_path: Union[str, Path],
     out_dir: Optional[Union[str, Path]] = None,
@@ -527,31 +297,31 @@ def write_report(
     `speedup_targets` ({resolution px: speed-up over exact}) adds a table checking your own
     goals; `budgets_ms` are the latency budgets of the recommendation table. `accuracy`
     ({(run name, px): {"top1", "images", "ci95"}}, PyTorch fp32 top-1 measured elsewhere, e.g.
-    the pipeline's evaluation stage) fills the top-1 of the PyTorch fp32 rows of those runs and
+    the study's evaluation stage) fills the top-1 of the PyTorch fp32 rows of those runs and
     resolutions that have none of their own.
     """
     targets = dict(speedup_targets or {})
     results_path = Path(results_path)
     rows, superseded = latest_rows(load_results(results_path))
-    rows = [_with_accuracy(r, accuracy or {}) for r in rows]
+    rows = [with_accuracy(r, accuracy or {}) for r in rows]
     out_dir = Path(out_dir) if out_dir else results_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections: list[tuple[str, list[Block]]] = []
+    sections: list[Section] = []
     method: list[Block] = [_environment(rows), _thread_note(rows), ("p", TIMING_NOTE), ("p", MEMORY_NOTE)]
     if superseded:
         method.append(("p", f"{superseded} earlier rows of re-run configurations are superseded by the latest "
                             "measurement (they stay in the results file)."))
     sections.append(("Environment and method", method))
 
-    model = _series(rows, "model")
+    model = series(rows, "model")
     if model:
-        _scaling_plot(model, "latency_median_ms", "median latency (ms)", "End-to-end latency vs tokens per image",
-                      out_dir / "latency_vs_tokens.png")
-        _scaling_plot(model, "peak_mem_bytes", "peak memory (MiB)", "End-to-end peak memory vs tokens per image",
-                      out_dir / "memory_vs_tokens.png", scale=1 / 2**20)
+        scaling_plot(model, "latency_median_ms", "median latency (ms)", "End-to-end latency vs tokens per image",
+                     out_dir / "latency_vs_tokens.png")
+        scaling_plot(model, "peak_mem_bytes", "peak memory (MiB)", "End-to-end peak memory vs tokens per image",
+                     out_dir / "memory_vs_tokens.png", scale=1 / 2**20)
         blocks: list[Block] = [("img", "latency_vs_tokens.png", "latency vs tokens, log-log, fitted slopes"),
                                ("img", "memory_vs_tokens.png", "peak memory vs tokens, log-log, fitted slopes")]
-        drawn = _speedup_plot(model, out_dir / "speedup_vs_tokens.png", targets)
+        drawn = speedup_plot(model, out_dir / "speedup_vs_tokens.png", targets)
         if drawn is not None:
             caption = "speed-up over exact attention (latency of exact / latency of the variant, grey line: 1x)"
             blocks.append(("img", "speedup_vs_tokens.png", caption + ("; dashed: the largest possible (attention-free bound)"
@@ -564,11 +334,11 @@ def write_report(
         if targets:
             sections.append(("Your speed-up targets", _targets(rows, model, targets)))
         sections.append(("Crossover: where each variant overtakes exact attention", [_crossover_table(model, rows)]))
-    tradeoff = _tradeoff_points(rows)
+    tradeoff = tradeoff_points(rows)
     if tradeoff:
-        _tradeoff_plot(tradeoff, out_dir / "accuracy_vs_latency.png")
+        tradeoff_plot(tradeoff, out_dir / "accuracy_vs_latency.png")
         unscored = sorted({f"{r['attention']} {r['backend']} {r['precision']} {r['resolution']} px" for r in rows
-                           if r["mode"] == "model" and r["status"] == "ok" and r["attention"] != BOUND and not _measured_here(r)})
+                           if r["mode"] == "model" and r["status"] == "ok" and r["attention"] != BOUND and not measured_here(r)})
         blocks = [("img", "accuracy_vs_latency.png", "top-1 (95% interval) against median latency, one colour per "
                    "attention, one marker per resolution; ringed and joined by a dotted line: the Pareto front"),
                   ("p", "Each point is one configuration (backend, precision, resolution) with top-1 measured for that "
@@ -584,12 +354,12 @@ def write_report(
                                                        + ("; ".join(notes) or "none recorded"))]))
     if model:
         sections.append(("Recommendations", _recommendations(rows, tuple(budgets_ms))))
-    layer = _series(rows, "layer")
+    layer = series(rows, "layer")
     if layer:
-        _scaling_plot(layer, "latency_median_ms", "median latency (ms)", "One attention layer: latency vs tokens",
-                      out_dir / "layer_latency_vs_tokens.png")
-        _scaling_plot(layer, "peak_mem_bytes", "peak memory (MiB)", "One attention layer: peak memory vs tokens",
-                      out_dir / "layer_memory_vs_tokens.png", scale=1 / 2**20)
+        scaling_plot(layer, "latency_median_ms", "median latency (ms)", "One attention layer: latency vs tokens",
+                     out_dir / "layer_latency_vs_tokens.png")
+        scaling_plot(layer, "peak_mem_bytes", "peak memory (MiB)", "One attention layer: peak memory vs tokens",
+                     out_dir / "layer_memory_vs_tokens.png", scale=1 / 2**20)
         sections.append(("Scaling with tokens (one attention layer)", [
             ("img", "layer_latency_vs_tokens.png", "layer latency vs tokens"),
             ("img", "layer_memory_vs_tokens.png", "layer peak memory vs tokens"),
@@ -599,6 +369,6 @@ def write_report(
 
     title = "effvit-bench report"
     md_path = out_dir / "report.md"
-    write_text(md_path, _render_md(sections, title))
-    write_text(out_dir / "report.html", _render_html(sections, title, out_dir))
+    write_text(md_path, render_markdown(sections, title))
+    write_text(out_dir / "report.html", render_html(sections, title, out_dir))
     return md_path

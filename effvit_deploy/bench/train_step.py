@@ -41,13 +41,13 @@ from ..atomic import write_text
 from ..backends import TORCH_DTYPES, Runner, backend_device
 from ..environment import environment
 from ..runs import load_run
+from .analysis import EXACT, display_order, latest_rows
 from .bound import BOUND
 from .results import append_results, load_results
 
 TRAIN_STEP = "train_step"  # OUT/train_step.jsonl, .csv, .md
 IMAGENET100_TRAIN_IMAGES = 126_689
 TRAIN_PRECISIONS = ("fp32", "bf16")  # bf16: autocast to backends.TORCH_DTYPES["bf16"], weights fp32
-EXACT = "exact"
 
 
 def check_train_options(precisions: Sequence[str], epoch_images: int = IMAGENET100_TRAIN_IMAGES) -> None:
@@ -225,8 +225,7 @@ def train_tables(rows: list[dict[str, Any]]) -> list[str]:
         epoch = next((r["epoch_images"] for by in by_att.values() for r in by.values() if r.get("epoch_images")), None)
         out += [f"### {precision}, batch {batch}" + (f" (epoch = {epoch:,} images)" if epoch else ""), "",
                 "| attention | " + " | ".join(f"{s} px" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
-        order = [a for a in by_att if a not in (EXACT, BOUND)]
-        for att in [a for a in (EXACT, *order, BOUND) if a in by_att]:
+        for att in display_order(by_att):
             out.append(f"| {att} | " + " | ".join(
                 _cell(by_att[att][s], by_att.get(BOUND, {}).get(s), by_att.get(EXACT, {}).get(s) if att != EXACT else None)
                 if s in by_att[att] else "-" for s in sizes) + " |")
@@ -237,8 +236,6 @@ def train_tables(rows: list[dict[str, Any]]) -> list[str]:
 def write_train_report(results_path: Union[str, Path], out_dir: Optional[Union[str, Path]] = None) -> Path:
     """OUT/train_step.md from a train_step.jsonl: the tables of `train_tables`, failures with
     their reasons, and the machine; returns its path."""
-    from .report import latest_rows
-
     results_path = Path(results_path)
     rows, _ = latest_rows(load_results(results_path))
     out_dir = Path(out_dir) if out_dir else results_path.parent

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import EXIT_RUNTIME, Parser, existing_dir, output_dir, require, run_cli
-from .options import parse_with_config
+from .options import parse_with_config, positive_list
 
 EPILOG = """examples:
   # trained runs, every usable backend, report in bench-out/
@@ -22,25 +22,6 @@ EPILOG = """examples:
   effvit-bench --config serve/bench_cpu_vits.yaml
   effvit-bench --report-only --out benchmarks/results/cpu
 """
-
-
-def _positive_list(cast: type, noun: str):
-    """An argparse type for comma-separated positive `cast` values ("integers", "numbers")."""
-
-    def parse(text: str) -> list:
-        try:
-            values = [cast(v) for v in str(text).split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {noun}, got {text!r}") from None
-        if not values or min(values) <= 0:
-            raise argparse.ArgumentTypeError(f"expected positive {noun}, got {text!r}")
-        return values
-
-    return parse
-
-
-_ints = _positive_list(int, "integers")
-_floats = _positive_list(float, "numbers")
 
 
 def _targets(text: str) -> dict[int, float]:
@@ -68,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="auto", help="auto, or a comma list of: torch, torch-compile, "
                    "torch-compile-cudagraphs (CUDA graphs, for batch-1 latency on a GPU), onnxruntime, "
                    "onnxruntime-cuda, onnxruntime-tensorrt, openvino, tensorrt, torch-tensorrt")
-    p.add_argument("--resolutions", type=_ints, default=[224, 384, 512, 768, 1024], help="square input sizes (px)")
-    p.add_argument("--batch-sizes", type=_ints, default=[1], help="batch sizes")
+    p.add_argument("--resolutions", type=positive_list(int), default=[224, 384, 512, 768, 1024], help="square input sizes (px)")
+    p.add_argument("--batch-sizes", type=positive_list(int), default=[1], help="batch sizes")
     p.add_argument("--precision", type=_names, default=["fp32"], help="fp32, fp16, bf16, int8, int8-static (comma list; "
                    "each backend runs the precisions its artifacts were exported in)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="results and report folder")
@@ -86,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bound", action=argparse.BooleanOptionalAction, default=True,
                    help="also time each model with attention replaced by a no-op token mixer (the attention-free "
                    "bound: the largest speed-up any mechanism could reach)")
-    p.add_argument("--budgets", type=_floats, help="latency budgets (ms) of the recommendation table, "
+    p.add_argument("--budgets", type=positive_list(float), help="latency budgets (ms) of the recommendation table, "
                    "e.g. 30,100,1000 (default: 10,30,100,300,1000,3000,10000)")
     p.add_argument("--speedup-target", type=_targets, default={}, metavar="PX:X,...",
                    help="your own speed-up goals to check in the report, e.g. 1024:2,2048:5 (none by default)")

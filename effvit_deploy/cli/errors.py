@@ -1,5 +1,6 @@
-"""How the five command-line tools fail: one line naming the file or key, the problem and the fix,
-and the same exit codes everywhere; the traceback only with `--debug` or EFFVIT_DEBUG=1.
+"""How the command-line tools (effvit-data, -train, -export, -bench, -demo and the study) fail: one
+line naming the file or key, the problem and the fix, and the same exit codes everywhere; the
+traceback only with `--debug` or EFFVIT_DEBUG=1.
 
 Exit codes:
     0    success

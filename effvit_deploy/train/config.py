@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import re
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
@@ -18,10 +17,10 @@ import yaml
 
 from ..attention import ATTENTIONS
 from ..data import DataSpec
+from ..recipes import RecipeError, read_mapping, read_yaml, unknown_keys
 
 
-class ConfigError(ValueError):
-    """A recipe or override that cannot be used; the message names the key and the fix."""
+ConfigError = RecipeError  # a recipe or override that cannot be used; the message names the key and the fix
 
 
 DEFAULTS: dict[str, Any] = {
@@ -71,22 +70,6 @@ DEFAULTS: dict[str, Any] = {
 FREE_FORM = ("model_kwargs", "aug")
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 floats: PyYAML reads `1e-3` (no dot) as a string, the classic learning-rate typo."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
-
-
 def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
     keys = []
     for key, value in tree.items():
@@ -94,13 +77,6 @@ def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
         if isinstance(value, dict) and key not in FREE_FORM:
             keys.extend(_dotted_keys(value, prefix + key + "."))
     return keys
-
-
-def _unknown_key(path: str, where: str) -> ConfigError:
-    valid = _dotted_keys(DEFAULTS)
-    close = difflib.get_close_matches(path, valid, n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    return ConfigError(f"unknown recipe key {path!r} in {where}.{hint} Valid keys: {', '.join(valid)}")
 
 
 def _is_free(path: tuple[str, ...]) -> bool:
@@ -116,7 +92,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str, path: tuple
                 f"attention_kwargs.{key} in {where}: {key!r} is not a mechanism; use one of {', '.join(ATTENTIONS)}"
             )
         if not _is_free(full) and key not in base:
-            raise _unknown_key(".".join(full), where)
+            raise unknown_keys([".".join(full)], _dotted_keys(DEFAULTS), where, noun="recipe key")
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value, where, full)
         else:
@@ -154,19 +130,8 @@ def load_config(
     """The fully resolved config: defaults <- recipe file <- overrides (<- attention)."""
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
-        path = Path(path)
-        if path.is_dir():
-            raise ConfigError(f"recipe {path} is a folder, expected a YAML file such as train/digits.yaml")
-        if not path.is_file():
-            raise ConfigError(f"recipe {str(path)!r} does not exist (recipes live in train/, e.g. train/digits.yaml)")
-        try:
-            recipe = read_yaml(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"recipe {path} is not a text file: give a YAML recipe such as train/digits.yaml") from None
-        if not isinstance(recipe, dict):
-            raise ConfigError(f"recipe {path} must be a YAML mapping of keys to values")
+        recipe = read_mapping(path, "recipe", "epochs: 3", kind="a YAML file such as train/digits.yaml",
+                              where=" (recipes live in train/, e.g. train/digits.yaml)")
         _merge(config, recipe, str(path))
     for text in overrides:
         keys, value = parse_override(text)
