@@ -3,8 +3,10 @@
 For every block of an exact-attention model, the input of its attention layer is captured on
 real images; each mechanism, given that block's own qkv/proj weights, attends over the same
 input, and the relative error ||approx - exact|| / ||exact|| of the block's attention output is
-reported. This isolates the approximation itself from fine-tuning: it is the error a
-pretrained model sees the moment its attention is swapped.
+reported against the block's exact attention in float64. This isolates the approximation
+itself from fine-tuning: it is the error a pretrained model sees the moment its attention is
+swapped. Each budget is measured in fp32 and under bf16 autocast (`PRECISIONS`), with exact
+attention itself as the floor that the precision's rounding sets.
 """
 from __future__ import annotations
 
@@ -102,7 +104,8 @@ def attention_qkv(model: nn.Module, images: torch.Tensor) -> list[tuple]:
 
 
 #: the precisions each budget is measured in: fp32, and autocast to bf16 on the input's device
-#: (the dtype GPU deployments run in; CPU bf16 autocast rounds the same way)
+#: (the dtype GPU deployments run in; CPU autocast rounds the same matmul inputs to bf16, though
+#: its list of ops kept in fp32 differs from CUDA's in details)
 PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -168,7 +171,6 @@ def validation_images(data: dict, card: ModelCard, resolution: int, count: int) 
 
     images = subset.validation_subset(replace(card, data=data), count, img_size=resolution, crop_pct=1.0)
     return torch.stack([images[i][0] for i in range(len(images))])
-
 
 
 def error_table(
