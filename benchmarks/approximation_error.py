@@ -6,7 +6,8 @@ own activations at several sequence lengths (effvit_deploy.approximation).
         --data imagenet100/ --resolutions 224,384,512
 
 Writes OUT.md (mean relative error per mechanism and sequence length, plus per-block errors)
-and OUT.json beside it. `--mechanisms-from DIR` measures the attention modules of another
+and OUT.json beside it; each budget in fp32 and under bf16 autocast, against exact attention in
+float64 (`--precisions`). `--mechanisms-from DIR` measures the attention modules of another
 checkout (e.g. `git worktree add --detach /tmp/before COMMIT`) on this checkout's model and
 data, for before/after tables on data sets the older checkout cannot load.
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from effvit_deploy import approximation, build_model
-from effvit_deploy.approximation import error_table
+from effvit_deploy import build_model
+from effvit_deploy.approximation import PRECISIONS, error_table
 from effvit_deploy.runs import ModelCard, load_run
 
 
@@ -49,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=16, help="validation images per resolution")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/approximation_error.md"))
     parser.add_argument("--mechanisms-from", type=Path, help="measure the attention modules of this checkout instead")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (CPU autocast)")
     parser.add_argument("--note", default="", help="a line for the table's header (what is compared, the model's training)")
     args = parser.parse_args(argv)
-    if args.mechanisms_from:
-        approximation.ATTENTIONS = other_attentions(args.mechanisms_from)
-
+    precisions = args.precisions.split(",")
+    if unknown := [p for p in precisions if p not in PRECISIONS]:
+        parser.error(f"--precisions {','.join(unknown)}: choose from {', '.join(PRECISIONS)}")
+    attentions = other_attentions(args.mechanisms_from) if args.mechanisms_from else None
     torch.manual_seed(0)
     if args.run:
         model, card = load_run(args.run)
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     resolutions = [int(r) for r in args.resolutions.split(",")]
-    error_table(model, card, data, resolutions, args.out, label, command, images=args.images, note=args.note)
+    error_table(model, card, data, resolutions, args.out, label, command, images=args.images, note=args.note,
+                precisions=precisions, attentions=attentions)
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 0
 

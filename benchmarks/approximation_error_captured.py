@@ -1,14 +1,16 @@
-"""Approximation-error table on the captured q/k/v of the trained exact ViT (tests/data), before
-and after a change of the attention modules, in fp32 and under bf16 / fp16 autocast.
+"""Approximation-error table on the captured q/k/v of the study's trained exact ViT (tests/data),
+before and after a change of the attention modules, in fp32 and under bf16 / fp16 autocast.
 
 For a trained run, benchmarks/approximation_error.py measures every block on fresh validation
-images; this script needs no run: it reads tests/data/cluttered_qkv.safetensors (blocks 0 and 3
-of the study's exact model at 257 and 1,025 tokens, tests/data/README.md) and gives each
-mechanism exactly what a layer's `attend` receives. Error: ||out - exact|| / ||exact|| with
-exact attention in float64, mean over the captured blocks.
+images; this script needs no run: it reads tests/data/cluttered_qkv.safetensors (the blocks and
+resolutions it holds, tests/data/README.md) and gives each mechanism exactly what a layer's
+`attend` receives, at the budgets of the study's table (`default_mechanisms` on the capture's
+training grid) plus exact attention itself (the rounding floor of each precision). Error:
+||out - exact|| / ||exact|| with exact attention in float64, mean over the captured blocks; the
+before and after modules are built with the same seed and measured in the same process.
 
-    git worktree add --detach /tmp/before 3dad674
-    python benchmarks/approximation_error_captured.py --before /tmp/before \
+    git worktree add --detach /tmp/wt19-before 3dad674   # once: the modules before issue 19
+    python benchmarks/approximation_error_captured.py --before /tmp/wt19-before \
         --out benchmarks/results/approximation_error_captured.md
 """
 from __future__ import annotations
@@ -17,20 +19,21 @@ import argparse
 import importlib.util
 import inspect
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 
-from effvit_deploy.approximation import default_mechanisms
+from effvit_deploy.approximation import Mechanism, default_mechanisms
+from effvit_deploy.atomic import write_json, write_text
 from effvit_deploy.attention import ATTENTIONS
+from effvit_deploy.bench.markdown import md_table
+from effvit_deploy.environment import environment
 
 DATA = Path(__file__).parents[1] / "tests" / "data" / "cluttered_qkv.safetensors"
-TRAIN_GRID = (16, 16)  # the model's patch grid at its 128 px training size (patch 8)
-GRIDS = {"128": (16, 16), "256": (32, 32)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -41,74 +44,112 @@ def _other_attentions(tree: Path) -> dict:
     return module.other_attentions(tree)
 
 
-def errors(attentions: dict, mechanism, tensors: dict, dtypes: list[str]) -> dict:
-    """{dtype: {tokens: mean error over the captured blocks}} for one mechanism."""
+def load_capture(path: Path) -> tuple[dict, dict]:
+    """({(resolution, block): (q, k, v) float32 [images, heads, N, head_dim]}, metadata with the
+    patch grid per resolution and the training grid decoded).
+
+    Raises:
+        SystemExit: the file lacks the training grid (made before it was recorded): recapture.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    if "train_grid" not in metadata:
+        raise SystemExit(f"{path} has no train_grid in its metadata: recapture it with benchmarks/capture_qkv.py")
+    grids = {res: tuple(g["grid"]) for res, g in json.loads(metadata["grids"]).items()}
+    captured = {}
+    for key in sorted({k.rsplit("/", 1)[0] for k in tensors}, key=lambda k: tuple(map(int, k.split("/")))):
+        res, block = key.split("/")
+        captured[(res, block)] = tuple(tensors[f"{key}/{n}"].float() for n in "qkv")
+    return captured, {**metadata, "grids": grids, "train_grid": tuple(json.loads(metadata["train_grid"]))}
+
+
+def errors(attentions: Mapping[str, type], mechanism: Mechanism, captured: dict, meta: dict) -> dict:
+    """{dtype: {tokens: {"mean": error, "blocks": [error per captured block]}}} for one mechanism
+    built from `attentions`, under each dtype of `DTYPES` (autocast for bf16 / fp16, q/k/v cast)."""
     cls = attentions[mechanism.attention]
     kwargs = dict(mechanism.kwargs)
     if "grid_size" in inspect.signature(cls.__init__).parameters:
-        kwargs["grid_size"] = TRAIN_GRID
+        kwargs["grid_size"] = meta["train_grid"]
+    _, heads, _, head_dim = next(iter(captured.values()))[0].shape
     torch.manual_seed(0)
-    layer = cls(96, 3, **kwargs).eval()
-    table: dict = {d: {} for d in dtypes}
-    for res, grid in GRIDS.items():
-        per_block = {d: [] for d in dtypes}
-        for block in ("0", "3"):
-            q, k, v = (tensors[f"{res}/{block}/{n}"].float() for n in "qkv")
-            ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
-            for d in dtypes:
-                with torch.no_grad(), torch.autocast("cpu", dtype=DTYPES[d], enabled=d != "fp32"):
-                    out = layer.attend(*(t.to(DTYPES[d]) for t in (q, k, v)), grid)
-                per_block[d].append(((out.double() - ref).norm() / ref.norm()).item())
-        for d in dtypes:
-            table[d][str(1 + grid[0] * grid[1])] = sum(per_block[d]) / len(per_block[d])
+    layer = cls(heads * head_dim, heads, **kwargs).eval()
+    table: dict = {d: {} for d in DTYPES}
+    for (res, _), (q, k, v) in captured.items():
+        grid = meta["grids"][res]
+        ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+        for name, dtype in DTYPES.items():
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                out = layer.attend(q.to(dtype), k.to(dtype), v.to(dtype), grid)
+            error = ((out.double() - ref).norm() / ref.norm()).item()
+            table[name].setdefault(str(q.shape[-2]), {"blocks": []})["blocks"].append(error)
+    for by_tokens in table.values():
+        for cell in by_tokens.values():
+            cell["mean"] = sum(cell["blocks"]) / len(cell["blocks"])
     return table
+
+
+def _commit(tree: Path) -> str:
+    sha = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--", "effvit_deploy"],
+                           capture_output=True, text=True).stdout.strip()
+    return sha + ("-dirty" if dirty else "")
+
+
+def render(record: dict) -> str:
+    tokens = list(record["rows"][0]["after"]["fp32"])
+    body = []
+    for row in record["rows"]:
+        for dtype in DTYPES:
+            cells = []
+            for t in tokens:
+                b, a = row["before"][dtype][t]["mean"], row["after"][dtype][t]["mean"]
+                cells += [f"{b:.4f}", f"{a:.4f}", f"{(a - b) / b * 100:+.1f}%" if b > 1e-3 else "(floor)"]
+            body.append([row["mechanism"], dtype, *cells])
+    header = ["mechanism", "dtype", *(c for t in tokens for c in (f"{t} tok before", "after", "change"))]
+    meta = record["capture"]
+    return "\n".join([
+        "# Approximation error on the trained model's captured q/k/v, before and after", "",
+        "Mean relative error ||approx - exact|| / ||exact|| (exact attention in float64 on the same q/k/v) over blocks",
+        f"{', '.join(meta['blocks'])} of the study's trained exact model ({meta['run']}, {meta['model']}, one validation",
+        f"image; tests/data/cluttered_qkv.safetensors, captured at commit {meta['commit']}), at the study table's",
+        f"budgets for its {meta['train_grid'][0]}x{meta['train_grid'][1]} training grid. fp32: the modules as called in fp32; bf16 / fp16: under CPU",
+        "autocast to that dtype with q/k/v cast to it. exact: exact attention itself, the floor the dtype's rounding",
+        "sets. change: (after - before) / before; (floor) where before is below 1e-3 (an exact limit: rounding only).",
+        f"Before: {record['before_commit']}; after: {record['after_commit']}. Command: `{record['command']}`;",
+        f"{record['machine']}.", "",
+        *md_table(header, body),
+    ]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", type=Path, required=True, help="a checkout whose attention modules are 'before'")
     parser.add_argument("--out", type=Path, required=True, help="results .md (a .json is written beside it)")
+    parser.add_argument("--data", type=Path, default=DATA, help="captured q/k/v (benchmarks/capture_qkv.py)")
     args = parser.parse_args(argv)
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(DATA))
+    captured, meta = load_capture(args.data)
     before = _other_attentions(args.before)
-    mechanisms = [m for m in default_mechanisms(TRAIN_GRID[0]) if m.attention in ("performer", "nystrom", "atrous")]
+    mechanisms = [Mechanism("exact"), *default_mechanisms(meta["train_grid"][0])]
     rows = []
     for mechanism in mechanisms:
-        rows.append({"mechanism": mechanism.label,
-                     "before": errors(before, mechanism, tensors, ["fp32"])["fp32"],
-                     "after": errors(ATTENTIONS, mechanism, tensors, list(DTYPES))})
-        print(mechanism.label, rows[-1], flush=True)
-    sha = lambda tree: subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "effvit_deploy"], capture_output=True, text=True).stdout.strip()
+        rows.append({"mechanism": mechanism.label, "before": errors(before, mechanism, captured, meta),
+                     "after": errors(ATTENTIONS, mechanism, captured, meta)})
+        print(mechanism.label, {d: {t: round(c["mean"], 4) for t, c in by.items()} for d, by in rows[-1]["after"].items()},
+              flush=True)
+    env = environment()
+    capture = {"run": meta.get("run"), "model": meta.get("model"), "commit": meta.get("commit"),
+               "train_grid": list(meta["train_grid"]), "blocks": sorted({b for _, b in captured}, key=int),
+               "tokens": sorted({q.shape[-2] for q, _, _ in captured.values()}), "file": str(args.data)}
     record = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-              "before_commit": sha(args.before), "after_commit": sha(".") + ("-dirty" if dirty else ""),
-              "machine": f"{platform.machine()}, torch {torch.__version__}", "rows": rows}
-    tokens = [str(1 + g[0] * g[1]) for g in GRIDS.values()]
-    lines = [
-        "# Approximation error on the trained model's captured q/k/v, before and after", "",
-        "Mean relative error ||approx - exact|| / ||exact|| (exact attention in float64) over blocks 0 and 3 of the",
-        "study's trained exact model (tests/data/cluttered_qkv.safetensors; the trained run itself is not on this",
-        f"machine). Before: {record['before_commit']}; after: {record['after_commit']}. Command: `{record['command']}`;",
-        f"{record['machine']}. bf16 / fp16: the after modules under CPU autocast, q/k/v cast to that dtype.", "",
-        "| mechanism | " + " | ".join(f"{t} tok fp32 before | after | change" for t in tokens)
-        + " | " + " | ".join(f"{t} tok bf16 | fp16" for t in tokens) + " |",
-        "|---|" + "---:|" * (5 * len(tokens)) + "",
-    ]
-    for row in rows:
-        cells = []
-        for t in tokens:
-            b, a = row["before"][t], row["after"]["fp32"][t]
-            cells += [f"{b:.4f}", f"{a:.4f}", f"{(a - b) / b * 100:+.1f}%"]
-        cells += [f"{row['after'][d][t]:.4f}" for t in tokens for d in ("bf16", "fp16")]
-        lines.append(f"| {row['mechanism']} | " + " | ".join(cells) + " |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((args.out, "\n".join(lines) + "\n"), (args.out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    print("\n".join(lines))
+              "before_commit": _commit(args.before), "after_commit": _commit(Path(__file__).parents[1]),
+              "machine": f"{env.get('cpu_model')}, torch {torch.__version__}", "capture": capture,
+              "environment": env, "rows": rows}
+    write_json(args.out.with_suffix(".json"), record)
+    write_text(args.out, render(record))
+    print(render(record))
     return 0
 
 

@@ -5,8 +5,9 @@
 
 Writes, for each resolution R and block b, tensors `R/b/q`, `R/b/k`, `R/b/v` of shape
 [images, heads, N, head_dim] in float16 (what the layer's `attend` receives, so
-`F.scaled_dot_product_attention(q, k, v)` is the block's exact attention), with the patch grid
-and provenance in the file's metadata.
+`F.scaled_dot_product_attention(q, k, v)` is the block's exact attention), with the patch grid of
+each resolution, the model's training patch grid (`train_grid`, what grid-sized budgets such as
+Linformer's projection and atrous windows are built for) and provenance in the file's metadata.
 """
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, t in (("q", q), ("k", k), ("v", v)):
                 tensors[f"{resolution}/{b}/{name}"] = t.half().contiguous()
     env = environment()
+    train_grid = [card.img_size // card.patch_size] * 2
     metadata = {"run": args.run.name, "model": card.model, "data": json.dumps(card.data),
-                "grids": json.dumps(grids), "commit": str(env.get("git_commit")),
+                "grids": json.dumps(grids), "train_grid": json.dumps(train_grid), "blocks": json.dumps(blocks), "commit": str(env.get("git_commit")),
                 "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])}
     with atomic_path(args.out) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
