@@ -55,6 +55,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import TimmAttention, size_max, size_min
 
@@ -186,77 +187,95 @@ class AtrousAttention(TimmAttention):
         index = (dr[:, None, :, None] * span + dc[None, :, None, :]).reshape(wh * ww, wh * ww)
         return self.position_bias[branch].flatten(1)[:, index.flatten()].reshape(-1, wh * ww, wh * ww)
 
-    def _windowed(self, q, k, v, H, W, P):
-        """Patch outputs of every branch, a list of [B, h, H * W, c] views: the windows of all branches
-        gathered into one batch and one `F.scaled_dot_product_attention` call (window partition:
-        CPU eager, ONNX and TensorRT)."""
+    def _window_branch(self, branch: int, q, k, v, H, W, P) -> torch.Tensor:
+        """One branch's patch outputs [B, H * W, heads, head_dim] (memory [H * W, B, heads,
+        head_dim]) by window partition (CPU eager, ONNX and TensorRT): the branch's windows
+        gathered by one index per tensor (a constant of the grid, cached in eager, computed with
+        min / floor division of the sizes in an exported graph) into one batch of windows with
+        batch and heads as its heads, one `F.scaled_dot_product_attention` call, and one index
+        back to token order."""
         B, h, N, c = q.shape
+        d = self.dilations[branch]
         if all(isinstance(x, int) for x in (H, W, P)) and not torch.compiler.is_compiling():
             # eager: the layout is a constant of the grid, built once (no launches per forward)
-            layout = _cached_layout(self.window_size, self.dilations, H, W, P, str(q.device))
+            query_index, key_index, mask, inverse, T, L = _cached_layout(self.window_size, d, H, W, P, str(q.device))
         else:
-            layout = window_layout(self.window_size, self.dilations, H, W, P, q.device)
-        query_index, key_index, mask, inverse, counts, parts = layout
-        T, L = mask.shape[0], mask.shape[1]
-        qw = q.index_select(2, query_index)
-        kw = k.index_select(2, key_index)
-        vw = v.index_select(2, key_index)
-        dropout = self.attn_drop.p if self.training else 0.0
-        if self.position_bias is None:
-            out = F.scaled_dot_product_attention(
-                qw.view(B * h, T, L, c), kw.view(B * h, T, L + P, c), vw.view(B * h, T, L + P, c),
-                attn_mask=mask, dropout_p=dropout,
-            )
-        else:
-            biases = []
-            for branch, (d, wh, ww) in enumerate(parts):
-                table = self._window_bias(branch, (wh, ww), q.device)  # [h, wh * ww, wh * ww]
-                table = F.pad(table, (0, L + P - wh * ww, 0, L - wh * ww))  # [h, L, L + P]
-                biases.append(table.unsqueeze(1).expand(h, counts[branch], L, L + P))
-            bias = torch.cat(biases, dim=1).masked_fill(~mask, float("-inf")).to(q.dtype)
-            out = F.scaled_dot_product_attention(
-                qw.view(B, h * T, L, c), kw.view(B, h * T, L + P, c), vw.view(B, h * T, L + P, c),
-                attn_mask=bias.reshape(h * T, L, L + P), dropout_p=dropout,
-            )
-        out = out.reshape(B, h, T * L, c).index_select(2, inverse)
-        out = out.unflatten(2, (len(self.dilations), H * W))
-        return [out[:, :, i] for i in range(len(self.dilations))]  # not unbind: FX cannot count a proxy
+            query_index, key_index, mask, inverse, _, _ = window_layout(self.window_size, (d,), H, W, P, q.device)
+            T, L, mask = mask.shape[0], mask.shape[1], mask[:, None]
+        # token-major views [N, B, heads, head_dim]: a gathered window is then [L, B * heads, head_dim]
+        qw = q.permute(2, 0, 1, 3).index_select(0, query_index).view(T, L, B * h, c).transpose(1, 2)
+        kw = k.permute(2, 0, 1, 3).index_select(0, key_index).view(T, L + P, B * h, c).transpose(1, 2)
+        vw = v.permute(2, 0, 1, 3).index_select(0, key_index).view(T, L + P, B * h, c).transpose(1, 2)
+        if self.position_bias is not None:
+            wh = size_min(self.window_size, (H + d - 1) // d)
+            table = self._window_bias(branch, (wh, L // wh), q.device).to(q.dtype)  # [h, L, L]
+            table = F.pad(table, (0, P)).expand(B, h, L, L + P).reshape(B * h, L, L + P)
+            mask = table if mask is None else table.masked_fill(~mask, float("-inf"))  # [T, B * h, L, L + P]
+        out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask,
+                                             dropout_p=self.attn_drop.p if self.training else 0.0)
+        # [T, B * h, L, c] -> slots [T * L, B, h, c] (a view of the fused kernels' output, laid
+        # out [T, L, B * h, c]; not so once export decomposes the call: an explicit copy there) -> tokens
+        out = out.transpose(1, 2)
+        if torch.compiler.is_exporting():
+            out = out.clone(memory_format=torch.contiguous_format)
+        return out.reshape(T * L, B, h, c).index_select(0, inverse).transpose(0, 1)
 
-    def _flex(self, q, k, v, H, W, P):
-        """Patch outputs of every branch, a list of [B, h, H * W, c], through FlexAttention: one
-        fused kernel per branch on the raw token order, the windows a block mask (CUDA)."""
-        outs = []
-        for branch, d in enumerate(self.dilations):
-            wh, ww = min(self.window_size, -(-H // d)), min(self.window_size, -(-W // d))
-            block_mask = _atrous_block_mask(H, W, P, q.shape[2], d, wh, ww, str(q.device))
-            score_mod = None
-            if self.position_bias is not None:
-                score_mod = _position_score_mod(self.position_bias[branch].to(q.dtype), H, W, P, d, wh, ww, self.window_size)
-            out = _flex_attention(q[:, :, P:], k, v, score_mod=score_mod, block_mask=block_mask)
-            outs.append(out)
-        return outs
+    def _flex_branch(self, branch: int, q, k, v, H, W, P) -> torch.Tensor:
+        """One branch's patch outputs [B, H * W, heads, head_dim] through FlexAttention: one fused
+        kernel on the raw token order, the windows a block mask (CUDA, inference and training)."""
+        d = self.dilations[branch]
+        wh, ww = min(self.window_size, -(-H // d)), min(self.window_size, -(-W // d))
+        block_mask = _atrous_block_mask(H, W, P, q.shape[2], d, wh, ww, str(q.device))
+        score_mod = None
+        if self.position_bias is not None:
+            score_mod = _position_score_mod(self.position_bias[branch].to(q.dtype), H, W, P, d, wh, ww, self.window_size)
+        return _flex_attention(q[:, :, P:], k, v, score_mod=score_mod, block_mask=block_mask).transpose(1, 2)
+
+    def _windowed(self, q, k, v, H, W, P) -> list[torch.Tensor]:
+        """Every branch's patch outputs by window partition, a list of [B, heads, H * W, head_dim]."""
+        return [self._window_branch(i, q, k, v, H, W, P).transpose(1, 2) for i in range(len(self.dilations))]
+
+    def _flex(self, q, k, v, H, W, P) -> list[torch.Tensor]:
+        """Every branch's patch outputs through FlexAttention, a list of [B, heads, H * W, head_dim]."""
+        return [self._flex_branch(i, q, k, v, H, W, P).transpose(1, 2) for i in range(len(self.dilations))]
+
+    def _patches(self, q, k, v, weights, H, W, P, flex: bool) -> torch.Tensor:
+        """The gated sum of the branches, [B, H * W, heads, head_dim]; weights [B, H * W,
+        branches] or None for one branch. One branch's windows live at a time."""
+        branch_out = self._flex_branch if flex else self._window_branch
+        out = None
+        for i in range(len(self.dilations)):
+            o = branch_out(i, q, k, v, H, W, P)
+            if weights is None:
+                return o
+            w = weights[:, :, i, None, None]
+            out = o * w if out is None else torch.addcmul(out, o, w)  # one write per branch
+            del o
+        return out
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
-        """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim]."""
+        """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim] (memory [B, N, heads,
+        head_dim], so the output projection reads it without a copy).
+
+        In training with autograd recording, the branches run under `torch.utils.checkpoint`:
+        backward recomputes them from q, k, v and the gate weights, so neither the gathered
+        windows nor the per-branch outputs are saved (identical results; dropout replays its
+        random state)."""
         B, h, N, c = q.shape
         H, W, P = self.patch_grid(N, grid)
         prefix_out = F.scaled_dot_product_attention(
             q[:, :, :P], k, v, dropout_p=self.attn_drop.p if self.training else 0.0
         )
-        if use_flex(q) and not self.training:
-            branches = self._flex(q, k, v, H, W, P)
+        weights = None
+        if self.gate is not None:
+            # every token's q as [B, N, h * c]: a view of the qkv projection (the prefix rows are dropped after)
+            weights = self.gate(q.transpose(1, 2).reshape(B, N, h * c)).softmax(-1)[:, P:].to(q.dtype)
+        flex = use_flex(q) and not (self.training and self.attn_drop.p > 0)  # FlexAttention has no dropout
+        if self.training and torch.is_grad_enabled() and isinstance(q, torch.Tensor) and not torch.jit.is_tracing():
+            patches = checkpoint(self._patches, q, k, v, weights, H, W, P, flex, use_reentrant=False)
         else:
-            branches = self._windowed(q, k, v, H, W, P)
-        if self.gate is None:
-            patch_out = branches[0]
-        else:
-            weights = self.gate(q[:, :, P:].transpose(1, 2).reshape(B, H * W, h * c)).softmax(-1)
-            weights = weights.transpose(1, 2).to(q.dtype)[:, None, :, :, None]  # [B, 1, branches, HW, 1]
-            # one write per branch: w_0 o_0, then fused multiply-adds
-            patch_out = branches[0] * weights[:, :, 0]
-            for i in range(1, len(branches)):
-                patch_out = torch.addcmul(patch_out, branches[i], weights[:, :, i])
-        return torch.cat([prefix_out, patch_out], dim=2)
+            patches = self._patches(q, k, v, weights, H, W, P, flex)
+        return torch.cat([prefix_out.transpose(1, 2), patches], dim=1).transpose(1, 2)
 
 
 def use_flex(q: torch.Tensor) -> bool:
@@ -279,12 +298,15 @@ def _atrous_mask_mod(H: int, W: int, P: int, d: int, wh: int, ww: int):
     return mask_mod
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_layout(window_size: int, dilations: tuple, H: int, W: int, P: int, device: str):
+@functools.lru_cache(maxsize=64)
+def _cached_layout(window_size: int, dilation: int, H: int, W: int, P: int, device: str):
     # ordinary tensors even when first built under torch.inference_mode(): a later training step
-    # may save them for backward
+    # may save them for backward; no mask where no window is padded
     with torch.inference_mode(False):
-        return window_layout(window_size, dilations, H, W, P, torch.device(device))
+        query_index, key_index, mask, inverse, _, _ = window_layout(window_size, (dilation,), H, W, P, torch.device(device))
+        T, L = mask.shape[:2]
+        unpadded = mask.device.type != "meta" and bool(mask.all())
+        return query_index, key_index, None if unpadded else mask[:, None], inverse, T, L
 
 
 @functools.lru_cache(maxsize=32)
