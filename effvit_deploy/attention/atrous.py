@@ -120,6 +120,23 @@ def window_layout(window_size: int, dilations: tuple, H, W, P, device: torch.dev
     return query_index.flatten(), key_index.flatten(), mask, torch.cat(inverse), counts, parts
 
 
+def _row_bands(window_size: int, dilation: int, H: int) -> list[tuple[int, int]]:
+    """One branch's bands of grid rows, (r0, r1) pairs: two when its windows form two or more
+    rows (the first ceil(rows / 2) window rows, then the rest), else all rows."""
+    height = min(window_size, -(-H // dilation)) * dilation
+    window_rows = -(-H // height)
+    if window_rows < 2:
+        return [(0, H)]
+    cut = -(-window_rows // 2) * height
+    return [(0, cut), (cut, H)]
+
+
+def _padded_area(window_size: int, dilation: int, H: int, W: int) -> int:
+    """Token slots of one branch's windows on an H x W grid, padding included."""
+    wh, ww = min(window_size, -(-H // dilation)), min(window_size, -(-W // dilation))
+    return -(-H // (wh * dilation)) * wh * dilation * -(-W // (ww * dilation)) * ww * dilation
+
+
 def _div(x: torch.Tensor, n) -> torch.Tensor:
     return torch.div(x, n, rounding_mode="trunc")
 
@@ -187,18 +204,20 @@ class AtrousAttention(TimmAttention):
         index = (dr[:, None, :, None] * span + dc[None, :, None, :]).reshape(wh * ww, wh * ww)
         return self.position_bias[branch].flatten(1)[:, index.flatten()].reshape(-1, wh * ww, wh * ww)
 
-    def _window_branch(self, branch: int, q, k, v, H, W, P) -> torch.Tensor:
-        """One branch's patch outputs [B, H * W, heads, head_dim] (memory [H * W, B, heads,
-        head_dim]) by window partition (CPU eager, ONNX and TensorRT): the branch's windows
-        gathered by one index per tensor (a constant of the grid, cached in eager, computed with
-        min / floor division of the sizes in an exported graph) into one batch of windows with
-        batch and heads as its heads, one `F.scaled_dot_product_attention` call, and one index
-        back to token order."""
+    def _window_branch(self, branch: int, q, k, v, H, W, P, rows: tuple = (0, None)) -> torch.Tensor:
+        """One branch's outputs [B, (r1 - r0) * W, heads, head_dim] for the patches of grid rows
+        rows = (r0, r1) (default all; r0 a multiple of the branch's window height x dilation, so
+        its windows are the branch's windows there) by window partition (CPU eager, ONNX and
+        TensorRT): the windows gathered by one index per tensor (a constant of the grid, cached
+        in eager, computed with min / floor division of the sizes in an exported graph) into one
+        batch of windows with batch x heads as their heads, one `F.scaled_dot_product_attention`
+        call, and one index back to token order (memory [tokens, B, heads, head_dim])."""
         B, h, N, c = q.shape
         d = self.dilations[branch]
+        r0, r1 = rows[0], H if rows[1] is None else rows[1]
         if all(isinstance(x, int) for x in (H, W, P)) and not torch.compiler.is_compiling():
             # eager: the layout is a constant of the grid, built once (no launches per forward)
-            query_index, key_index, mask, inverse, T, L = _cached_layout(self.window_size, d, H, W, P, str(q.device))
+            query_index, key_index, mask, inverse, T, L = _cached_layout(self.window_size, d, r0, r1, W, P, str(q.device))
         else:
             query_index, key_index, mask, inverse, _, _ = window_layout(self.window_size, (d,), H, W, P, q.device)
             T, L, mask = mask.shape[0], mask.shape[1], mask[:, None]
@@ -207,12 +226,13 @@ class AtrousAttention(TimmAttention):
         kw = k.permute(2, 0, 1, 3).index_select(0, key_index).view(T, L + P, B * h, c).transpose(1, 2)
         vw = v.permute(2, 0, 1, 3).index_select(0, key_index).view(T, L + P, B * h, c).transpose(1, 2)
         if self.position_bias is not None:
-            wh = size_min(self.window_size, (H + d - 1) // d)
+            wh = size_min(self.window_size, (r1 - r0 + d - 1) // d)
             table = self._window_bias(branch, (wh, L // wh), q.device).to(q.dtype)  # [h, L, L]
             table = F.pad(table, (0, P)).expand(B, h, L, L + P).reshape(B * h, L, L + P)
             mask = table if mask is None else table.masked_fill(~mask, float("-inf"))  # [T, B * h, L, L + P]
         out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask,
                                              dropout_p=self.attn_drop.p if self.training else 0.0)
+        del qw, kw, vw, mask  # not held while the output goes back to token order
         # [T, B * h, L, c] -> slots [T * L, B, h, c] (a view of the fused kernels' output, laid
         # out [T, L, B * h, c]; not so once export decomposes the call: an explicit copy there) -> tokens
         out = out.transpose(1, 2)
@@ -239,19 +259,44 @@ class AtrousAttention(TimmAttention):
         """Every branch's patch outputs through FlexAttention, a list of [B, heads, H * W, head_dim]."""
         return [self._flex_branch(i, q, k, v, H, W, P).transpose(1, 2) for i in range(len(self.dilations))]
 
-    def _patches(self, q, k, v, weights, H, W, P, flex: bool) -> torch.Tensor:
-        """The gated sum of the branches, [B, H * W, heads, head_dim]; weights [B, H * W,
-        branches] or None for one branch. One branch's windows live at a time."""
-        branch_out = self._flex_branch if flex else self._window_branch
-        out = None
-        for i in range(len(self.dilations)):
-            o = branch_out(i, q, k, v, H, W, P)
-            if weights is None:
-                return o
-            w = weights[:, :, i, None, None]
-            out = o * w if out is None else torch.addcmul(out, o, w)  # one write per branch
-            del o
-        return out
+    def _patches(self, q, k, v, weights, H, W, P, flex: bool) -> list[torch.Tensor]:
+        """The gated sum of the branches for consecutive bands of grid rows, a list of [B, rows *
+        W, heads, head_dim] (one band: all rows, on the FlexAttention path and in traced graphs);
+        weights [B, H * W, branches] or None for one branch.
+
+        Peak memory: one branch's windows live at a time, the most padded branch first (while
+        no sum is held yet), and in eager each branch with two or more rows of windows gathers
+        and attends its windows in two bands of rows (halving what is held; a band's windows are
+        the branch's windows there). Every output band is cut into views at the other branches'
+        band edges, so the sums are written once per branch and element, as without bands."""
+        n = len(self.dilations)
+        bands, edges, order = [[(0, None)]] * n, [0, None], range(n)  # traced graphs: sizes are symbolic
+        if not flex and all(isinstance(x, int) for x in (H, W, P)) and not torch.compiler.is_compiling():
+            bands = [_row_bands(self.window_size, d, H) for d in self.dilations]
+            edges = sorted({r for branch in bands for band in branch for r in band})
+            order = sorted(order, key=lambda i: -_padded_area(self.window_size, self.dilations[i], H, W))
+        sums = [None] * (len(edges) - 1)
+        for i in order:
+            for r0, r1 in bands[i]:
+                if flex:
+                    o = self._flex_branch(i, q, k, v, H, W, P)
+                else:
+                    o = self._window_branch(i, q, k, v, H, W, P, (r0, r1))
+                for f, (f0, f1) in enumerate(zip(edges[:-1], edges[1:])):
+                    if (f0, f1) == (r0, r1):  # the whole band: no slicing op
+                        piece = o
+                    elif r0 <= f0 and f1 <= r1:
+                        piece = o[:, (f0 - r0) * W:(f1 - r0) * W]
+                    else:
+                        continue
+                    if weights is None:
+                        sums[f] = piece
+                    else:
+                        w = weights if (f0, f1) in ((0, None), (0, H)) else weights[:, f0 * W:f1 * W]
+                        w = w[:, :, i, None, None]
+                        sums[f] = piece * w if sums[f] is None else torch.addcmul(sums[f], piece, w)  # one write per branch
+                del o
+        return sums
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim] (memory [B, N, heads,
@@ -275,7 +320,7 @@ class AtrousAttention(TimmAttention):
             patches = checkpoint(self._patches, q, k, v, weights, H, W, P, flex, use_reentrant=False)
         else:
             patches = self._patches(q, k, v, weights, H, W, P, flex)
-        return torch.cat([prefix_out.transpose(1, 2), patches], dim=1).transpose(1, 2)
+        return torch.cat([prefix_out.transpose(1, 2), *patches], dim=1).transpose(1, 2)
 
 
 def use_flex(q: torch.Tensor) -> bool:
@@ -299,14 +344,18 @@ def _atrous_mask_mod(H: int, W: int, P: int, d: int, wh: int, ww: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_layout(window_size: int, dilation: int, H: int, W: int, P: int, device: str):
+def _cached_layout(window_size: int, dilation: int, r0: int, r1: int, W: int, P: int, device: str):
+    """window_layout of grid rows r0..r1 (indices of the whole token sequence), mask None where
+    no window is padded, and the window count and size: (query_index, key_index, mask [T, 1, L,
+    L + P] or None, inverse, T, L)."""
     # ordinary tensors even when first built under torch.inference_mode(): a later training step
-    # may save them for backward; no mask where no window is padded
+    # may save them for backward
     with torch.inference_mode(False):
-        query_index, key_index, mask, inverse, _, _ = window_layout(window_size, (dilation,), H, W, P, torch.device(device))
+        query_index, key_index, mask, inverse, _, _ = window_layout(window_size, (dilation,), r1 - r0, W, P, torch.device(device))
+        shift = lambda index: torch.where(index >= P, index + r0 * W, index)  # noqa: E731 (patch tokens of the band)
         T, L = mask.shape[:2]
         unpadded = mask.device.type != "meta" and bool(mask.all())
-        return query_index, key_index, None if unpadded else mask[:, None], inverse, T, L
+        return shift(query_index), shift(key_index), None if unpadded else mask[:, None], inverse, T, L
 
 
 @functools.lru_cache(maxsize=32)
