@@ -205,13 +205,13 @@ class AtrousAttention(TimmAttention):
         return self.position_bias[branch].flatten(1)[:, index.flatten()].reshape(-1, wh * ww, wh * ww)
 
     def _window_branch(self, branch: int, q, k, v, H, W, P, rows: tuple = (0, None)) -> torch.Tensor:
-        """One branch's outputs [B, (r1 - r0) * W, heads, head_dim] for the patches of grid rows
+        """One branch's outputs [B, heads, (r1 - r0) * W, head_dim] for the patches of grid rows
         rows = (r0, r1) (default all; r0 a multiple of the branch's window height x dilation, so
         its windows are the branch's windows there) by window partition (CPU eager, ONNX and
         TensorRT): the windows gathered by one index per tensor (a constant of the grid, cached
-        in eager, computed with min / floor division of the sizes in an exported graph) into one
-        batch of windows with batch x heads as their heads, one `F.scaled_dot_product_attention`
-        call, and one index back to token order (memory [tokens, B, heads, head_dim])."""
+        in eager, computed with min / floor division of the sizes in an exported graph) into a
+        [B * heads, windows, slots, head_dim] batch, one `F.scaled_dot_product_attention` call
+        with the windows as its heads, and one index back to token order."""
         B, h, N, c = q.shape
         d = self.dilations[branch]
         r0, r1 = rows[0], H if rows[1] is None else rows[1]
@@ -220,25 +220,19 @@ class AtrousAttention(TimmAttention):
             query_index, key_index, mask, inverse, T, L = _cached_layout(self.window_size, d, r0, r1, W, P, str(q.device))
         else:
             query_index, key_index, mask, inverse, _, _ = window_layout(self.window_size, (d,), H, W, P, q.device)
-            T, L, mask = mask.shape[0], mask.shape[1], mask[:, None]
-        # token-major views [N, B, heads, head_dim]: a gathered window is then [L, B * heads, head_dim]
-        qw = q.permute(2, 0, 1, 3).index_select(0, query_index).view(T, L, B * h, c).transpose(1, 2)
-        kw = k.permute(2, 0, 1, 3).index_select(0, key_index).view(T, L + P, B * h, c).transpose(1, 2)
-        vw = v.permute(2, 0, 1, 3).index_select(0, key_index).view(T, L + P, B * h, c).transpose(1, 2)
+            T, L, mask = mask.shape[0], mask.shape[1], mask[None]
+        qw = q.index_select(2, query_index).view(B * h, T, L, c)
+        kw = k.index_select(2, key_index).view(B * h, T, L + P, c)
+        vw = v.index_select(2, key_index).view(B * h, T, L + P, c)
         if self.position_bias is not None:
             wh = size_min(self.window_size, (r1 - r0 + d - 1) // d)
             table = self._window_bias(branch, (wh, L // wh), q.device).to(q.dtype)  # [h, L, L]
-            table = F.pad(table, (0, P)).expand(B, h, L, L + P).reshape(B * h, L, L + P)
-            mask = table if mask is None else table.masked_fill(~mask, float("-inf"))  # [T, B * h, L, L + P]
+            table = F.pad(table, (0, P)).expand(B, h, L, L + P).reshape(B * h, 1, L, L + P)
+            mask = table if mask is None else table.masked_fill(~mask, float("-inf"))  # [B * h, T, L, L + P]
         out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask,
                                              dropout_p=self.attn_drop.p if self.training else 0.0)
         del qw, kw, vw, mask  # not held while the output goes back to token order
-        # [T, B * h, L, c] -> slots [T * L, B, h, c] (a view of the fused kernels' output, laid
-        # out [T, L, B * h, c]; not so once export decomposes the call: an explicit copy there) -> tokens
-        out = out.transpose(1, 2)
-        if torch.compiler.is_exporting():
-            out = out.clone(memory_format=torch.contiguous_format)
-        return out.reshape(T * L, B, h, c).index_select(0, inverse).transpose(0, 1)
+        return out.view(B, h, T * L, c).index_select(2, inverse)
 
     def _flex_branch(self, branch: int, q, k, v, H, W, P) -> torch.Tensor:
         """One branch's patch outputs [B, H * W, heads, head_dim] through FlexAttention: one fused
@@ -249,58 +243,47 @@ class AtrousAttention(TimmAttention):
         score_mod = None
         if self.position_bias is not None:
             score_mod = _position_score_mod(self.position_bias[branch].to(q.dtype), H, W, P, d, wh, ww, self.window_size)
-        return _flex_attention(q[:, :, P:], k, v, score_mod=score_mod, block_mask=block_mask).transpose(1, 2)
+        return _flex_attention(q[:, :, P:], k, v, score_mod=score_mod, block_mask=block_mask)
 
     def _windowed(self, q, k, v, H, W, P) -> list[torch.Tensor]:
         """Every branch's patch outputs by window partition, a list of [B, heads, H * W, head_dim]."""
-        return [self._window_branch(i, q, k, v, H, W, P).transpose(1, 2) for i in range(len(self.dilations))]
+        return [self._window_branch(i, q, k, v, H, W, P) for i in range(len(self.dilations))]
 
     def _flex(self, q, k, v, H, W, P) -> list[torch.Tensor]:
         """Every branch's patch outputs through FlexAttention, a list of [B, heads, H * W, head_dim]."""
-        return [self._flex_branch(i, q, k, v, H, W, P).transpose(1, 2) for i in range(len(self.dilations))]
+        return [self._flex_branch(i, q, k, v, H, W, P) for i in range(len(self.dilations))]
 
-    def _patches(self, q, k, v, weights, H, W, P, flex: bool) -> list[torch.Tensor]:
-        """The gated sum of the branches for consecutive bands of grid rows, a list of [B, rows *
-        W, heads, head_dim] (one band: all rows, on the FlexAttention path and in traced graphs);
-        weights [B, H * W, branches] or None for one branch.
+    def _patches(self, q, k, v, weights, H, W, P, flex: bool) -> torch.Tensor:
+        """The gated sum of the branches, [B, heads, H * W, head_dim]; weights [B, branches, 1,
+        H * W, 1] or None for one branch.
 
         Peak memory: one branch's windows live at a time, the most padded branch first (while
-        no sum is held yet), and in eager each branch with two or more rows of windows gathers
-        and attends its windows in two bands of rows (halving what is held; a band's windows are
-        the branch's windows there). Every output band is cut into views at the other branches'
-        band edges, so the sums are written once per branch and element, as without bands."""
+        no sum is held yet), and in eager a branch whose padded windows hold over 1.5x the
+        patches (and that has two or more rows of windows) gathers and attends them in two
+        bands of rows: that halves what it holds and trims its padding (a band's windows are
+        the branch's windows there), for one more write of its output (the bands joined)."""
         n = len(self.dilations)
-        bands, edges, order = [[(0, None)]] * n, [0, None], range(n)  # traced graphs: sizes are symbolic
+        bands, order = [[(0, None)]] * n, range(n)  # FlexAttention, traced graphs (symbolic sizes): one band
         if not flex and all(isinstance(x, int) for x in (H, W, P)) and not torch.compiler.is_compiling():
-            bands = [_row_bands(self.window_size, d, H) for d in self.dilations]
-            edges = sorted({r for branch in bands for band in branch for r in band})
-            order = sorted(order, key=lambda i: -_padded_area(self.window_size, self.dilations[i], H, W))
-        sums = [None] * (len(edges) - 1)
+            area = [_padded_area(self.window_size, d, H, W) for d in self.dilations]
+            bands = [_row_bands(self.window_size, d, H) if a > 1.5 * H * W else [(0, H)] for d, a in zip(self.dilations, area)]
+            order = sorted(order, key=lambda i: -area[i])
+        ws = None if weights is None else weights.unbind(1)
+        out = None
         for i in order:
-            for r0, r1 in bands[i]:
-                if flex:
-                    o = self._flex_branch(i, q, k, v, H, W, P)
-                else:
-                    o = self._window_branch(i, q, k, v, H, W, P, (r0, r1))
-                for f, (f0, f1) in enumerate(zip(edges[:-1], edges[1:])):
-                    if (f0, f1) == (r0, r1):  # the whole band: no slicing op
-                        piece = o
-                    elif r0 <= f0 and f1 <= r1:
-                        piece = o[:, (f0 - r0) * W:(f1 - r0) * W]
-                    else:
-                        continue
-                    if weights is None:
-                        sums[f] = piece
-                    else:
-                        w = weights if (f0, f1) in ((0, None), (0, H)) else weights[:, f0 * W:f1 * W]
-                        w = w[:, :, i, None, None]
-                        sums[f] = piece * w if sums[f] is None else torch.addcmul(sums[f], piece, w)  # one write per branch
-                del o
-        return sums
+            if flex:
+                o = self._flex_branch(i, q, k, v, H, W, P)
+            else:
+                o = [self._window_branch(i, q, k, v, H, W, P, rows) for rows in bands[i]]
+                o = o[0] if len(o) == 1 else torch.cat(o, dim=2)
+            if ws is None:
+                return o
+            out = o * ws[i] if out is None else torch.addcmul(out, o, ws[i])  # one write per branch
+            del o
+        return out
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
-        """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim] (memory [B, N, heads,
-        head_dim], so the output projection reads it without a copy).
+        """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim].
 
         In training with autograd recording, the branches run under `torch.utils.checkpoint`:
         backward recomputes them from q, k, v and the gate weights, so neither the gathered
@@ -313,14 +296,16 @@ class AtrousAttention(TimmAttention):
         )
         weights = None
         if self.gate is not None:
-            # every token's q as [B, N, h * c]: a view of the qkv projection (the prefix rows are dropped after)
-            weights = self.gate(q.transpose(1, 2).reshape(B, N, h * c)).softmax(-1)[:, P:].to(q.dtype)
+            # every token's q as [B, N, h * c] (a view of the qkv projection); weights [B, branches, 1, H * W, 1]
+            weights = self.gate(q.transpose(1, 2).reshape(B, N, h * c)).softmax(-1).to(q.dtype)
+            weights = weights.transpose(1, 2)[:, :, None, P:, None]
         flex = use_flex(q) and not (self.training and self.attn_drop.p > 0)  # FlexAttention has no dropout
         if self.training and torch.is_grad_enabled() and isinstance(q, torch.Tensor) and not torch.jit.is_tracing():
             patches = checkpoint(self._patches, q, k, v, weights, H, W, P, flex, use_reentrant=False)
         else:
             patches = self._patches(q, k, v, weights, H, W, P, flex)
-        return torch.cat([prefix_out.transpose(1, 2), *patches], dim=1).transpose(1, 2)
+        # laid out [B, N, heads, head_dim]: the output projection then reads it without a copy
+        return torch.cat([prefix_out.transpose(1, 2), patches.transpose(1, 2)], dim=1).transpose(1, 2)
 
 
 def use_flex(q: torch.Tensor) -> bool:
@@ -355,7 +340,7 @@ def _cached_layout(window_size: int, dilation: int, r0: int, r1: int, W: int, P:
         shift = lambda index: torch.where(index >= P, index + r0 * W, index)  # noqa: E731 (patch tokens of the band)
         T, L = mask.shape[:2]
         unpadded = mask.device.type != "meta" and bool(mask.all())
-        return shift(query_index), shift(key_index), None if unpadded else mask[:, None], inverse, T, L
+        return shift(query_index), shift(key_index), None if unpadded else mask[None], inverse, T, L
 
 
 @functools.lru_cache(maxsize=32)
