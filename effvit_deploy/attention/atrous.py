@@ -253,7 +253,16 @@ class AtrousAttention(TimmAttention):
         """Every branch's patch outputs through FlexAttention, a list of [B, heads, H * W, head_dim]."""
         return [self._flex_branch(i, q, k, v, H, W, P) for i in range(len(self.dilations))]
 
-    def _patches(self, q, k, v, weights, H, W, P, flex: bool) -> torch.Tensor:
+    def _branch(self, i: int, q, k, v, H, W, P, flex: bool, bands: list, weight=None) -> torch.Tensor:
+        """Branch i's outputs [B, heads, H * W, head_dim], times `weight` [B, 1, H * W, 1] if given."""
+        if flex:
+            o = self._flex_branch(i, q, k, v, H, W, P)
+        else:
+            o = [self._window_branch(i, q, k, v, H, W, P, rows) for rows in bands]
+            o = o[0] if len(o) == 1 else torch.cat(o, dim=2)
+        return o if weight is None else o * weight
+
+    def _patches(self, q, k, v, weights, H, W, P, flex: bool, recompute: bool = False) -> torch.Tensor:
         """The gated sum of the branches, [B, heads, H * W, head_dim]; weights [B, branches, 1,
         H * W, 1] or None for one branch.
 
@@ -261,34 +270,34 @@ class AtrousAttention(TimmAttention):
         no sum is held yet), and in eager a branch whose padded windows hold over 1.5x the
         patches (and that has two or more rows of windows) gathers and attends them in two
         bands of rows: that halves what it holds and trims its padding (a band's windows are
-        the branch's windows there), for one more write of its output (the bands joined)."""
+        the branch's windows there), for one more write of its output (the bands joined).
+        With `recompute` (training) each weighted branch runs under `torch.utils.checkpoint`:
+        backward recomputes one branch at a time from q, k, v and its weights, so neither the
+        gathered windows nor the branch outputs are saved (identical results; dropout replays
+        its random state)."""
         n = len(self.dilations)
         bands, order = [[(0, None)]] * n, range(n)  # FlexAttention, traced graphs (symbolic sizes): one band
         if not flex and all(isinstance(x, int) for x in (H, W, P)) and not torch.compiler.is_compiling():
             area = [_padded_area(self.window_size, d, H, W) for d in self.dilations]
             bands = [_row_bands(self.window_size, d, H) if a > 1.5 * H * W else [(0, H)] for d, a in zip(self.dilations, area)]
             order = sorted(order, key=lambda i: -area[i])
-        ws = None if weights is None else weights.unbind(1)
+        ws = [None] * n if weights is None else weights.unbind(1)
         out = None
         for i in order:
-            if flex:
-                o = self._flex_branch(i, q, k, v, H, W, P)
+            if recompute:
+                o = checkpoint(self._branch, i, q, k, v, H, W, P, flex, bands[i], ws[i], use_reentrant=False)
+                out = o if out is None else out + o
             else:
-                o = [self._window_branch(i, q, k, v, H, W, P, rows) for rows in bands[i]]
-                o = o[0] if len(o) == 1 else torch.cat(o, dim=2)
-            if ws is None:
-                return o
-            out = o * ws[i] if out is None else torch.addcmul(out, o, ws[i])  # one write per branch
+                o = self._branch(i, q, k, v, H, W, P, flex, bands[i])
+                if ws[i] is None:
+                    return o
+                out = o * ws[i] if out is None else torch.addcmul(out, o, ws[i])  # one write per branch
             del o
         return out
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
-        """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim].
-
-        In training with autograd recording, the branches run under `torch.utils.checkpoint`:
-        backward recomputes them from q, k, v and the gate weights, so neither the gathered
-        windows nor the per-branch outputs are saved (identical results; dropout replays its
-        random state)."""
+        """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim]; in training with autograd
+        recording, the branches are recomputed in backward (`_patches`)."""
         B, h, N, c = q.shape
         H, W, P = self.patch_grid(N, grid)
         prefix_out = F.scaled_dot_product_attention(
@@ -300,10 +309,8 @@ class AtrousAttention(TimmAttention):
             weights = self.gate(q.transpose(1, 2).reshape(B, N, h * c)).softmax(-1).to(q.dtype)
             weights = weights.transpose(1, 2)[:, :, None, P:, None]
         flex = use_flex(q) and not (self.training and self.attn_drop.p > 0)  # FlexAttention has no dropout
-        if self.training and torch.is_grad_enabled() and isinstance(q, torch.Tensor) and not torch.jit.is_tracing():
-            patches = checkpoint(self._patches, q, k, v, weights, H, W, P, flex, use_reentrant=False)
-        else:
-            patches = self._patches(q, k, v, weights, H, W, P, flex)
+        recompute = self.training and torch.is_grad_enabled() and isinstance(q, torch.Tensor) and not torch.jit.is_tracing()
+        patches = self._patches(q, k, v, weights, H, W, P, flex, recompute)
         # laid out [B, N, heads, head_dim]: the output projection then reads it without a copy
         return torch.cat([prefix_out.transpose(1, 2), patches.transpose(1, 2)], dim=1).transpose(1, 2)
 
