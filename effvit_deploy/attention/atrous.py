@@ -29,21 +29,36 @@ of 21x21; padded keys are excluded exactly (a boolean mask, never a finite stand
 sees itself, so no row is ever fully masked). With one window covering the whole grid and
 dilations=(1,) the module is exact attention.
 
-Two execution paths, equal to 1e-5 in fp32 (tests/test_attention_kernels.py):
+Two execution paths, equal to 1e-5 in fp32 (tests/test_attention_kernels.py,
+tests/test_atrous_paths.py):
 
-- CUDA (eager or torch.compile, inference): FlexAttention (torch.nn.attention.flex_attention)
-  per branch on the raw token order, the regional/dilated windows and the prefix keys a block
-  mask (built once per grid and cached), the position bias a score_mod; each call compiles to
-  one fused kernel, so no window copy, padding or mask tensor is written.
-- Everything else (CPU, training, torch.export / ONNX / TensorRT): window partition. The
-  windows of all branches are gathered by one index (a constant of the grid, cached in eager,
-  computed with min / floor division of the sizes in an exported graph) into one batch and
-  one `F.scaled_dot_product_attention` call, and scattered back by one inverse index.
-All of it in the compute dtype (bf16/fp16 under autocast); nothing needs fp32 (softmax
-accumulates in fp32 inside the fused kernels). One bf16-autocast forward of ViT-S/16 at 512 px:
-59.5 aten ops per block (0.3.0: 206.5), bytes written 2.19x the attention-free bound's (0.3.0:
-2.62x; the three gathered window copies per branch dominate), and 1.32x for the CUDA path
-counted with each FlexAttention call as its one kernel (benchmarks/results/attention_proxies.md).
+- CUDA (eager or torch.compile; inference, and training without attention dropout, which
+  FlexAttention lacks): FlexAttention (torch.nn.attention.flex_attention) per branch on the raw
+  token order, the regional/dilated windows and the prefix keys a block mask (built once per
+  grid and cached), the position bias a score_mod; each call compiles to one fused forward and
+  one fused backward kernel, so no window copy, padding or mask tensor is written.
+- Everything else (CPU, training with attention dropout, torch.export / ONNX / TensorRT):
+  window partition, one branch at a time. A branch's windows are gathered by one index per
+  tensor (a constant of the grid, cached in eager, computed with min / floor division of the
+  sizes in an exported graph) into a [B * heads, windows, slots, head_dim] batch for one fused
+  `F.scaled_dot_product_attention` call (the windows as its heads, a boolean mask only where
+  a window is padded) and indexed back to token order. In eager, a branch whose padded windows
+  would hold over 1.5x the patches runs in two bands of window rows (`_patches`).
+
+Memory: only one branch's windows live at a time, so inference peak memory is exact
+attention's; in training each weighted branch is recomputed in backward
+(`torch.utils.checkpoint`), so neither window copies nor branch outputs are saved and the
+training peak is exact's too (both paths). All of it in the compute dtype (bf16/fp16 under
+autocast); nothing needs fp32 (softmax accumulates in fp32 inside the fused kernels).
+CPU proxies of GPU cost (benchmarks/attention_proxies.py; bf16 autocast, ViT-S/16, depth 12):
+at 512 px, batch 2, the window path dispatches 96.5 aten ops per block (0.3.0: 206.5; 61.5
+when all branches were gathered at once, which held 2.05x exact's peak memory) and writes
+2.14x the attention-free bound's bytes, the CUDA path 58.5 ops and 1.33x (each FlexAttention
+call counted as its one kernel); inference peak 1.00x exact's on both, and 1.00x for one
+training forward + backward at 1024 px (2.9x before the recompute). Bytes stay above 1.5x on
+the window path by construction: the q, k, v window copies of three branches alone are ~0.4x
+of the bound's bytes, the branch outputs and their way back to token order ~0.3x more and the
+gated sum ~0.15x (about 1.85x with no padding at all).
 """
 from __future__ import annotations
 
