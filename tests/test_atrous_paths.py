@@ -119,6 +119,20 @@ def test_training_saves_neither_window_copies_nor_branch_outputs():
     assert saved == [], saved
 
 
+@pytest.mark.slow
+def test_training_step_compiles_as_one_graph_with_the_recomputed_branches():
+    layer = trained_like(window=2, dilations=(1, 2)).train()
+    x = torch.randn(2, 1 + 4 * 6, 64, requires_grad=True)
+    layer(x, grid=(4, 6)).square().sum().backward()
+    eager = [t.grad.clone() for t in (x, *layer.parameters())]
+    layer.zero_grad()
+    x.grad = None
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager", dynamic=False)
+    compiled(x, grid=(4, 6)).square().sum().backward()
+    for got, want in zip((x.grad, *(p.grad for p in layer.parameters())), eager):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def _dense_flex(q, k, v, score_mod=None, block_mask=None):
     """A differentiable stand-in for FlexAttention on the CPU (whose FlexAttention has no
     backward): its block mask's mask_mod as a dense boolean mask."""
