@@ -250,7 +250,7 @@ class AtrousAttention(TimmAttention):
         return out.view(B, h, T * L, c).index_select(2, inverse)
 
     def _flex_branch(self, branch: int, q, k, v, H, W, P) -> torch.Tensor:
-        """One branch's patch outputs [B, H * W, heads, head_dim] through FlexAttention: one fused
+        """One branch's patch outputs [B, heads, H * W, head_dim] through FlexAttention: one fused
         kernel on the raw token order, the windows a block mask (CUDA, inference and training)."""
         d = self.dilations[branch]
         wh, ww = min(self.window_size, -(-H // d)), min(self.window_size, -(-W // d))
@@ -353,7 +353,7 @@ def _atrous_mask_mod(H: int, W: int, P: int, d: int, wh: int, ww: int):
 @functools.lru_cache(maxsize=64)
 def _cached_layout(window_size: int, dilation: int, r0: int, r1: int, W: int, P: int, device: str):
     """window_layout of grid rows r0..r1 (indices of the whole token sequence), mask None where
-    no window is padded, and the window count and size: (query_index, key_index, mask [T, 1, L,
+    no window is padded, and the window count and size: (query_index, key_index, mask [1, T, L,
     L + P] or None, inverse, T, L)."""
     # ordinary tensors even when first built under torch.inference_mode(): a later training step
     # may save them for backward
