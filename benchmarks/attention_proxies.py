@@ -132,18 +132,20 @@ def make_model(attention: str, depth: int, img_size: int, **kwargs: Any) -> torc
 
 class _FlexKernel(torch.autograd.Function):
     """Stands in for one compiled FlexAttention kernel: writes its [B, heads, N, head_dim] output
-    and, when autograd records it, saves its [B, heads, N] log-sum-exp for the backward kernel,
-    which writes dq, dk, dv (as the compiled forward and backward kernels do on CUDA)."""
+    and, when autograd records it, saves q, k, v, that output and its [B, heads, N] log-sum-exp
+    for the backward kernel, which writes dq, dk, dv (what torch's FlexAttentionAutogradOp saves
+    and the compiled kernels write on CUDA)."""
 
     @staticmethod
     def forward(ctx, q, k, v):
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-        ctx.save_for_backward(q, k, v, lse)
-        return torch.empty_like(q)
+        out = torch.empty_like(q)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, _ = ctx.saved_tensors
+        q, k, v, _, _ = ctx.saved_tensors
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 

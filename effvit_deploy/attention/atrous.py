@@ -29,21 +29,36 @@ of 21x21; padded keys are excluded exactly (a boolean mask, never a finite stand
 sees itself, so no row is ever fully masked). With one window covering the whole grid and
 dilations=(1,) the module is exact attention.
 
-Two execution paths, equal to 1e-5 in fp32 (tests/test_attention_kernels.py):
+Two execution paths, equal to 1e-5 in fp32 (tests/test_attention_kernels.py,
+tests/test_atrous_paths.py):
 
-- CUDA (eager or torch.compile, inference): FlexAttention (torch.nn.attention.flex_attention)
-  per branch on the raw token order, the regional/dilated windows and the prefix keys a block
-  mask (built once per grid and cached), the position bias a score_mod; each call compiles to
-  one fused kernel, so no window copy, padding or mask tensor is written.
-- Everything else (CPU, training, torch.export / ONNX / TensorRT): window partition. The
-  windows of all branches are gathered by one index (a constant of the grid, cached in eager,
-  computed with min / floor division of the sizes in an exported graph) into one batch and
-  one `F.scaled_dot_product_attention` call, and scattered back by one inverse index.
-All of it in the compute dtype (bf16/fp16 under autocast); nothing needs fp32 (softmax
-accumulates in fp32 inside the fused kernels). One bf16-autocast forward of ViT-S/16 at 512 px:
-59.5 aten ops per block (0.3.0: 206.5), bytes written 2.19x the attention-free bound's (0.3.0:
-2.62x; the three gathered window copies per branch dominate), and 1.32x for the CUDA path
-counted with each FlexAttention call as its one kernel (benchmarks/results/attention_proxies.md).
+- CUDA (eager or torch.compile; inference, and training without attention dropout, which
+  FlexAttention lacks): FlexAttention (torch.nn.attention.flex_attention) per branch on the raw
+  token order, the regional/dilated windows and the prefix keys a block mask (built once per
+  grid and cached), the position bias a score_mod; each call compiles to one fused forward and
+  one fused backward kernel, so no window copy, padding or mask tensor is written.
+- Everything else (CPU, training with attention dropout, torch.export / ONNX / TensorRT):
+  window partition, one branch at a time. A branch's windows are gathered by one index per
+  tensor (a constant of the grid, cached in eager, computed with min / floor division of the
+  sizes in an exported graph) into a [B * heads, windows, slots, head_dim] batch for one fused
+  `F.scaled_dot_product_attention` call (the windows as its heads, a boolean mask only where
+  a window is padded) and indexed back to token order. In eager, a branch whose padded windows
+  would hold over 1.5x the patches runs in two bands of window rows (`_patches`).
+
+Memory: only one branch's windows live at a time, so inference peak memory is exact
+attention's; in training each weighted branch is recomputed in backward
+(`torch.utils.checkpoint`), so neither window copies nor branch outputs are saved and the
+training peak is exact's too (both paths). All of it in the compute dtype (bf16/fp16 under
+autocast); nothing needs fp32 (softmax accumulates in fp32 inside the fused kernels).
+CPU proxies of GPU cost (benchmarks/attention_proxies.py; bf16 autocast, ViT-S/16, depth 12):
+at 512 px, batch 2, the window path dispatches 96.5 aten ops per block (0.3.0: 206.5; 61.5
+when all branches were gathered at once, which held 2.05x exact's peak memory) and writes
+2.14x the attention-free bound's bytes, the CUDA path 58.5 ops and 1.33x (each FlexAttention
+call counted as its one kernel); inference peak 1.00x exact's on both, and 1.00x for one
+training forward + backward at 1024 px (2.9x before the recompute). Bytes stay above 1.5x on
+the window path by construction: the q, k, v window copies of three branches alone are ~0.4x
+of the bound's bytes, the branch outputs and their way back to token order ~0.3x more and the
+gated sum ~0.15x (about 1.85x with no padding at all).
 """
 from __future__ import annotations
 
@@ -55,6 +70,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import TimmAttention, size_max, size_min
 
@@ -117,6 +133,23 @@ def window_layout(window_size: int, dilations: tuple, H, W, P, device: torch.dev
     key_ok = torch.cat([valid, valid.new_ones(T, P)], dim=1)
     mask = key_ok[:, None, :] | torch.eye(L, L + P, dtype=torch.bool, device=device)[None]
     return query_index.flatten(), key_index.flatten(), mask, torch.cat(inverse), counts, parts
+
+
+def _row_bands(window_size: int, dilation: int, H: int) -> list[tuple[int, int]]:
+    """One branch's bands of grid rows, (r0, r1) pairs: two when its windows form two or more
+    rows (the first ceil(rows / 2) window rows, then the rest), else all rows."""
+    height = min(window_size, -(-H // dilation)) * dilation
+    window_rows = -(-H // height)
+    if window_rows < 2:
+        return [(0, H)]
+    cut = -(-window_rows // 2) * height
+    return [(0, cut), (cut, H)]
+
+
+def _padded_area(window_size: int, dilation: int, H: int, W: int) -> int:
+    """Token slots of one branch's windows on an H x W grid, padding included."""
+    wh, ww = min(window_size, -(-H // dilation)), min(window_size, -(-W // dilation))
+    return -(-H // (wh * dilation)) * wh * dilation * -(-W // (ww * dilation)) * ww * dilation
 
 
 def _div(x: torch.Tensor, n) -> torch.Tensor:
@@ -186,77 +219,115 @@ class AtrousAttention(TimmAttention):
         index = (dr[:, None, :, None] * span + dc[None, :, None, :]).reshape(wh * ww, wh * ww)
         return self.position_bias[branch].flatten(1)[:, index.flatten()].reshape(-1, wh * ww, wh * ww)
 
-    def _windowed(self, q, k, v, H, W, P):
-        """Patch outputs of every branch, a list of [B, h, H * W, c] views: the windows of all branches
-        gathered into one batch and one `F.scaled_dot_product_attention` call (window partition:
-        CPU eager, ONNX and TensorRT)."""
+    def _window_branch(self, branch: int, q, k, v, H, W, P, rows: tuple = (0, None)) -> torch.Tensor:
+        """One branch's outputs [B, heads, (r1 - r0) * W, head_dim] for the patches of grid rows
+        rows = (r0, r1) (default all; r0 a multiple of the branch's window height x dilation, so
+        its windows are the branch's windows there) by window partition (CPU eager, ONNX and
+        TensorRT): the windows gathered by one index per tensor (a constant of the grid, cached
+        in eager, computed with min / floor division of the sizes in an exported graph) into a
+        [B * heads, windows, slots, head_dim] batch, one `F.scaled_dot_product_attention` call
+        with the windows as its heads, and one index back to token order."""
         B, h, N, c = q.shape
+        d = self.dilations[branch]
+        r0, r1 = rows[0], H if rows[1] is None else rows[1]
         if all(isinstance(x, int) for x in (H, W, P)) and not torch.compiler.is_compiling():
             # eager: the layout is a constant of the grid, built once (no launches per forward)
-            layout = _cached_layout(self.window_size, self.dilations, H, W, P, str(q.device))
+            query_index, key_index, mask, inverse, T, L = _cached_layout(self.window_size, d, r0, r1, W, P, str(q.device))
         else:
-            layout = window_layout(self.window_size, self.dilations, H, W, P, q.device)
-        query_index, key_index, mask, inverse, counts, parts = layout
-        T, L = mask.shape[0], mask.shape[1]
-        qw = q.index_select(2, query_index)
-        kw = k.index_select(2, key_index)
-        vw = v.index_select(2, key_index)
-        dropout = self.attn_drop.p if self.training else 0.0
-        if self.position_bias is None:
-            out = F.scaled_dot_product_attention(
-                qw.view(B * h, T, L, c), kw.view(B * h, T, L + P, c), vw.view(B * h, T, L + P, c),
-                attn_mask=mask, dropout_p=dropout,
-            )
-        else:
-            biases = []
-            for branch, (d, wh, ww) in enumerate(parts):
-                table = self._window_bias(branch, (wh, ww), q.device)  # [h, wh * ww, wh * ww]
-                table = F.pad(table, (0, L + P - wh * ww, 0, L - wh * ww))  # [h, L, L + P]
-                biases.append(table.unsqueeze(1).expand(h, counts[branch], L, L + P))
-            bias = torch.cat(biases, dim=1).masked_fill(~mask, float("-inf")).to(q.dtype)
-            out = F.scaled_dot_product_attention(
-                qw.view(B, h * T, L, c), kw.view(B, h * T, L + P, c), vw.view(B, h * T, L + P, c),
-                attn_mask=bias.reshape(h * T, L, L + P), dropout_p=dropout,
-            )
-        out = out.reshape(B, h, T * L, c).index_select(2, inverse)
-        out = out.unflatten(2, (len(self.dilations), H * W))
-        return [out[:, :, i] for i in range(len(self.dilations))]  # not unbind: FX cannot count a proxy
+            query_index, key_index, mask, inverse, _, _ = window_layout(self.window_size, (d,), H, W, P, q.device)
+            T, L, mask = mask.shape[0], mask.shape[1], mask[None]
+        qw = q.index_select(2, query_index).view(B * h, T, L, c)
+        kw = k.index_select(2, key_index).view(B * h, T, L + P, c)
+        vw = v.index_select(2, key_index).view(B * h, T, L + P, c)
+        if self.position_bias is not None:
+            wh = size_min(self.window_size, (r1 - r0 + d - 1) // d)
+            table = self._window_bias(branch, (wh, L // wh), q.device).to(q.dtype)  # [h, L, L]
+            table = F.pad(table, (0, P)).expand(B, h, L, L + P).reshape(B * h, 1, L, L + P)
+            mask = table if mask is None else table.masked_fill(~mask, float("-inf"))  # [B * h, T, L, L + P]
+        out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask,
+                                             dropout_p=self.attn_drop.p if self.training else 0.0)
+        del qw, kw, vw, mask  # not held while the output goes back to token order
+        return out.view(B, h, T * L, c).index_select(2, inverse)
 
-    def _flex(self, q, k, v, H, W, P):
-        """Patch outputs of every branch, a list of [B, h, H * W, c], through FlexAttention: one
-        fused kernel per branch on the raw token order, the windows a block mask (CUDA)."""
-        outs = []
-        for branch, d in enumerate(self.dilations):
-            wh, ww = min(self.window_size, -(-H // d)), min(self.window_size, -(-W // d))
-            block_mask = _atrous_block_mask(H, W, P, q.shape[2], d, wh, ww, str(q.device))
-            score_mod = None
-            if self.position_bias is not None:
-                score_mod = _position_score_mod(self.position_bias[branch].to(q.dtype), H, W, P, d, wh, ww, self.window_size)
-            out = _flex_attention(q[:, :, P:], k, v, score_mod=score_mod, block_mask=block_mask)
-            outs.append(out)
-        return outs
+    def _flex_branch(self, branch: int, q, k, v, H, W, P) -> torch.Tensor:
+        """One branch's patch outputs [B, heads, H * W, head_dim] through FlexAttention: one fused
+        kernel on the raw token order, the windows a block mask (CUDA, inference and training)."""
+        d = self.dilations[branch]
+        wh, ww = min(self.window_size, -(-H // d)), min(self.window_size, -(-W // d))
+        block_mask = _atrous_block_mask(H, W, P, q.shape[2], d, wh, ww, str(q.device))
+        score_mod = None
+        if self.position_bias is not None:
+            score_mod = _position_score_mod(self.position_bias[branch].to(q.dtype), H, W, P, d, wh, ww, self.window_size)
+        return _flex_attention(q[:, :, P:], k, v, score_mod=score_mod, block_mask=block_mask)
+
+    def _windowed(self, q, k, v, H, W, P) -> list[torch.Tensor]:
+        """Every branch's patch outputs by window partition, a list of [B, heads, H * W, head_dim]."""
+        return [self._window_branch(i, q, k, v, H, W, P) for i in range(len(self.dilations))]
+
+    def _flex(self, q, k, v, H, W, P) -> list[torch.Tensor]:
+        """Every branch's patch outputs through FlexAttention, a list of [B, heads, H * W, head_dim]."""
+        return [self._flex_branch(i, q, k, v, H, W, P) for i in range(len(self.dilations))]
+
+    def _branch(self, i: int, q, k, v, H, W, P, flex: bool, bands: list, weight=None) -> torch.Tensor:
+        """Branch i's outputs [B, heads, H * W, head_dim], times `weight` [B, 1, H * W, 1] if given."""
+        if flex:
+            o = self._flex_branch(i, q, k, v, H, W, P)
+        else:
+            o = [self._window_branch(i, q, k, v, H, W, P, rows) for rows in bands]
+            o = o[0] if len(o) == 1 else torch.cat(o, dim=2)
+        return o if weight is None else o * weight
+
+    def _patches(self, q, k, v, weights, H, W, P, flex: bool, recompute: bool = False) -> torch.Tensor:
+        """The gated sum of the branches, [B, heads, H * W, head_dim]; weights [B, branches, 1,
+        H * W, 1] or None for one branch.
+
+        Peak memory: one branch's windows live at a time, the most padded branch first (while
+        no sum is held yet), and in eager a branch whose padded windows hold over 1.5x the
+        patches (and that has two or more rows of windows) gathers and attends them in two
+        bands of rows: that halves what it holds and trims its padding (a band's windows are
+        the branch's windows there), for one more write of its output (the bands joined).
+        With `recompute` (training) each weighted branch runs under `torch.utils.checkpoint`:
+        backward recomputes one branch at a time from q, k, v and its weights, so neither the
+        gathered windows nor the branch outputs are saved (identical results; dropout replays
+        its random state)."""
+        n = len(self.dilations)
+        bands, order = [[(0, None)]] * n, range(n)  # FlexAttention, traced graphs (symbolic sizes): one band
+        if not flex and all(isinstance(x, int) for x in (H, W, P)) and not torch.compiler.is_compiling():
+            area = [_padded_area(self.window_size, d, H, W) for d in self.dilations]
+            bands = [_row_bands(self.window_size, d, H) if a > 1.5 * H * W else [(0, H)] for d, a in zip(self.dilations, area)]
+            order = sorted(order, key=lambda i: -area[i])
+        ws = [None] * n if weights is None else weights.unbind(1)
+        out = None
+        for i in order:
+            if recompute:
+                o = checkpoint(self._branch, i, q, k, v, H, W, P, flex, bands[i], ws[i], use_reentrant=False)
+                out = o if out is None else out + o
+            else:
+                o = self._branch(i, q, k, v, H, W, P, flex, bands[i])
+                if ws[i] is None:
+                    return o
+                out = o * ws[i] if out is None else torch.addcmul(out, o, ws[i])  # one write per branch
+            del o
+        return out
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
-        """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim]."""
+        """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim]; in training with autograd
+        recording, the branches are recomputed in backward (`_patches`)."""
         B, h, N, c = q.shape
         H, W, P = self.patch_grid(N, grid)
         prefix_out = F.scaled_dot_product_attention(
             q[:, :, :P], k, v, dropout_p=self.attn_drop.p if self.training else 0.0
         )
-        if use_flex(q) and not self.training:
-            branches = self._flex(q, k, v, H, W, P)
-        else:
-            branches = self._windowed(q, k, v, H, W, P)
-        if self.gate is None:
-            patch_out = branches[0]
-        else:
-            weights = self.gate(q[:, :, P:].transpose(1, 2).reshape(B, H * W, h * c)).softmax(-1)
-            weights = weights.transpose(1, 2).to(q.dtype)[:, None, :, :, None]  # [B, 1, branches, HW, 1]
-            # one write per branch: w_0 o_0, then fused multiply-adds
-            patch_out = branches[0] * weights[:, :, 0]
-            for i in range(1, len(branches)):
-                patch_out = torch.addcmul(patch_out, branches[i], weights[:, :, i])
-        return torch.cat([prefix_out, patch_out], dim=2)
+        weights = None
+        if self.gate is not None:
+            # every token's q as [B, N, h * c] (a view of the qkv projection); weights [B, branches, 1, H * W, 1]
+            weights = self.gate(q.transpose(1, 2).reshape(B, N, h * c)).softmax(-1).to(q.dtype)
+            weights = weights.transpose(1, 2)[:, :, None, P:, None]
+        flex = use_flex(q) and not (self.training and self.attn_drop.p > 0)  # FlexAttention has no dropout
+        recompute = self.training and torch.is_grad_enabled() and isinstance(q, torch.Tensor) and not torch.jit.is_tracing()
+        patches = self._patches(q, k, v, weights, H, W, P, flex, recompute)
+        # laid out [B, N, heads, head_dim]: the output projection then reads it without a copy
+        return torch.cat([prefix_out.transpose(1, 2), patches.transpose(1, 2)], dim=1).transpose(1, 2)
 
 
 def use_flex(q: torch.Tensor) -> bool:
@@ -279,12 +350,19 @@ def _atrous_mask_mod(H: int, W: int, P: int, d: int, wh: int, ww: int):
     return mask_mod
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_layout(window_size: int, dilations: tuple, H: int, W: int, P: int, device: str):
+@functools.lru_cache(maxsize=64)
+def _cached_layout(window_size: int, dilation: int, r0: int, r1: int, W: int, P: int, device: str):
+    """window_layout of grid rows r0..r1 (indices of the whole token sequence), mask None where
+    no window is padded, and the window count and size: (query_index, key_index, mask [1, T, L,
+    L + P] or None, inverse, T, L)."""
     # ordinary tensors even when first built under torch.inference_mode(): a later training step
     # may save them for backward
     with torch.inference_mode(False):
-        return window_layout(window_size, dilations, H, W, P, torch.device(device))
+        query_index, key_index, mask, inverse, _, _ = window_layout(window_size, (dilation,), r1 - r0, W, P, torch.device(device))
+        shift = lambda index: torch.where(index >= P, index + r0 * W, index)  # noqa: E731 (patch tokens of the band)
+        T, L = mask.shape[:2]
+        unpadded = mask.device.type != "meta" and bool(mask.all())
+        return shift(query_index), shift(key_index), None if unpadded else mask[None], inverse, T, L
 
 
 @functools.lru_cache(maxsize=32)
