@@ -70,6 +70,41 @@ def fp32_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
+_ATTENTION_KERNELS = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                      "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                      "_scaled_dot_product_fused_attention_overrideable", "amax")
+
+
+def _save_kernel_outputs(ctx, func, *args, **kwargs):
+    """Selective-checkpoint policy: keep the fused attention kernels' outputs (and reductions'
+    `amax`), recompute everything else (pads, concatenations, small matrix work) in backward."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
+    return CheckpointPolicy.MUST_SAVE if name in _ATTENTION_KERNELS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def recompute_in_backward(fn, *args: torch.Tensor) -> Any:
+    """fn(*args), where autograd keeps only fn's inputs and the outputs of its fused attention
+    kernels (`F.scaled_dot_product_attention`) and `amax` reductions for backward, and recomputes
+    the rest there (`torch.utils.checkpoint` with a selective policy): the padded and
+    concatenated copies of q, k, v that the kernels read cost one cheap write to rebuild but as
+    much memory as exact attention's whole saved state to keep. Gradients are unchanged.
+    Plain `fn(*args)` when nothing is recorded for backward (inference, no input requiring
+    grad), inside traced graphs (FX, `torch.jit.trace`, ONNX export), which only run forward, and
+    under `torch.compile`, whose partitioner already recomputes such cheap ops in backward.
+    """
+    if (not torch.is_grad_enabled() or isinstance(args[0], torch.fx.Proxy) or torch.jit.is_tracing()
+            or torch.jit.is_scripting() or torch.compiler.is_compiling() or not any(a.requires_grad for a in args)):
+        return fn(*args)
+    import functools
+
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+    context = functools.partial(create_selective_checkpoint_contexts, _save_kernel_outputs)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=context)
+
+
 class TimmAttention(nn.Module):
     """Multi-head self-attention with timm's constructor and parameter names.
 

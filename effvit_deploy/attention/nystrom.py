@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import TimmAttention, fp32_region, size_min
+from .base import TimmAttention, fp32_region, recompute_in_backward, size_min
 
 torch.fx.wrap("size_min")
 
@@ -293,7 +293,7 @@ class NystromAttention(TimmAttention):
         if eager and n <= self.landmarks + prefix:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
-            out = self._nystrom(q, k, v, grid, prefix, dropout, eager)
+            out = recompute_in_backward(functools.partial(self._nystrom, grid=grid, prefix=prefix, dropout=dropout, eager=eager), q, k, v)
         if not eager:
             head = size_min(n, self.landmarks + prefix)
             exact = F.scaled_dot_product_attention(q[..., :head, :], k[..., :head, :], v[..., :head, :], dropout_p=dropout)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import TimmAttention
+from .base import TimmAttention, recompute_in_backward
 
 
 def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -121,30 +121,42 @@ class PerformerAttention(TimmAttention):
         `F.scaled_dot_product_attention` calls (fused kernels on GPU and CPU), the scores folded
         into the feature dimension so no mask is needed (flash-eligible: widths padded to 8).
         """
+        return recompute_in_backward(self._favor, q, k, v)
+
+    def _favor(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """`attend`'s two attentions; in training the padded copies are rebuilt in backward."""
         B, h, N, d = q.shape
+        m = self.num_features
         dtype = q.dtype
         width = (d + 2 + 7) // 8 * 8
         acc = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         # w' = w d^-1/4 carries the paper's input scaling, so q and k are never rescaled
         w = (self.features * self.head_dim**-0.25).to(dtype)
-        half_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True, dtype=acc)
-        half_norm = (half_norm * half_norm * (-0.5 * self.head_dim**-0.5)).to(dtype)
-        keys = F.pad(torch.cat([k, half_norm], dim=-1), (0, width - d - 1))
-        feats = F.pad(torch.cat([w, w.new_ones(self.num_features, 1)], dim=-1), (0, width - d - 1))
-        # c_f: each feature's largest key score, so the dummy key's weight o_f is well scaled
-        # (the only [N, num_features] tensor written; in the compute dtype)
-        top = torch.matmul(keys, feats.t()).amax(dim=-2, keepdim=True).transpose(-1, -2)  # [B, h, m, 1]
-        one_hot = torch.eye(width, dtype=dtype, device=q.device)
-        keys = torch.cat([keys, one_hot[d + 1].expand(B, h, 1, width)], dim=-2)
-        feat_q = F.pad(torch.cat([feats[:, : d + 1].expand(B, h, -1, -1), top], dim=-1), (0, width - d - 2))
-        values = torch.cat([F.pad(v, (0, width - d)), one_hot[d].expand(B, h, 1, width)], dim=-2)
+        half_norm = torch.linalg.vector_norm(k, dim=-1, dtype=acc)
+        half_norm = (half_norm * half_norm * (-0.5 * self.head_dim**-0.5)).to(dtype)  # [B, h, N]
+        # keys [k, -|k|^2/(2 sqrt d), 0...] and values [v, 0...], then the dummy key e_{d+1} with
+        # value e_d: each written once (a pad), the extra entries filled in place
+        keys = F.pad(k, (0, width - d, 0, 1))
+        keys[..., :-1, d] = half_norm
+        keys[..., -1, d + 1] = 1.0
+        values = F.pad(v, (0, width - d, 0, 1))
+        values[..., -1, d] = 1.0
+        feats = F.pad(w, (0, width - d))
+        feats[:, d] = 1.0  # [w', 1, 0...]: score l_nf against the keys
+        zeros = feats[:, d + 1 :]
+        # c_f: each feature's largest key score (the dummy's row of the product left out), so the
+        # dummy key's weight o_f lies in [1 / (N + 1), 1 / 2]. Only a stabiliser: log S_f below
+        # does not depend on c_f, so it comes from detached inputs and autograd saves neither the
+        # [B, h, N, m] scores nor the max's indices; the gradient is unchanged.
+        top = torch.matmul(keys.detach(), feats.t())[..., :-1, :].amax(dim=-2).unsqueeze(-1)  # [B, h, m, 1]
+        feat_q = torch.cat([feats[:, : d + 1].expand(B, h, m, d + 1), top, zeros[:, 1:].expand(B, h, m, -1)], dim=-1)
         mixed = F.scaled_dot_product_attention(feat_q, keys, values, scale=1.0)  # [B, h, m, width]
         # fp32 for the [B, h, m, 1] normaliser: log S_f spans hundreds for large-norm keys
         o = mixed[..., d : d + 1].to(acc)
         log_mass = top.to(acc) + torch.log1p(-o) - torch.log(o)
-        kv = F.pad((mixed[..., :d].to(acc) / (1 - o)).to(dtype), (0, width - d))
+        kv = mixed * (1 / (1 - o)).to(dtype)  # kv_f / S_f; the columns past d are sliced off the output
         bias = (log_mass - log_mass.amax(dim=-2, keepdim=True)).to(dtype)
-        feat_k = F.pad(torch.cat([w.expand(B, h, -1, -1), bias], dim=-1), (0, width - d - 1))
+        feat_k = torch.cat([w.expand(B, h, m, d), bias, zeros.expand(B, h, m, -1)], dim=-1)
         # the query's padding columns are ones: they meet the bias column, then zeros
         queries = F.pad(q, (0, width - d), value=1.0)
         out = F.scaled_dot_product_attention(queries, feat_k, kv, scale=1.0)
