@@ -18,12 +18,12 @@ _spec = importlib.util.spec_from_file_location(
 proxies = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(proxies)
 
-# (ops per block above the bound's, bytes written / the bound's); measured 1, 13, 52, 71, 31, 26
-# ops and 1.04, 1.11, 1.87, 2.35, 2.35, 1.29x
+# (ops per block above the bound's, bytes written / the bound's); measured 1, 13, 50, 71, 31, 26
+# ops and 1.04, 1.11, 1.56, 2.35, 2.35, 1.29x
 LIMITS = {
     "exact": (3, 1.10),
     "linformer": (15, 1.20),
-    "performer": (57, 2.05),
+    "performer": (55, 1.65),
     "nystrom": (72, 2.45),
     "atrous": (34, 2.50),
     "atrous-flex": (29, 1.40),
@@ -60,11 +60,12 @@ def test_the_counter_sees_writes_not_views():
 # Peak memory (benchmarks/attention_proxies.py `PeakMemory`) against exact attention's, ViT-S/16
 # depth 1, batch 1: inference at 1024 px, training (forward + backward) at 1024 px (4,097
 # tokens). Limits: (inference, training) peak / exact's. The targets are 1.0 and 1.1;
-# the mechanisms still above them carry their measured ratio plus ~5% until their kernels meet it.
+# the mechanisms still above them carry their measured ratio plus ~5% until their kernels meet it,
+# those that meet them their measured ratio plus a small margin (performer 1.04, nystrom 1.04).
 MEMORY_LIMITS = {
     "linformer": (1.0, 1.1),
-    "performer": (1.0, 1.45),
-    "nystrom": (1.0, 1.18),
+    "performer": (1.0, 1.07),
+    "nystrom": (1.0, 1.07),
     "atrous": (2.0, 3.05),
     "atrous-flex": (1.0, 3.05),
 }

@@ -21,20 +21,32 @@ lucidrains/performer-pytorch.
   log S_f = c_f + log(1 - o_f) - log(o_f). Stage 2: every query attends over the m features
   with scores w'_f^T q + log S_f - max_g log S_g (the paper's exp(-|q|^2 / 2) and every
   constant shift cancel in this softmax). Widths are padded to a multiple of 8 (flash-eligible).
+  Each augmented [N, width] tensor is written once: the keys [k, -|k|^2/(2 sqrt d), 0...] and
+  values [v, 0...] with the extra row appended by one pad, their few extra entries filled in
+  place, the queries [q, 1, 1...] by one pad.
   The result is the paper's ratio sum_f a_f (kv_f / S_f) / sum_f a_f exactly (rows of ordinary
   norm match a float64 transcription of the paper to <= 1e-6 in fp32), and every row is a
   convex combination of values at any query or key norm: no zero, infinite or clamped row.
+- c_f is only a stabiliser (log S_f does not depend on it in exact arithmetic), so it is
+  computed without autograd: the gradient is the paper estimator's (tested against autograd
+  through the float64 transcription) and backward keeps no [N, num_features] tensor.
+- Training: autograd keeps q, k, v and the two kernels' outputs; the padded copies are rebuilt
+  in backward (`recompute_in_backward`, a selective `torch.utils.checkpoint`; gradients
+  unchanged). Peak memory of a bf16 forward + backward at 1024 px (4,097 tokens) is 1.04x exact
+  attention's (0.4.0: 1.31x); the rebuild costs one extra l product and three pads per step.
 - Precision: everything runs in the input's dtype (bf16/fp16 under autocast; the kernels
-  accumulate in fp32) except the [B, heads, m, 1] normaliser log S_f and the division by
-  1 - o_f, which are fp32 (log S_f spans hundreds for large-norm keys). The only
-  [N, num_features] tensor written is the key score l (compute dtype), read once for c_f.
+  accumulate in fp32) except the [B, heads, m, 1] normaliser log S_f and 1 - o_f, which are
+  fp32 (log S_f spans hundreds for large-norm keys); kv_f / S_f divides by 1 - o_f (in
+  [1/2, 1)) rounded to the compute dtype. The only [N, num_features] tensor written is the key
+  score l (compute dtype), read once for c_f.
   Measured on a trained ViT's captured q/k/v (tests/data): the error against exact attention
   in float64 under bf16 and fp16 autocast is within 1% of the fp32 path's.
-- Cost: one bf16-autocast forward of ViT-S/16 at 512 px dispatches 80.5 aten ops per block
-  (0.3.0: 63.5, fewer ops but every feature map in fp32) and writes 1.66x the attention-free
-  bound's bytes (0.3.0: 4.48x; benchmarks/results/attention_proxies.md). The largest temporary
-  is l, [B, heads, N, m] in the compute dtype: for ViT-S with m = 256 exactly the size of the
-  MLP's hidden activation (heads * m = 4 * dim), which exact attention's blocks hold too.
+- Cost: one bf16-autocast forward of ViT-S/16 at 512 px dispatches OPS aten ops per block
+  (0.4.0: 80.5; 0.3.0: 63.5, fewer ops but every feature map in fp32) and writes BYTES the
+  attention-free bound's bytes (0.4.0: 1.66x; 0.3.0: 4.48x; benchmarks/attention_proxies.py).
+  The largest temporary is l, [B, heads, N, m] in the compute dtype: for ViT-S with m = 256
+  exactly the size of the MLP's hidden activation (heads * m = 4 * dim), which exact
+  attention's blocks hold too.
 - Limits: in fp16, keys of norm above ~600 overflow |k|^2 / (2 sqrt d) (fp16 max 65,504).
 """
 from __future__ import annotations
@@ -60,6 +72,17 @@ def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator)
     rows = torch.cat(blocks)[:num_features]
     norms = torch.randn(num_features, dim, generator=generator, device="cpu").norm(dim=1, keepdim=True)
     return rows * norms
+
+
+def fill_columns(x: torch.Tensor, start: int, columns: torch.Tensor) -> torch.Tensor:
+    """x [..., n, width] with columns [..., n, c] copied into x[..., start : start + c], in place;
+    returns x. Registered with `torch.fx.wrap`, so an FX graph records one call whose output is
+    used (dead-code elimination would drop a bare in-place copy)."""
+    x[..., start : start + columns.shape[-1]] = columns
+    return x
+
+
+torch.fx.wrap("fill_columns")
 
 
 class PerformerAttention(TimmAttention):
@@ -132,29 +155,29 @@ class PerformerAttention(TimmAttention):
         acc = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         # w' = w d^-1/4 carries the paper's input scaling, so q and k are never rescaled
         w = (self.features * self.head_dim**-0.25).to(dtype)
-        half_norm = torch.linalg.vector_norm(k, dim=-1, dtype=acc)
-        half_norm = (half_norm * half_norm * (-0.5 * self.head_dim**-0.5)).to(dtype)  # [B, h, N]
-        # keys [k, -|k|^2/(2 sqrt d), 0...] and values [v, 0...], then the dummy key e_{d+1} with
-        # value e_d: each written once (a pad), the extra entries filled in place
-        keys = F.pad(k, (0, width - d, 0, 1))
-        keys[..., :-1, d] = half_norm
-        keys[..., -1, d + 1] = 1.0
-        values = F.pad(v, (0, width - d, 0, 1))
-        values[..., -1, d] = 1.0
-        feats = F.pad(w, (0, width - d))
-        feats[:, d] = 1.0  # [w', 1, 0...]: score l_nf against the keys
+        half_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True, dtype=acc)
+        half_norm = (half_norm * half_norm * (-0.5 * self.head_dim**-0.5)).to(dtype)  # [B, h, N, 1]
+        # keys [k, -|k|^2/(2 sqrt d), 1, 0...] and values [v, 0...], then a dummy key of zeros
+        # with value e_d: each written once (a pad), then the few extra entries copied in
+        extra = F.pad(F.pad(half_norm, (0, 1), value=1.0), (0, 0, 0, 1))  # [B, h, N + 1, 2]
+        keys = fill_columns(F.pad(k, (0, width - d, 0, 1)), d, extra)
+        values = fill_columns(F.pad(v, (0, width - d, 0, 1)), d, 1 - extra[..., 1:])
+        feats = F.pad(F.pad(w, (0, 1), value=1.0), (0, width - d - 1))  # [w', 1, 0...]
         zeros = feats[:, d + 1 :]
-        # c_f: each feature's largest key score (the dummy's row of the product left out), so the
-        # dummy key's weight o_f lies in [1 / (N + 1), 1 / 2]. Only a stabiliser: log S_f below
-        # does not depend on c_f, so it comes from detached inputs and autograd saves neither the
-        # [B, h, N, m] scores nor the max's indices; the gradient is unchanged.
-        top = torch.matmul(keys.detach(), feats.t())[..., :-1, :].amax(dim=-2).unsqueeze(-1)  # [B, h, m, 1]
-        feat_q = torch.cat([feats[:, : d + 1].expand(B, h, m, d + 1), top, zeros[:, 1:].expand(B, h, m, -1)], dim=-1)
+        # c_f: each feature's largest key score (the dummy's row of the product left out). The
+        # features' scores are shifted by -c_f (the keys' ones column), so the dummy key (score 0)
+        # has weight o_f in [1 / (N + 1), 1 / 2]. Only a stabiliser: log S_f below does not depend
+        # on c_f, so it is computed without autograd, which then saves neither the [B, h, N, m]
+        # scores nor the max's indices; the gradient is unchanged.
+        with torch.no_grad():
+            top = torch.matmul(keys, feats.t())[..., :-1, :].amax(dim=-2).unsqueeze(-1)  # [B, h, m, 1]
+        feat_q = torch.cat([feats[:, : d + 1].expand(B, h, m, d + 1), -top, zeros[:, 1:].expand(B, h, m, -1)], dim=-1)
         mixed = F.scaled_dot_product_attention(feat_q, keys, values, scale=1.0)  # [B, h, m, width]
         # fp32 for the [B, h, m, 1] normaliser: log S_f spans hundreds for large-norm keys
         o = mixed[..., d : d + 1].to(acc)
-        log_mass = top.to(acc) + torch.log1p(-o) - torch.log(o)
-        kv = mixed * (1 / (1 - o)).to(dtype)  # kv_f / S_f; the columns past d are sliced off the output
+        rest = 1 - o
+        log_mass = top.to(acc) + torch.log(rest / o)
+        kv = mixed / rest.to(dtype)  # kv_f / S_f; the columns past d are sliced off the output
         bias = (log_mass - log_mass.amax(dim=-2, keepdim=True)).to(dtype)
         feat_k = torch.cat([w.expand(B, h, m, d), bias, zeros.expand(B, h, m, -1)], dim=-1)
         # the query's padding columns are ones: they meet the bias column, then zeros
