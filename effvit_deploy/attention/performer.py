@@ -15,15 +15,16 @@ lucidrains/performer-pytorch.
   `F.scaled_dot_product_attention` (fused flash/memory-efficient kernels on CUDA, the flash
   kernel on CPU), so the [N, num_features] feature maps phi(q), phi(k) are never written.
   Stage 1: the m features attend over the keys with scores l_nf = w'_f^T k_n - |k_n|^2 / (2
-  sqrt(d)) (w' = w d^-1/4), folded into an augmented dimension [k, -|k|^2/(2 sqrt d)] . [w', 1],
-  which yields kv_f / S_f; an extra key of score c_f = max_n l_nf and value e_d yields S_f
-  through its weight o_f = e^c_f / (S_f + e^c_f) in [1 / (N + 1), 1 / 2]:
-  log S_f = c_f + log(1 - o_f) - log(o_f). Stage 2: every query attends over the m features
+  sqrt(d)) (w' = w d^-1/4), folded into an augmented dimension
+  [k, -|k|^2/(2 sqrt d), 1] . [w', 1, -c_f], which yields kv_f / S_f; the shift c_f = max_n l_nf
+  and an extra zero key with value e_d yield S_f through that key's weight
+  o_f = e^c_f / (S_f + e^c_f) in [1 / (N + 1), 1 / 2]: log S_f = c_f + log((1 - o_f) / o_f).
+  Stage 2: every query attends over the m features
   with scores w'_f^T q + log S_f - max_g log S_g (the paper's exp(-|q|^2 / 2) and every
   constant shift cancel in this softmax). Widths are padded to a multiple of 8 (flash-eligible).
-  Each augmented [N, width] tensor is written once: the keys [k, -|k|^2/(2 sqrt d), 0...] and
-  values [v, 0...] with the extra row appended by one pad, their few extra entries filled in
-  place, the queries [q, 1, 1...] by one pad.
+  Each augmented [N, width] tensor is written once: the keys [k, -|k|^2/(2 sqrt d), 1, 0...] and
+  values [v, 0...] with the extra row appended by one pad, their few extra entries then copied
+  in (`fill_columns`), the queries [q, 1, 1...] by one pad.
   The result is the paper's ratio sum_f a_f (kv_f / S_f) / sum_f a_f exactly (rows of ordinary
   norm match a float64 transcription of the paper to <= 1e-6 in fp32), and every row is a
   convex combination of values at any query or key norm: no zero, infinite or clamped row.
@@ -32,8 +33,11 @@ lucidrains/performer-pytorch.
   through the float64 transcription) and backward keeps no [N, num_features] tensor.
 - Training: autograd keeps q, k, v and the two kernels' outputs; the padded copies are rebuilt
   in backward (`recompute_in_backward`, a selective `torch.utils.checkpoint`; gradients
-  unchanged). Peak memory of a bf16 forward + backward at 1024 px (4,097 tokens) is 1.04x exact
-  attention's (0.4.0: 1.31x); the rebuild costs one extra l product and three pads per step.
+  unchanged). Peak memory of a bf16 forward + backward of ViT-S/16 at 1024 px (4,097 tokens,
+  batch 1) is 1.06x exact attention's at depth 12, 1.04x at depth 1 (0.4.0: 1.45x, 1.31x); the
+  rebuild costs one more l product and three pads per training step. Inference peak equals
+  exact's at every size measured, 2048 px (16,385 tokens) included: l is as large as the MLP's
+  hidden activation and is freed before it, so chunking it over tokens would not lower the peak.
 - Precision: everything runs in the input's dtype (bf16/fp16 under autocast; the kernels
   accumulate in fp32) except the [B, heads, m, 1] normaliser log S_f and 1 - o_f, which are
   fp32 (log S_f spans hundreds for large-norm keys); kv_f / S_f divides by 1 - o_f (in
@@ -41,8 +45,8 @@ lucidrains/performer-pytorch.
   score l (compute dtype), read once for c_f.
   Measured on a trained ViT's captured q/k/v (tests/data): the error against exact attention
   in float64 under bf16 and fp16 autocast is within 1% of the fp32 path's.
-- Cost: one bf16-autocast forward of ViT-S/16 at 512 px dispatches OPS aten ops per block
-  (0.4.0: 80.5; 0.3.0: 63.5, fewer ops but every feature map in fp32) and writes BYTES the
+- Cost: one bf16-autocast forward of ViT-S/16 at 512 px dispatches 78.5 aten ops per block
+  (0.4.0: 80.5; 0.3.0: 63.5, fewer ops but every feature map in fp32) and writes 1.46x the
   attention-free bound's bytes (0.4.0: 1.66x; 0.3.0: 4.48x; benchmarks/attention_proxies.py).
   The largest temporary is l, [B, heads, N, m] in the compute dtype: for ViT-S with m = 256
   exactly the size of the MLP's hidden activation (heads * m = 4 * dim), which exact
@@ -137,9 +141,9 @@ class PerformerAttention(TimmAttention):
 
         The estimator sum_f a_f (kv_f / S_f) / sum_f a_f is evaluated without ever writing the
         [N, num_features] feature maps: (1) each feature f "attends" over the keys with scores
-        l_nf = w_f^T k'_n - |k'_n|^2 / 2 (k' = k d^-1/4), which gives kv_f / S_f, and a dummy key
-        of score c_f = max_n l_nf and value e_d gives log S_f = c_f + log((1 - o_f) / o_f) from its
-        weight o_f in [1 / (N + 1), 1 / 2]; (2) each query attends over the features with scores
+        l_nf = w_f^T k'_n - |k'_n|^2 / 2 (k' = k d^-1/4), which gives kv_f / S_f; with those scores
+        shifted by -c_f (c_f = max_n l_nf), a zero dummy key with value e_d gives
+        log S_f = c_f + log((1 - o_f) / o_f) from its weight o_f in [1 / (N + 1), 1 / 2]; (2) each query attends over the features with scores
         w_f^T q' + log S_f (the paper's exp(-|q'|^2 / 2) cancels). Both are
         `F.scaled_dot_product_attention` calls (fused kernels on GPU and CPU), the scores folded
         into the feature dimension so no mask is needed (flash-eligible: widths padded to 8).
