@@ -7,11 +7,13 @@ pretrained timm ViT's weights load unchanged (timm/layers/attention.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 Grid = tuple[int, int]
 Size = Union[int, torch.SymInt, torch.Tensor]
@@ -70,38 +72,34 @@ def fp32_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
-_ATTENTION_KERNELS = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-                      "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
-                      "_scaled_dot_product_fused_attention_overrideable", "amax")
+#: fused attention kernels (`F.scaled_dot_product_attention`'s CPU and CUDA back ends)
+_ATTENTION_KERNELS = frozenset({
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+})
 
 
-def _save_kernel_outputs(ctx, func, *args, **kwargs):
-    """Selective-checkpoint policy: keep the fused attention kernels' outputs (and reductions'
-    `amax`), recompute everything else (pads, concatenations, small matrix work) in backward."""
-    from torch.utils.checkpoint import CheckpointPolicy
-
-    name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
-    return CheckpointPolicy.MUST_SAVE if name in _ATTENTION_KERNELS else CheckpointPolicy.PREFER_RECOMPUTE
+def _keep_attention_kernels(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+    """Selective-checkpoint policy: keep the fused attention kernels' outputs, recompute
+    everything else (pads, concatenations, small matrix work) in backward."""
+    kept = getattr(func, "overloadpacket", None) is not None and func.overloadpacket.__name__ in _ATTENTION_KERNELS
+    return CheckpointPolicy.MUST_SAVE if kept else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def recompute_in_backward(fn, *args: torch.Tensor) -> Any:
+def recompute_in_backward(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
     """fn(*args), where autograd keeps only fn's inputs and the outputs of its fused attention
-    kernels (`F.scaled_dot_product_attention`) and `amax` reductions for backward, and recomputes
-    the rest there (`torch.utils.checkpoint` with a selective policy): the padded and
-    concatenated copies of q, k, v that the kernels read cost one cheap write to rebuild but as
-    much memory as exact attention's whole saved state to keep. Gradients are unchanged.
-    Plain `fn(*args)` when nothing is recorded for backward (inference, no input requiring
-    grad), inside traced graphs (FX, `torch.jit.trace`, ONNX export), which only run forward, and
-    under `torch.compile`, whose partitioner already recomputes such cheap ops in backward.
+    kernels (`F.scaled_dot_product_attention`) for backward and recomputes the rest there
+    (`torch.utils.checkpoint` with a selective policy): padded or concatenated [N, width] copies
+    of q, k, v cost one cheap write to rebuild but as much memory as q itself to keep. Gradients
+    are unchanged. Plain `fn(*args)` when nothing is recorded for backward (inference, no input
+    requiring grad), inside traced graphs (FX, `torch.jit.trace`, ONNX export), which only run
+    forward, and under `torch.compile`, whose partitioner already recomputes such cheap ops.
     """
     if (not torch.is_grad_enabled() or isinstance(args[0], torch.fx.Proxy) or torch.jit.is_tracing()
             or torch.jit.is_scripting() or torch.compiler.is_compiling() or not any(a.requires_grad for a in args)):
         return fn(*args)
-    import functools
-
-    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
-
-    context = functools.partial(create_selective_checkpoint_contexts, _save_kernel_outputs)
+    context = functools.partial(create_selective_checkpoint_contexts, _keep_attention_kernels)
     return checkpoint(fn, *args, use_reentrant=False, context_fn=context)
 
 

@@ -300,7 +300,8 @@ class NystromAttention(TimmAttention):
         if eager and n <= self.landmarks + prefix:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
-            out = recompute_in_backward(functools.partial(self._nystrom, grid=grid, prefix=prefix, dropout=dropout, eager=eager), q, k, v)
+            nystrom = functools.partial(self._nystrom, grid=grid, prefix=prefix, dropout=dropout, eager=eager)
+            out = recompute_in_backward(nystrom, q, k, v)
         if not eager:
             head = size_min(n, self.landmarks + prefix)
             exact = F.scaled_dot_product_attention(q[..., :head, :], k[..., :head, :], v[..., :head, :], dropout_p=dropout)
