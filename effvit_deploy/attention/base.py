@@ -87,18 +87,22 @@ def _keep_attention_kernels(ctx, func, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if kept else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def recompute_in_backward(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+def recompute_in_backward(fn: Callable[..., torch.Tensor], *args: torch.Tensor, keep_attention: bool = True) -> torch.Tensor:
     """fn(*args), where autograd keeps only fn's inputs and the outputs of its fused attention
     kernels (`F.scaled_dot_product_attention`) for backward and recomputes the rest there
     (`torch.utils.checkpoint` with a selective policy): padded or concatenated [N, width] copies
-    of q, k, v cost one cheap write to rebuild but as much memory as q itself to keep. Gradients
-    are unchanged. Plain `fn(*args)` when nothing is recorded for backward (inference, no input
-    requiring grad), inside traced graphs (FX, `torch.jit.trace`, ONNX export), which only run
-    forward, and under `torch.compile`, whose partitioner already recomputes such cheap ops.
+    of q, k, v cost one cheap write to rebuild but as much memory as q itself to keep.
+    `keep_attention=False` for a region without attention kernels: a plain checkpoint, without
+    the selective policy's per-op Python dispatch. Gradients are unchanged. Plain `fn(*args)`
+    when nothing is recorded for backward (inference, no input requiring grad), inside traced
+    graphs (FX, `torch.jit.trace`, ONNX export), which only run forward, and under
+    `torch.compile`, whose partitioner already recomputes such cheap ops.
     """
     if (not torch.is_grad_enabled() or isinstance(args[0], torch.fx.Proxy) or torch.jit.is_tracing()
             or torch.jit.is_scripting() or torch.compiler.is_compiling() or not any(a.requires_grad for a in args)):
         return fn(*args)
+    if not keep_attention:
+        return checkpoint(fn, *args, use_reentrant=False)
     context = functools.partial(create_selective_checkpoint_contexts, _keep_attention_kernels)
     return checkpoint(fn, *args, use_reentrant=False, context_fn=context)
 

@@ -59,14 +59,14 @@ the [m, d] product with it. Measured on a trained ViT's captured q/k/v (tests/da
 fp16 leave the error against exact attention within 0.1% of the fp32 path's. One
 bf16-autocast forward of ViT-S/16 at 512 px: 99.5 aten ops per block (0.3.0: 284.5) and
 1.49x the attention-free bound's bytes written (0.3.0: 3.1x);
-benchmarks/results/attention_proxies.md. Training: autograd keeps q, k, v and the two kernels'
-outputs; the landmarks, the landmark kernel and its pseudo-inverse (whose iterations otherwise
-keep 6 MiB of fp32 intermediates per block at 1024 px, batch 1) are recomputed in backward
-(`recompute_in_backward`, a selective `torch.utils.checkpoint`; gradients unchanged): peak
-memory of a bf16 forward + backward of ViT-S/16 at 1024 px (4,097 tokens, batch 1) is 1.05x
-exact attention's at depth 12, 1.04x at depth 1 (0.4.0: 1.14x, 1.10x), for one more landmark
-pooling and pseudo-inverse per training step (m x m work). Inference peak: equal to exact's up
-to 2048 px (16,385 tokens).
+benchmarks/results/attention_proxies.md. Training: the pseudo-inverse, whose iterations would
+keep 5 MiB of fp32 intermediates per block (ViT-S/16, 1024 px, batch 1), is recomputed in
+backward from the landmark kernel (`recompute_in_backward`, a `torch.utils.checkpoint`;
+gradients unchanged): peak memory of a bf16 forward + backward of ViT-S/16 at 1024 px (4,097
+tokens, batch 1) is 1.06x exact attention's at depth 12, 1.05x at depth 1 (0.4.0: 1.14x,
+1.10x), for 5 * iterations + 12 more small ops per block in backward (a CPU training step of
+a depth-2 model at 512 px, batch 2: 5-15% slower). Inference peak: equal to exact's up to
+2048 px (16,385 tokens).
 
 An optional depthwise convolution over the sequence on V (the official code's residual,
 kernel 33) is zero-initialised so a pretrained ViT starts unchanged.
@@ -281,7 +281,9 @@ class NystromAttention(TimmAttention):
             # (fp64 stays fp64; FX proxies, whose dtype is unknown while tracing, get fp32)
             acc = torch.float64 if isinstance(q, torch.Tensor) and q.dtype == torch.float64 else torch.float32
             kernel = torch.softmax(torch.matmul(q_land.to(acc), k_land.to(acc).transpose(-1, -2)) * self.scale, dim=-1)
-            inverse = iterative_pinv(kernel, self.pinv_iterations, stochastic=True)
+            # rebuilt in backward: its iterations would keep ~5 [m, 2m] fp32 tensors each
+            pinv = functools.partial(iterative_pinv, iterations=self.pinv_iterations, stochastic=True)
+            inverse = recompute_in_backward(pinv, kernel, keep_attention=False)
             weights = torch.matmul(inverse, mixed.to(acc)).to(v.dtype)
         return F.scaled_dot_product_attention(q, k_land, weights)
 
@@ -300,8 +302,7 @@ class NystromAttention(TimmAttention):
         if eager and n <= self.landmarks + prefix:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
-            nystrom = functools.partial(self._nystrom, grid=grid, prefix=prefix, dropout=dropout, eager=eager)
-            out = recompute_in_backward(nystrom, q, k, v)
+            out = self._nystrom(q, k, v, grid, prefix, dropout, eager)
         if not eager:
             head = size_min(n, self.landmarks + prefix)
             exact = F.scaled_dot_product_attention(q[..., :head, :], k[..., :head, :], v[..., :head, :], dropout_p=dropout)
