@@ -35,8 +35,8 @@ lucidrains/performer-pytorch.
   in backward (`recompute_in_backward`, a selective `torch.utils.checkpoint`; gradients
   unchanged). Peak memory of a bf16 forward + backward of ViT-S/16 at 1024 px (4,097 tokens,
   batch 1) is 1.06x exact attention's at depth 12, 1.04x at depth 1 (0.4.0: 1.45x, 1.31x); the
-  rebuild costs one more l product and three pads per training step. Inference peak equals
-  exact's at every size measured, 2048 px (16,385 tokens) included: l is as large as the MLP's
+  rebuild costs one more l product and the pads per block in backward. Inference peak equals
+  exact's at 512, 1024 and 2048 px (16,385 tokens): l is as large as the MLP's
   hidden activation and is freed before it, so chunking it over tokens would not lower the peak.
 - Precision: everything runs in the input's dtype (bf16/fp16 under autocast; the kernels
   accumulate in fp32) except the [B, heads, m, 1] normaliser log S_f and 1 - o_f, which are
