@@ -110,8 +110,9 @@ class CountOps(TorchDispatchMode):
             alias = returns[min(i, len(returns) - 1)].alias_info if returns else None
             if alias is not None and alias.is_write:  # in-place or out=: written
                 self.bytes_written += t.numel() * t.element_size()
-            elif alias is None and t.untyped_storage().data_ptr() not in storages:
-                # a fresh tensor; not a view, nor an input handed back (eval dropout, no-op casts)
+            elif t.untyped_storage().data_ptr() not in storages:
+                # a fresh tensor, not a view nor an input handed back (eval dropout, no-op casts).
+                # Ops whose schema may alias (to, reshape, contiguous) count when they copy.
                 self.bytes_written += t.numel() * t.element_size()
         return out
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from effvit_deploy.attention import ATTENTIONS, AtrousAttention, NystromAttention
+from effvit_deploy.attention import ATTENTIONS, AtrousAttention, NystromAttention, PerformerAttention
 from tests.test_attention import TRAINED_GRIDS, atrous_reference, trained_qkv
 
 CONFIGS = {
@@ -152,3 +152,61 @@ def test_grid_constants_cached_under_inference_mode_serve_a_later_training_step(
         layer.eval()(x, grid=(5, 7))
     layer.train()(x, grid=(5, 7)).square().mean().backward()
     assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)
+
+
+def _grads(layer, q, k, v, g):
+    """Gradients of <attend(q, k, v), g> with respect to q, k, v and the parameters `attend` uses."""
+    inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+    params = [p for name, p in layer.named_parameters() if name.startswith("res_conv")]
+    out = layer.attend(*inputs, (4, 6))
+    return torch.autograd.grad((out * g).sum(), inputs + params)
+
+
+@pytest.mark.parametrize("name", ["performer", "nystrom"])
+def test_recomputing_in_backward_leaves_every_gradient_unchanged(name, monkeypatch):
+    # Training rebuilds the padded copies (Performer) and the landmark kernel's pseudo-inverse
+    # (Nystrom) in backward instead of keeping them: the same gradients as keeping everything.
+    torch.manual_seed(0)
+    kwargs = {"performer": {"num_features": 16}, "nystrom": {"landmarks": 8, "conv_kernel": 3}}[name]
+    layer = ATTENTIONS[name](64, 2, **kwargs).double().train()
+    if name == "nystrom":
+        with torch.no_grad():
+            layer.res_conv.weight.normal_()
+    q, k, v, g = (torch.randn(2, 2, 1 + 4 * 6, 32, dtype=torch.float64) * s for s in (2, 2, 1, 1))
+    recomputed = _grads(layer, q, k, v, g)
+    module = __import__(f"effvit_deploy.attention.{name}", fromlist=["recompute_in_backward"])
+    monkeypatch.setattr(module, "recompute_in_backward", lambda fn, *args, **_: fn(*args))
+    kept = _grads(layer, q, k, v, g)
+    for a, b in zip(recomputed, kept):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_performers_detached_stabiliser_leaves_the_gradient_of_the_paper_estimator():
+    # c_f = max_n l_nf only keeps the dummy key's weight in range (log S_f does not depend on it),
+    # so it is computed from detached inputs: the gradient is still that of the paper's estimator.
+    from tests.test_attention import favor_plus_reference
+
+    torch.manual_seed(0)
+    layer = PerformerAttention(64, 2, num_features=16).double().train()
+    q, k, v, g = (torch.randn(2, 2, 25, 32, dtype=torch.float64) * s for s in (2, 2, 1, 1))
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    mine = torch.autograd.grad((layer.attend(*inputs) * g).sum(), inputs)
+    paper = torch.autograd.grad((favor_plus_reference(layer, *inputs) * g).sum(), inputs)
+    for a, b in zip(mine, paper):
+        assert ((a - b).norm() / b.norm()).item() < 1e-10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["performer", "nystrom"])
+def test_a_training_step_compiles_as_one_graph(name):
+    kwargs = {"nystrom": {"landmarks": 8}, "performer": {"num_features": 16}}[name]
+    torch.manual_seed(0)
+    layer = ATTENTIONS[name](64, 2, **kwargs).train()
+    x = torch.randn(2, 1 + 4 * 6, 64, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager", dynamic=False)
+    out = compiled(x, grid=(4, 6))
+    grad, = torch.autograd.grad(out.square().sum(), x)
+    ref = layer(x, grid=(4, 6))
+    ref_grad, = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-5)

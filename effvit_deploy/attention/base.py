@@ -7,11 +7,13 @@ pretrained timm ViT's weights load unchanged (timm/layers/attention.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 Grid = tuple[int, int]
 Size = Union[int, torch.SymInt, torch.Tensor]
@@ -68,6 +70,41 @@ def fp32_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
     if isinstance(x, torch.fx.Proxy) or x.device.type not in ("cpu", "cuda", "xpu", "mps", "hpu"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+#: fused attention kernels (`F.scaled_dot_product_attention`'s CPU and CUDA back ends)
+_ATTENTION_KERNELS = frozenset({
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+})
+
+
+def _keep_attention_kernels(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+    """Selective-checkpoint policy: keep the fused attention kernels' outputs, recompute
+    everything else (pads, concatenations, small matrix work) in backward."""
+    kept = getattr(func, "overloadpacket", None) is not None and func.overloadpacket.__name__ in _ATTENTION_KERNELS
+    return CheckpointPolicy.MUST_SAVE if kept else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def recompute_in_backward(fn: Callable[..., torch.Tensor], *args: torch.Tensor, keep_attention: bool = True) -> torch.Tensor:
+    """fn(*args), where autograd keeps only fn's inputs and the outputs of its fused attention
+    kernels (`F.scaled_dot_product_attention`) for backward and recomputes the rest there
+    (`torch.utils.checkpoint` with a selective policy): padded or concatenated [N, width] copies
+    of q, k, v cost one cheap write to rebuild but as much memory as q itself to keep.
+    `keep_attention=False` for a region without attention kernels: a plain checkpoint, without
+    the selective policy's per-op Python dispatch. Gradients are unchanged. Plain `fn(*args)`
+    when nothing is recorded for backward (inference, no input requiring grad), inside traced
+    graphs (FX, `torch.jit.trace`, ONNX export), which only run forward, and under
+    `torch.compile`, whose partitioner already recomputes such cheap ops.
+    """
+    if (not torch.is_grad_enabled() or isinstance(args[0], torch.fx.Proxy) or torch.jit.is_tracing()
+            or torch.jit.is_scripting() or torch.compiler.is_compiling() or not any(a.requires_grad for a in args)):
+        return fn(*args)
+    if not keep_attention:
+        return checkpoint(fn, *args, use_reentrant=False)
+    context = functools.partial(create_selective_checkpoint_contexts, _keep_attention_kernels)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=context)
 
 
 class TimmAttention(nn.Module):
