@@ -53,18 +53,16 @@ autocast); nothing needs fp32 (softmax accumulates in fp32 inside the fused kern
 CPU proxies of GPU cost (benchmarks/attention_proxies.py; bf16 autocast, ViT-S/16, depth 12):
 at 512 px, batch 2, the window path dispatches 96.5 aten ops per block (0.3.0: 206.5; 61.5
 when all branches were gathered at once, which held 2.05x exact's peak memory) and writes
-2.14x the attention-free bound's bytes, the CUDA path 58.5 ops and 1.33x (each FlexAttention
-call counted as its one kernel); inference peak 1.00x exact's on both, and 1.00x for one
-training forward + backward at 1024 px (2.9x before the recompute). Bytes stay above 1.5x on
-the window path by construction: the q, k, v window copies of three branches alone are ~0.4x
-of the bound's bytes, the branch outputs and their way back to token order ~0.3x more and the
-gated sum ~0.15x (about 1.85x with no padding at all).
+1.94x the attention-free bound's bytes (3dad674, before issue 19: 3.20x), the CUDA path 58.5
+ops and 1.27x (each FlexAttention call counted as its one kernel); inference peak 1.00x exact's
+on both, and 1.00x for one training forward + backward at 1024 px (2.9x before the recompute).
+Bytes stay above 1.5x on the window path by construction: every branch writes its own q, k, v
+window copies, its outputs and their way back to token order, and the gate sums the branches.
 """
 from __future__ import annotations
 
-from types import MappingProxyType
-
 import functools
+from types import MappingProxyType
 from typing import Sequence, Union
 
 import torch
@@ -259,14 +257,6 @@ class AtrousAttention(TimmAttention):
         if self.position_bias is not None:
             score_mod = _position_score_mod(self.position_bias[branch].to(q.dtype), H, W, P, d, wh, ww, self.window_size)
         return _flex_attention(q[:, :, P:], k, v, score_mod=score_mod, block_mask=block_mask)
-
-    def _windowed(self, q, k, v, H, W, P) -> list[torch.Tensor]:
-        """Every branch's patch outputs by window partition, a list of [B, heads, H * W, head_dim]."""
-        return [self._window_branch(i, q, k, v, H, W, P) for i in range(len(self.dilations))]
-
-    def _flex(self, q, k, v, H, W, P) -> list[torch.Tensor]:
-        """Every branch's patch outputs through FlexAttention, a list of [B, heads, H * W, head_dim]."""
-        return [self._flex_branch(i, q, k, v, H, W, P) for i in range(len(self.dilations))]
 
     def _branch(self, i: int, q, k, v, H, W, P, flex: bool, bands: list, weight=None) -> torch.Tensor:
         """Branch i's outputs [B, heads, H * W, head_dim], times `weight` [B, 1, H * W, 1] if given."""

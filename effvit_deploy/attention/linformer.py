@@ -20,9 +20,8 @@ Choices beyond the paper, so the module is a ViT drop-in:
 """
 from __future__ import annotations
 
-from types import MappingProxyType
-
 import math
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F

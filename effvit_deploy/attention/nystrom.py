@@ -58,7 +58,7 @@ ridge pseudo-inverse (five batched ops per iteration: one matmul, one add, three
 the [m, d] product with it. Measured on a trained ViT's captured q/k/v (tests/data): bf16 and
 fp16 leave the error against exact attention within 0.1% of the fp32 path's. One
 bf16-autocast forward of ViT-S/16 at 512 px: 99.5 aten ops per block (0.3.0: 284.5) and
-1.49x the attention-free bound's bytes written (0.3.0: 3.1x);
+1.42x the attention-free bound's bytes written (3dad674, before issue 19: 3.04x);
 benchmarks/results/attention_proxies.md. Training: the pseudo-inverse, whose iterations would
 keep 5 MiB of fp32 intermediates per block (ViT-S/16, 1024 px, batch 1), is recomputed in
 backward from the landmark kernel (`recompute_in_backward`, a `torch.utils.checkpoint`;
@@ -73,11 +73,10 @@ kernel 33) is zero-initialised so a pretrained ViT starts unchanged.
 """
 from __future__ import annotations
 
-from types import MappingProxyType
-
 import functools
 import logging
 import math
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F

@@ -46,8 +46,8 @@ lucidrains/performer-pytorch.
   Measured on a trained ViT's captured q/k/v (tests/data): the error against exact attention
   in float64 under bf16 and fp16 autocast is within 1% of the fp32 path's.
 - Cost: one bf16-autocast forward of ViT-S/16 at 512 px dispatches 78.5 aten ops per block
-  (0.4.0: 80.5; 0.3.0: 63.5, fewer ops but every feature map in fp32) and writes 1.46x the
-  attention-free bound's bytes (0.4.0: 1.66x; 0.3.0: 4.48x; benchmarks/attention_proxies.py).
+  (0.4.0: 80.5; 0.3.0: 63.5, fewer ops but every feature map in fp32) and writes 1.42x the
+  attention-free bound's bytes (3dad674, before issue 19: 4.17x; benchmarks/results/attention_proxies.md).
   The largest temporary is l, [B, heads, N, m] in the compute dtype: for ViT-S with m = 256
   exactly the size of the MLP's hidden activation (heads * m = 4 * dim), which exact
   attention's blocks hold too.
@@ -55,9 +55,8 @@ lucidrains/performer-pytorch.
 """
 from __future__ import annotations
 
-from types import MappingProxyType
-
 import math
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
