@@ -47,7 +47,7 @@ tests/test_atrous_paths.py):
 
 Memory: only one branch's windows live at a time, so inference peak memory is exact
 attention's; in training each weighted branch is recomputed in backward
-(`torch.utils.checkpoint`), so neither window copies nor branch outputs are saved and the
+(`base.recompute_in_backward`, a `torch.utils.checkpoint`), so neither window copies nor branch outputs are saved and the
 training peak is exact's too (both paths). All of it in the compute dtype (bf16/fp16 under
 autocast); nothing needs fp32 (softmax accumulates in fp32 inside the fused kernels).
 CPU proxies of GPU cost (benchmarks/attention_proxies.py; bf16 autocast, ViT-S/16, depth 12):
@@ -68,9 +68,8 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .base import TimmAttention, size_max, size_min
+from .base import TimmAttention, recompute_in_backward, size_max, size_min
 
 torch.fx.wrap("size_min")
 torch.fx.wrap("size_max")
@@ -276,7 +275,8 @@ class AtrousAttention(TimmAttention):
         patches (and that has two or more rows of windows) gathers and attends them in two
         bands of rows: that halves what it holds and trims its padding (a band's windows are
         the branch's windows there), for one more write of its output (the bands joined).
-        With `recompute` (training) each weighted branch runs under `torch.utils.checkpoint`:
+        With `recompute` (training) each weighted branch runs under `recompute_in_backward`
+        (a plain checkpoint in eager; under torch.compile its partitioner decides):
         backward recomputes one branch at a time from q, k, v and its weights, so neither the
         gathered windows nor the branch outputs are saved (identical results; dropout replays
         its random state)."""
@@ -290,7 +290,10 @@ class AtrousAttention(TimmAttention):
         out = None
         for i in order:
             if recompute:
-                o = checkpoint(self._branch, i, q, k, v, H, W, P, flex, bands[i], ws[i], use_reentrant=False)
+                def branch(q, k, v, *weight, i=i):
+                    return self._branch(i, q, k, v, H, W, P, flex, bands[i], *weight)
+
+                o = recompute_in_backward(branch, q, k, v, *([] if ws[i] is None else [ws[i]]), keep_attention=False)
                 out = o if out is None else out + o
             else:
                 o = self._branch(i, q, k, v, H, W, P, flex, bands[i])
@@ -314,8 +317,7 @@ class AtrousAttention(TimmAttention):
             weights = self.gate(q.transpose(1, 2).reshape(B, N, h * c)).softmax(-1).to(q.dtype)
             weights = weights.transpose(1, 2)[:, :, None, P:, None]
         flex = use_flex(q) and not (self.training and self.attn_drop.p > 0)  # FlexAttention has no dropout
-        recompute = self.training and torch.is_grad_enabled() and isinstance(q, torch.Tensor) and not torch.jit.is_tracing()
-        patches = self._patches(q, k, v, weights, H, W, P, flex, recompute)
+        patches = self._patches(q, k, v, weights, H, W, P, flex, recompute=self.training and torch.is_grad_enabled())
         # laid out [B, N, heads, head_dim]: the output projection then reads it without a copy
         return torch.cat([prefix_out.transpose(1, 2), patches.transpose(1, 2)], dim=1).transpose(1, 2)
 
