@@ -12,7 +12,16 @@ EXTRAS ?= cpu,report,demo,test
 
 venv: $(STAMP)
 
+# The environment takes about 7 GiB (PyTorch's CUDA wheels alone 5.5 GiB): check the disk first so a
+# full disk is one clear line, not pip's "No space left on device" halfway through an install.
+MIN_FREE_GIB ?= 8
+
 $(STAMP): pyproject.toml
+	@free_kib=$$(df -Pk . | awk 'NR==2 {print $$4}'); \
+	if [ "$$free_kib" -lt $$(( $(MIN_FREE_GIB) * 1024 * 1024 )) ] && [ ! -x $(PY) ]; then \
+		echo "error: $$(( free_kib / 1024 / 1024 )) GiB free here; creating $(VENV) needs about $(MIN_FREE_GIB) GiB (free space, or set MIN_FREE_GIB to override)" >&2; \
+		exit 1; \
+	fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
