@@ -56,8 +56,13 @@ when all branches were gathered at once, which held 2.05x exact's peak memory) a
 1.94x the attention-free bound's bytes (3dad674, before issue 19: 3.20x), the CUDA path 58.5
 ops and 1.27x (each FlexAttention call counted as its one kernel); inference peak 1.00x exact's
 on both, and 1.00x for one training forward + backward at 1024 px (2.9x before the recompute).
-Bytes stay above 1.5x on the window path by construction: every branch writes its own q, k, v
-window copies, its outputs and their way back to token order, and the gate sums the branches.
+Bytes stay above 1.5x on the window path by construction. There a block of the bound writes
+37.9 MiB, so 1.5x leaves 19 MiB for attention, and one [B, N, dim] bf16 tensor is 1.5 MiB.
+Each gathered branch writes at least six such tensors: its q, k and v window copies, its
+output, the output's way back to token order, and its share of the gated sum. That is 9 MiB a
+branch before padding, 27 MiB for the three default branches, and the default 7 x 7 windows
+pad the 32 x 32 grid by 1.2-1.7x. Only views (no copies) of q and of the output could go
+lower, and they exist only for grids that need no padding.
 """
 from __future__ import annotations
 
