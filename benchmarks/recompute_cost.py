@@ -31,6 +31,9 @@ from pathlib import Path
 
 import torch
 
+from effvit_deploy import build_model
+from effvit_deploy.atomic import write_json, write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_proxies import PeakMemory  # noqa: E402
 
@@ -41,8 +44,6 @@ MIB = 2**20
 
 def measure(mechanism: str, resolution: int, batch: int, depth: int, repeats: int) -> dict:
     """Step ms (median, min, max) and peak MiB with recompute on and off, and their ratios."""
-    from effvit_deploy import build_model
-
     module = importlib.import_module(f"effvit_deploy.attention.{mechanism}")
     recompute = module.recompute_in_backward
     modes = {"on": recompute, "off": lambda fn, *args, **_: fn(*args)}
@@ -116,8 +117,6 @@ def main(argv: list[str] | None = None) -> int:
                             "--repeats", str(args.repeats), "--out", str(part)], check=True)
             rows.append(json.loads(part.read_text()))
             part.unlink()
-    from effvit_deploy.atomic import write_json, write_text
-
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent).stdout.strip()
     machine = f"{platform.machine()} {platform.processor() or platform.platform()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
