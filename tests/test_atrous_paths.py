@@ -1,7 +1,8 @@
 """Atrous attention's two execution paths against dense masked attention: the window partition
 in bands of grid rows (eager), its checkpointed backward in training, FlexAttention serving
 training (CUDA; on the CPU through a differentiable stand-in, since CPU FlexAttention has no
-backward), and padded keys excluded exactly by the fused SDPA kernel."""
+backward), the compiled FlexAttention forward on the CPU (block mask and position-bias score_mod),
+and padded keys excluded exactly by the fused SDPA kernel."""
 from __future__ import annotations
 
 from unittest import mock
@@ -168,6 +169,21 @@ def test_training_with_attention_dropout_takes_the_window_path():
         out = layer.attend(q, k, v, (5, 7))
         out.sum().backward()
     assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.slow
+def test_compiled_flex_attention_on_the_cpu_matches_the_window_path():
+    """The CUDA path's code as compiled, on the CPU: the block mask and the position-bias
+    score_mod through inductor's FlexAttention template (forward only: CPU FlexAttention has no
+    backward), on a padded, non-square grid with a prefix token."""
+    layer = trained_like(window=3, dilations=(1, 2)).eval()
+    x = torch.randn(2, 1 + 8 * 10, 64, generator=torch.Generator().manual_seed(3)) * 2
+    with torch.no_grad():
+        window = layer(x, grid=(8, 10))
+        with mock.patch.object(atrous, "use_flex", lambda q: True):
+            torch._dynamo.reset()
+            flex = torch.compile(layer, fullgraph=True)(x, grid=(8, 10))
+    torch.testing.assert_close(flex, window, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.cuda
