@@ -256,7 +256,9 @@ class AtrousAttention(TimmAttention):
         kernel on the raw token order, the windows a block mask (CUDA, inference and training)."""
         d = self.dilations[branch]
         wh, ww = min(self.window_size, -(-H // d)), min(self.window_size, -(-W // d))
-        block_mask = _atrous_block_mask(H, W, P, q.shape[2], d, wh, ww, str(q.device))
+        # eager: built once per grid; compiled: traced into the graph (Dynamo ignores lru_cache, and says so)
+        build = _atrous_block_mask.__wrapped__ if torch.compiler.is_compiling() else _atrous_block_mask
+        block_mask = build(H, W, P, q.shape[2], d, wh, ww, str(q.device))
         score_mod = None
         if self.position_bias is not None:
             score_mod = _position_score_mod(self.position_bias[branch].to(q.dtype), H, W, P, d, wh, ww, self.window_size)
