@@ -68,7 +68,7 @@ def _runs(plan: dict[str, Any], out: Path) -> list[Path]:
 
     runs = shape_runs(plan["model"], ATTENTIONS, out / "cache", num_classes=NUM_CLASSES,
                       build_kwargs=plan["build_kwargs"])
-    return bound_subjects(runs, out / "cache", (), plan["infer_res"], plan["batch"]) + runs
+    return bound_subjects(runs, out / "cache", plan["infer_res"], plan["batch"]) + runs
 
 
 def _infer(backend: str, precision: str, batch: Callable[[dict], int], res_key: str, warmup: Optional[int] = None):

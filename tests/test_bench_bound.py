@@ -84,7 +84,7 @@ def test_bound_run_is_reused_while_the_source_weights_are_unchanged(tmp_path):
     assert torch.equal(load_run(bound)[0].head.weight, source.head.weight), "new source weights: the bound is rewritten"
     with pytest.raises(ValueError, match="already a reference run"):
         bound_run(bound, tmp_path / "cache")
-    assert bound_subjects([run, bound], tmp_path / "cache", (), [32], 1) == [bound], "a bound gets no bound of its own"
+    assert bound_subjects([run, bound], tmp_path / "cache", [32], 1) == [bound], "a bound gets no bound of its own"
 
 
 @pytest.mark.slow
@@ -110,6 +110,36 @@ def test_bound_artifacts_are_built_verified_and_bound_to_weights_by_export_run(t
     bound_run(run, tmp_path / "cache", formats=("onnx",), min_res=32, max_res=64)
     rebuilt = json.loads((bound / "export" / "manifest.json").read_text())["artifacts"][0]
     assert rebuilt["source"]["weights_sha256"] == file_sha256(weights_path(bound)) != manifest["weights_sha256"]
+
+
+def test_the_bound_is_exported_at_every_floating_point_precision_the_sweep_asks_for(tmp_path, monkeypatch):
+    """An fp16 sweep reads fp16 variants against an fp16 bound, never an fp32 one; precisions no
+    requested format has, and int8 (calibrated on images a bound does not carry), are left out."""
+    from effvit_deploy.bench import bound as bound_module
+
+    exported = []
+    monkeypatch.setattr(bound_module, "export_run", lambda run_dir, formats, precisions, **_: exported.append(
+        (tuple(formats), tuple(precisions))))
+    run = make_tiny_run(tmp_path / "exact", "exact")
+    bound_subjects([run], tmp_path / "cache", [32], 1, formats=("onnx", "openvino"),
+                   precisions=("fp16", "int8", "bf16", "fp32", "int8-static"))
+    bound_subjects([run], tmp_path / "cache", [32], 1, formats=("onnx",), precisions=("int8",))
+    bound_subjects([run], tmp_path / "cache", [32], 1, precisions=("fp16",))  # torch only: nothing to export
+    assert exported == [(("onnx", "openvino"), ("fp16", "fp32")), (("onnx",), ("fp32",))]
+
+
+@pytest.mark.slow
+def test_an_fp16_sweep_on_onnx_runtime_times_the_bound_at_fp16(tmp_path):
+    from effvit_deploy.bench import run_benchmark
+    from effvit_deploy.bench.results import load_results
+    from effvit_deploy.export import export_run
+
+    run = make_tiny_run(tmp_path / "exact", "exact")
+    export_run(run, formats=("onnx",), precisions=("fp16",), min_res=32, max_res=32, max_batch=2, verify=False)
+    rows = load_results(run_benchmark([run], ["onnxruntime"], [32], [1], ["fp16"], tmp_path / "bench", accuracy=False,
+                                      isolate=False, warmup=1, repeats=3, progress=False))
+    status = {r["attention"]: (r["status"], r["reason"], r["precision"]) for r in rows}
+    assert status["exact"][0] == "ok" and status["attention-free"] == ("ok", "", "fp16"), status
 
 
 def _row(attention, res, ms, **extra):

@@ -27,21 +27,24 @@ from typing import Optional, Sequence, Union
 
 from ..attention import ATTENTION_FREE, REFERENCES
 from ..backends import file_sha256
-from ..export import export_run
+from ..export import PRECISIONS, export_run
 from ..runs import MODEL_CARD, load_model_card, load_run, run_name, save_model_card, save_weights, weights_path
 from ..stamps import is_current, write_stamp
 
 BOUND = ATTENTION_FREE
 MARKER = "bound.json"
+#: the precisions a bound is exported at when a sweep asks for them: the floating-point ones (int8
+#: artifacts are calibrated on validation images, which a benchmark subject does not carry)
+FLOAT_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def bound_run(
     source: Union[str, Path], cache_dir: Union[str, Path], *, formats: Sequence[str] = (),
-    min_res: Optional[int] = None, max_res: int = 1024, max_batch: int = 2,
+    precisions: Sequence[str] = ("fp32",), min_res: Optional[int] = None, max_res: int = 1024, max_batch: int = 2,
 ) -> Path:
-    """The attention-free twin of run `source` under cache_dir, with its fp32 `formats` exported
-    by `export_run` for min_res..max_res px (min_res: the source's training size) and batches up
-    to max_batch; returns its run directory.
+    """The attention-free twin of run `source` under cache_dir, with its `formats` exported at
+    `precisions` by `export_run` for min_res..max_res px (min_res: the source's training size) and
+    batches up to max_batch; returns its run directory.
 
     The directory is written once per source weights (its stamp, `bound.json`, records their
     hash, written last) and reused while they are unchanged; export reuses artifacts the same way.
@@ -63,15 +66,19 @@ def bound_run(
         save_model_card(run_dir, bound)
         write_stamp(run_dir / MARKER, stamp)
     if formats:
-        export_run(run_dir, formats, ("fp32",), min_res=min_res, max_res=max_res, max_batch=max_batch, eval_limit=0)
+        export_run(run_dir, formats, precisions, min_res=min_res, max_res=max_res, max_batch=max_batch, eval_limit=0)
     return run_dir
 
 
-def bound_subjects(run_dirs: Sequence[Union[str, Path]], cache_dir: Path, formats: Sequence[str],
-                   resolutions: Sequence[int], max_batch: int) -> list[Path]:
+def bound_subjects(run_dirs: Sequence[Union[str, Path]], cache_dir: Path, resolutions: Sequence[int], max_batch: int,
+                   *, formats: Sequence[str] = (), precisions: Sequence[str] = ("fp32",)) -> list[Path]:
     """One attention-free bound per distinct model among the runs (the exact run's weights when
     there is one, else the first run's: the bound's latency does not depend on them), exported
-    for the sweep's resolutions; runs that are references themselves are skipped."""
+    for the sweep's resolutions and for each of its floating-point precisions that `formats` have
+    (fp32 when none: an int8 sweep gets no bound rows); runs that are references themselves are
+    skipped."""
+    exported = [p for p in dict.fromkeys(precisions)
+                if p in FLOAT_PRECISIONS and any(p in PRECISIONS[f] for f in formats)] or ["fp32"]
     sources: dict[str, Path] = {}
     for run_dir in run_dirs:
         card = load_model_card(run_dir)
@@ -80,5 +87,5 @@ def bound_subjects(run_dirs: Sequence[Union[str, Path]], cache_dir: Path, format
         key = json.dumps([card.model, card.model_kwargs, card.num_classes, card.img_size], sort_keys=True)
         if key not in sources or card.attention == "exact":
             sources[key] = Path(run_dir)
-    return [bound_run(src, cache_dir, formats=formats, min_res=min(resolutions), max_res=max(resolutions),
-                      max_batch=max(max_batch, 2)) for src in sources.values()]
+    return [bound_run(src, cache_dir, formats=formats, precisions=exported, min_res=min(resolutions),
+                      max_res=max(resolutions), max_batch=max(max_batch, 2)) for src in sources.values()]

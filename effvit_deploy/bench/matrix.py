@@ -287,7 +287,8 @@ def run_benchmark(
         if any(r % subject.patch for r in resolutions):
             raise ValueError(f"resolutions {list(resolutions)} must be multiples of {subject.name}'s patch size {subject.patch}")
     if bound and run_dirs:
-        bounds = bound_subjects(run_dirs, out_dir / "cache", artifact_formats(use), resolutions, max(batch_sizes))
+        bounds = bound_subjects(run_dirs, out_dir / "cache", resolutions, max(batch_sizes),
+                                formats=artifact_formats(use), precisions=precisions)
         models += [model_subject(d) for d in bounds if d not in run_dirs]
     subjects = models + list(layers)
     env = environment()

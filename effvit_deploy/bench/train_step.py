@@ -161,7 +161,7 @@ def train_step_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dirs = [Path(d) for d in run_dirs]
     if bound and run_dirs:
-        run_dirs += bound_subjects(run_dirs, out_dir / "cache", (), resolutions, max(batch_sizes))
+        run_dirs += bound_subjects(run_dirs, out_dir / "cache", resolutions, max(batch_sizes))
     subjects = [model_subject(d) for d in dict.fromkeys(run_dirs)]
     if not subjects:
         raise ValueError("nothing to train-step: give run directories or --model")
