@@ -65,8 +65,9 @@ backward from the landmark kernel (`recompute_in_backward`, a `torch.utils.check
 gradients unchanged): peak memory of a bf16 forward + backward of ViT-S/16 at 1024 px (4,097
 tokens, batch 1) is 1.06x exact attention's at depth 12, 1.05x at depth 1 (0.4.0: 1.14x,
 1.10x), for 5 * iterations + 12 more small ops per block in backward (a CPU training step of
-a depth-2 model at 512 px, batch 2: 5-15% slower). Inference peak: equal to exact's up to
-2048 px (16,385 tokens).
+a depth-2 model at 512 px, batch 2: 5-15% slower). Inference peak: equal to exact's from
+224 px, batch 8 (the landmark kernel is freed before the iterations) up to 2048 px (16,385
+tokens).
 
 An optional depthwise convolution over the sequence on V (the official code's residual,
 kernel 33) is zero-initialised so a pretrained ViT starts unchanged.
@@ -184,6 +185,7 @@ def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None,
         mu = ridge * torch.sqrt(col_norm * row_norm)
         b = torch.cat([a, mu * eye], dim=-2)
         z = b.transpose(-1, -2) / ((col_norm + mu) * torch.maximum(row_norm, mu))
+    del a  # b holds a copy: the caller's kernel is not kept through the iterations
     for _ in range(iterations):  # five fused ops per iteration (baddbmm: beta * I - zb @ t)
         zb = torch.matmul(z, b)
         t = torch.baddbmm(eye, zb, torch.add(zb, eye, alpha=-7), beta=15)  # 15 I - zb (7 I - zb)
@@ -277,14 +279,20 @@ class NystromAttention(TimmAttention):
         mixed = F.scaled_dot_product_attention(q_land, k, v, dropout_p=dropout)
         with fp32_region(q):
             # the [m, m] landmark kernel and its inverse stay fp32: condition numbers 1e7-1e19
-            # (fp64 stays fp64; FX proxies, whose dtype is unknown while tracing, get fp32)
-            acc = torch.float64 if isinstance(q, torch.Tensor) and q.dtype == torch.float64 else torch.float32
-            kernel = torch.softmax(torch.matmul(q_land.to(acc), k_land.to(acc).transpose(-1, -2)) * self.scale, dim=-1)
-            # rebuilt in backward: its iterations would keep ~5 [m, 2m] fp32 tensors each
-            pinv = functools.partial(iterative_pinv, iterations=self.pinv_iterations, stochastic=True)
-            inverse = recompute_in_backward(pinv, kernel, keep_attention=False)
+            acc = _accumulation_dtype(q)
+            # rebuilt in backward from the landmarks: its iterations would keep ~5 [m, 2m] fp32 tensors each
+            inverse = recompute_in_backward(self._landmark_inverse, q_land, k_land, keep_attention=False)
             weights = torch.matmul(inverse, mixed.to(acc)).to(v.dtype)
         return F.scaled_dot_product_attention(q, k_land, weights)
+
+    def _landmark_inverse(self, q_land: torch.Tensor, k_land: torch.Tensor) -> torch.Tensor:
+        """pinv(softmax(Q~ K~^T / sqrt(d))) [B, heads, m, m] in fp32 (fp64 for fp64 landmarks), from
+        the landmarks [B, heads, m, d]. The kernel is handed straight to `iterative_pinv`, which
+        drops it once its iteration is set up, so it is not held through the iterations."""
+        acc = _accumulation_dtype(q_land)
+        # no name holds the kernel or its scores: `iterative_pinv` frees the kernel once it is set up
+        return iterative_pinv(torch.softmax(torch.matmul(q_land.to(acc), k_land.to(acc).transpose(-1, -2)) * self.scale, dim=-1),
+                              iterations=self.pinv_iterations, stochastic=True)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid=None) -> torch.Tensor:
         """q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim] (see the module docstring)."""
@@ -310,6 +318,12 @@ class NystromAttention(TimmAttention):
         if self.res_conv is not None:
             out = out + self.res_conv(v)
         return out
+
+
+def _accumulation_dtype(x) -> torch.dtype:
+    """float32, or float64 for float64 inputs (FX proxies, whose dtype is unknown while tracing,
+    get float32)."""
+    return torch.float64 if isinstance(x, torch.Tensor) and x.dtype == torch.float64 else torch.float32
 
 
 @functools.lru_cache(maxsize=32)

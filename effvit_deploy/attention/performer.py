@@ -36,8 +36,12 @@ lucidrains/performer-pytorch.
   unchanged). Peak memory of a bf16 forward + backward of ViT-S/16 at 1024 px (4,097 tokens,
   batch 1) is 1.06x exact attention's at depth 12, 1.04x at depth 1 (0.4.0: 1.45x, 1.31x); the
   rebuild costs one more l product and the pads per block in backward. Inference peak equals
-  exact's at 512, 1024 and 2048 px (16,385 tokens): l is as large as the MLP's
-  hidden activation and is freed before it, so chunking it over tokens would not lower the peak.
+  exact's at 224 px, batch 8 (197 tokens; the first attention's inputs are freed before the
+  second) and at 512, 1024 and 2048 px (16,385 tokens): l is as large as the MLP's hidden
+  activation and is freed before it, so chunking it over tokens would not lower the peak.
+  Below about num_features tokens the [B, heads, m, width] feature-side tensors outgrow the
+  token ones: 1.35x exact's peak at 128 px (65 tokens), batch 8, with the default 256 features
+  (at that size FAVOR+ also costs more FLOPs than exact attention).
 - Precision: everything runs in the input's dtype (bf16/fp16 under autocast; the kernels
   accumulate in fp32) except the [B, heads, m, 1] normaliser log S_f and 1 - o_f, which are
   fp32 (log S_f spans hundreds for large-norm keys); kv_f / S_f divides by 1 - o_f (in
@@ -176,11 +180,13 @@ class PerformerAttention(TimmAttention):
             top = torch.matmul(keys, feats.t())[..., :-1, :].amax(dim=-2).unsqueeze(-1)  # [B, h, m, 1]
         feat_q = torch.cat([feats[:, : d + 1].expand(B, h, m, d + 1), -top, zeros[:, 1:].expand(B, h, m, -1)], dim=-1)
         mixed = F.scaled_dot_product_attention(feat_q, keys, values, scale=1.0)  # [B, h, m, width]
+        del feat_q, keys, values  # not held through stage 2 (inference peak memory)
         # fp32 for the [B, h, m, 1] normaliser: log S_f spans hundreds for large-norm keys
         o = mixed[..., d : d + 1].to(acc)
         rest = 1 - o
         log_mass = top.to(acc) + torch.log(rest / o)
         kv = mixed / rest.to(dtype)  # kv_f / S_f; the columns past d are sliced off the output
+        del mixed
         bias = (log_mass - log_mass.amax(dim=-2, keepdim=True)).to(dtype)
         feat_k = torch.cat([w.expand(B, h, m, d), bias, zeros.expand(B, h, m, -1)], dim=-1)
         # the query's padding columns are ones: they meet the bias column, then zeros
