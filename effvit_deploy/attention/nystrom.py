@@ -61,7 +61,7 @@ bf16-autocast forward of ViT-S/16 at 512 px: 99.5 aten ops per block (0.3.0: 284
 1.42x the attention-free bound's bytes written (3dad674, before issue 19: 3.04x);
 benchmarks/results/attention_proxies.md. Training: the pseudo-inverse, whose iterations would
 keep 5 MiB of fp32 intermediates per block (ViT-S/16, 1024 px, batch 1), is recomputed in
-backward from the landmark kernel (`recompute_in_backward`, a `torch.utils.checkpoint`;
+backward from the landmarks (`recompute_in_backward`, a `torch.utils.checkpoint`;
 gradients unchanged): peak memory of a bf16 forward + backward of ViT-S/16 at 1024 px (4,097
 tokens, batch 1) is 1.06x exact attention's at depth 12, 1.05x at depth 1 (0.4.0: 1.14x,
 1.10x), for 5 * iterations + 12 more small ops per block in backward (a CPU training step of
@@ -290,7 +290,6 @@ class NystromAttention(TimmAttention):
         the landmarks [B, heads, m, d]. The kernel is handed straight to `iterative_pinv`, which
         drops it once its iteration is set up, so it is not held through the iterations."""
         acc = _accumulation_dtype(q_land)
-        # no name holds the kernel or its scores: `iterative_pinv` frees the kernel once it is set up
         return iterative_pinv(torch.softmax(torch.matmul(q_land.to(acc), k_land.to(acc).transpose(-1, -2)) * self.scale, dim=-1),
                               iterations=self.pinv_iterations, stochastic=True)
 
