@@ -203,6 +203,15 @@ def measure_training(attention: str, depth: int = 12, resolution: int = 1024, ba
     return {"train_peak_mib": memory.peak / MIB}
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """path's new text, written to a temporary file beside it and renamed over it. The proxies
+    measure older checkouts too, so they use no writer of the package."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _commit() -> str:
     import effvit_deploy
 
@@ -274,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": setup,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_atomically(args.out, json.dumps(record, indent=2) + "\n")
     before = json.loads(args.before.read_text()) if args.before else None
     title = f"{before['commit']} (before) -> {record['commit']}" if before else record["commit"]
     lines = [f"# Attention CPU proxies: {title}", "", record["setup"] + ".", "",
@@ -294,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [c for _, key, fmt in COLUMNS
                  for c in ((_cell(old, key, fmt), _cell(row, key, fmt)) if before else (_cell(row, key, fmt),))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    md = args.out.with_suffix(".md")
-    md.with_suffix(".md.tmp").write_text("\n".join(lines) + "\n")
-    md.with_suffix(".md.tmp").replace(md)
+    write_atomically(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

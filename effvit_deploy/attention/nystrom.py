@@ -65,9 +65,12 @@ backward from the landmarks (`recompute_in_backward`, a `torch.utils.checkpoint`
 gradients unchanged): peak memory of a bf16 forward + backward of ViT-S/16 at 1024 px (4,097
 tokens, batch 1) is 1.06x exact attention's at depth 12, 1.05x at depth 1 (0.4.0: 1.14x,
 1.10x), for 5 * iterations + 12 more small ops per block in backward (a CPU training step of
-a depth-2 model at 512 px, batch 2: 5-15% slower). Inference peak: equal to exact's from
-224 px, batch 8 (the landmark kernel is freed before the iterations) up to 2048 px (16,385
-tokens).
+a depth-2 model at 512 px, batch 2: 5-15% slower). Inference peak (bf16 autocast, batch 8;
+benchmarks/results/inference_peak_sweep.md): equal to exact's up to 128 px (every patch a
+landmark: exact attention) and from 224 px up to 2048 px (16,385 tokens), the landmark kernel
+freed before the iterations and each iteration's factors as soon as they are used; in between
+the fp32 iterations (at most seven [B * heads, m, m] tensors at once, z and b counting two)
+outweigh the MLP's activation: 1.29x exact's at 160 px (101 tokens), 1.05x at 192 px.
 
 An optional depthwise convolution over the sequence on V (the official code's residual,
 kernel 33) is zero-initialised so a pretrained ViT starts unchanged.
@@ -190,7 +193,9 @@ def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None,
         zb = torch.matmul(z, b)
         t = torch.baddbmm(eye, zb, torch.add(zb, eye, alpha=-7), beta=15)  # 15 I - zb (7 I - zb)
         t = torch.baddbmm(eye, zb, t, beta=13, alpha=-1)
+        del zb
         z = torch.baddbmm(z, t, z, beta=0, alpha=0.25)
+        del t  # at most seven [m, m] tensors held at once (b and z count two each)
     return z[..., :m].reshape(shape)
 
 

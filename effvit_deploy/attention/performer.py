@@ -40,8 +40,11 @@ lucidrains/performer-pytorch.
   second) and at 512, 1024 and 2048 px (16,385 tokens): l is as large as the MLP's hidden
   activation and is freed before it, so chunking it over tokens would not lower the peak.
   Below about num_features tokens the [B, heads, m, width] feature-side tensors outgrow the
-  token ones: 1.35x exact's peak at 128 px (65 tokens), batch 8, with the default 256 features
-  (at that size FAVOR+ also costs more FLOPs than exact attention).
+  token ones (at those sizes FAVOR+ also costs more FLOPs than exact attention). With the
+  default 256 features, batch 8 (benchmarks/results/inference_peak_sweep.md): 1.10x exact's
+  peak at 160 px (101 tokens), 1.34x at 128 px, 1.61x at 96 px, 2.05x at 64 px (17 tokens);
+  equal from 192 px. Chunking over the batch would lower it, but each chunk costs another ~25
+  kernel launches per block at the sizes that are launch-bound on a GPU, so it is not done.
 - Precision: everything runs in the input's dtype (bf16/fp16 under autocast; the kernels
   accumulate in fp32) except the [B, heads, m, 1] normaliser log S_f and 1 - o_f, which are
   fp32 (log S_f spans hundreds for large-norm keys); kv_f / S_f divides by 1 - o_f (in
