@@ -8,6 +8,7 @@
 # whole output) and results.tgz (the results folder, packed again after every step). RESULTS
 # (default benchmarks/results/<gpu>-<date>) receives results.jsonl/.csv (inference), train_step.*
 # (training), summary.md/.json, report.md and plots, machine.txt. Model caches stay out of the archive.
+# WHEELS (default .whl/): the wheels benchmarks/gpu_wheels.sh downloaded, for a machine without a package index.
 # Each step runs under its own timeout, the most important first, so a hang or an OOM costs one step.
 set -u
 SMOKE=""
@@ -20,9 +21,16 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/summary.txt") 2>&1
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-if ls .whl/timm-*.whl >/dev/null 2>&1; then  # the pinned timm, brought as a wheel (no package index there)
-    python -m pip install -q --no-index --no-deps --target /tmp/site .whl/timm-*.whl && SITE=/tmp/site
-fi
+# wheels brought in WHEELS (default .whl/, from benchmarks/gpu_wheels.sh; no package index there):
+# the pinned timm always, every other one only where the machine cannot import it (its own
+# torchvision matches its torch)
+for wheel in "${WHEELS:-.whl}"/*.whl; do
+    [[ -e $wheel ]] || continue
+    name=$(basename "$wheel" | cut -d- -f1)
+    if [[ $name == timm ]] || ! python -c "import $name" >/dev/null 2>&1; then
+        python -m pip install -q --no-index --no-deps --upgrade --root-user-action ignore --target /tmp/site "$wheel" && SITE=/tmp/site && echo "gpu_check: installed $(basename "$wheel")"
+    fi
+done
 export PYTHONPATH=$ROOT${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}
 export GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 if [[ -n $SMOKE ]]; then

@@ -17,12 +17,64 @@ REPO = Path(__file__).resolve().parents[1]
 KINDS = ("infer-b64-bf16", "train-b64-bf16", "infer-b1-bf16", "infer-b1-cudagraphs", "infer-b64-fp32", "summary")
 
 
+# What the lent GPU machine has (docs/gpu_check.md): torch, triton, numpy, scipy, matplotlib, onnx,
+# onnxruntime and pytest, with the packages they depend on. No package index.
+GPU_MACHINE_PACKAGES = (
+    "torch", "torchgen", "functorch", "triton", "nvidia", "cuda", "filelock", "typing_extensions", "sympy", "mpmath",
+    "networkx", "jinja2", "markupsafe", "fsspec", "setuptools", "_distutils_hack", "numpy", "scipy", "matplotlib",
+    "mpl_toolkits", "contourpy", "cycler", "fontTools", "kiwisolver", "packaging", "PIL", "pillow", "pyparsing",
+    "dateutil", "onnx", "ml_dtypes", "google", "onnxruntime", "flatbuffers", "pytest", "_pytest", "iniconfig", "pluggy",
+)
+
+
+def carried_wheels() -> list[str]:
+    """The distributions benchmarks/gpu_wheels.txt carries to the GPU machine."""
+    lines = (REPO / "benchmarks" / "gpu_wheels.txt").read_text().splitlines()
+    return [line.split("#")[0].split("==")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+@pytest.fixture(scope="module")
+def gpu_machine(tmp_path_factory):
+    """A Python that sees only what the GPU machine has plus the carried wheels' packages: this
+    interpreter without its site-packages (`python -S`), those packages linked from them."""
+    root = tmp_path_factory.mktemp("gpu-machine")
+    site_packages = Path(torch.__file__).parents[1]
+    for kind, names in (("site", GPU_MACHINE_PACKAGES), ("carried", carried_wheels())):
+        (root / kind).mkdir()
+        for name in names:
+            for entry in (name, f"{name}.py", f"{name}.libs"):
+                if (site_packages / entry).exists():
+                    (root / kind / entry).symlink_to(site_packages / entry)
+    (root / "bin").mkdir()
+    python = root / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    python.chmod(0o755)
+    return root
+
+
+def test_the_gpu_machine_needs_exactly_the_carried_wheels_to_import_the_check(gpu_machine):
+    code = "import effvit_deploy.bench.matrix, effvit_deploy.bench.train_step, gpu_check"
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    path = f"{REPO}:{REPO / 'benchmarks'}:{gpu_machine / 'carried'}:{gpu_machine / 'site'}"
+    done = subprocess.run([str(gpu_machine / "bin" / "python"), "-c", code], env={**env, "PYTHONPATH": path},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    without = subprocess.run([str(gpu_machine / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                             env={**env, "PYTHONPATH": f"{REPO}:{REPO / 'benchmarks'}:{gpu_machine / 'site'}"}, timeout=120)
+    assert without.returncode != 0 and any(f"No module named '{name}'" in without.stderr for name in carried_wheels())
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run checks the CPU refusal of CUDA graphs")
-def test_cpu_smoke_runs_every_step_and_packs_one_results_folder(tmp_path):
+def test_cpu_smoke_runs_every_step_and_packs_one_results_folder(tmp_path, gpu_machine):
+    """On what the GPU machine has plus the carried packages (gpu_machine), so a dependency the
+    check gains but the machine lacks fails here, not in the GPU's few minutes."""
     out, results = tmp_path / "out", tmp_path / "gpu-check"
-    env = {**os.environ, "OUT": str(out), "RESULTS": str(results), "GIT_COMMIT": "abc123",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    (tmp_path / "no-wheels").mkdir()
+    env = {"HOME": os.environ.get("HOME", str(tmp_path)), "OUT": str(out), "RESULTS": str(results),
+           "GIT_COMMIT": "abc123", "WHEELS": str(tmp_path / "no-wheels"),
+           "PATH": f"{gpu_machine / 'bin'}:{os.environ['PATH']}",
+           "PYTHONPATH": f"{gpu_machine / 'carried'}:{gpu_machine / 'site'}"}
     done = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu-smoke"], env=env, capture_output=True,
                           text=True, timeout=300)
     log = (out / "summary.txt").read_text()
