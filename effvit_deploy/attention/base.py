@@ -24,7 +24,11 @@ def size_min(a: Size, b: Size) -> Size:
     torch.export, torch.compile) via `torch.sym_min`, 0-dim tensors (`torch.jit.trace` records
     sizes as tensors) via `torch.minimum`. Registered with `torch.fx.wrap`, so FX symbolic tracing
     (and torchvision's create_feature_extractor) records it as one call instead of branching on a
-    traced value. Modules that import it must also call `torch.fx.wrap("size_min")`."""
+    traced value. Modules that import it must also call `torch.fx.wrap("size_min")`. Plain ints
+    take Python's min: torch.compile before torch 2.12 breaks the graph on a `torch.sym_min` that
+    returns an int."""
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
     return torch.sym_min(a, b)
@@ -35,6 +39,8 @@ torch.fx.wrap("size_min")
 
 def size_max(a: Size, b: Size) -> Size:
     """max(a, b) of two sizes, symbolic or not: `size_min`'s counterpart."""
+    if isinstance(a, int) and isinstance(b, int):
+        return max(a, b)
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
     return torch.sym_max(a, b)
