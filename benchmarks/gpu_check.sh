@@ -26,8 +26,9 @@ ROOT=$PWD
 # torchvision matches its torch)
 for wheel in "${WHEELS:-.whl}"/*.whl; do
     [[ -e $wheel ]] || continue
-    name=$(basename "$wheel" | cut -d- -f1)
-    if [[ $name == timm ]] || ! python -c "import $name" >/dev/null 2>&1; then
+    name=$(basename "$wheel" | cut -d- -f1 | tr 'A-Z' 'a-z')
+    case $name in pyyaml) module=yaml ;; scikit_learn) module=sklearn ;; *) module=$name ;; esac
+    if [[ $name == timm ]] || ! python -c "import $module" >/dev/null 2>&1; then
         python -m pip install -q --no-index --no-deps --upgrade --root-user-action ignore --target /tmp/site "$wheel" && SITE=/tmp/site && echo "gpu_check: installed $(basename "$wheel")"
     fi
 done
@@ -59,12 +60,20 @@ step() {  # step KIND SECONDS
     tar czf "$OUT/results.tgz" --exclude=cache -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
 }
 
-step infer-b64-bf16 150   # expected ~100 s on one H200; caps sum to 565 s, under a 10-minute session limit
+step infer-b64-bf16 150   # expected ~100 s on one H200; the sweeps' caps sum to 565 s, under a 10-minute session limit
 step train-b64-bf16 100   # ~50 s
 step infer-b1-bf16 70     # ~40 s
 step infer-b1-cudagraphs 160  # one compile per model, ~20 s each
 step infer-b64-fp32 60    # ~45 s
 step summary 25
 cat "$RESULTS/summary.md" 2>/dev/null
+# last, so the sweeps are packed whatever happens here: the tests that need a GPU (all skip on CPU)
+start=$SECONDS
+echo "== pytest-cuda (limit 90 s) $(date -u +%T)"
+mapfile -t cuda_tests < <(grep -l "pytest.mark.cuda" tests/test_*.py)
+timeout -k 10 90 python -m pytest -q -p no:cacheprovider -m cuda "${cuda_tests[@]}" > "$RESULTS/pytest_cuda.txt" 2>&1
+echo "== pytest-cuda: exit $? after $((SECONDS - start)) s"
+grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed|skipped" "$RESULTS/pytest_cuda.txt" | tail -15
+tar czf "$OUT/results.tgz" --exclude=cache -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
 echo "gpu_check: finished in $SECONDS s; results in $RESULTS and $OUT/results.tgz"
 sleep 1  # let tee write the last lines of summary.txt before the machine collects OUT

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ import torch
 from effvit_deploy.bench.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("infer-b64-bf16", "train-b64-bf16", "infer-b1-bf16", "infer-b1-cudagraphs", "infer-b64-fp32", "summary")
+KINDS = ("infer-b64-bf16", "train-b64-bf16", "infer-b1-bf16", "infer-b1-cudagraphs", "infer-b64-fp32", "summary",
+         "pytest-cuda")
 
 
 # What the lent GPU machine has (docs/gpu_check.md): torch, triton, numpy, scipy, matplotlib, onnx,
@@ -24,6 +26,7 @@ GPU_MACHINE_PACKAGES = (
     "networkx", "jinja2", "markupsafe", "fsspec", "setuptools", "_distutils_hack", "numpy", "scipy", "matplotlib",
     "mpl_toolkits", "contourpy", "cycler", "fontTools", "kiwisolver", "packaging", "PIL", "pillow", "pyparsing",
     "dateutil", "onnx", "ml_dtypes", "google", "onnxruntime", "flatbuffers", "pytest", "_pytest", "iniconfig", "pluggy",
+    "pygments", "py",
 )
 
 
@@ -33,17 +36,27 @@ def carried_wheels() -> list[str]:
     return [line.split("#")[0].split("==")[0].strip() for line in lines if line.split("#")[0].strip()]
 
 
+def import_names(distribution: str) -> list[str]:
+    """The top-level modules an installed distribution provides (pyyaml: yaml, _yaml), and the
+    folder of its bundled shared libraries (scikit_learn.libs)."""
+    wanted = distribution.lower().replace("-", "_")
+    names = [module for module, dists in metadata.packages_distributions().items()
+             if any(d.lower().replace("-", "_") == wanted for d in dists)]
+    return names + [f"{wanted}.libs"]
+
+
 @pytest.fixture(scope="module")
 def gpu_machine(tmp_path_factory):
     """A Python that sees only what the GPU machine has plus the carried wheels' packages: this
     interpreter without its site-packages (`python -S`), those packages linked from them."""
     root = tmp_path_factory.mktemp("gpu-machine")
     site_packages = Path(torch.__file__).parents[1]
-    for kind, names in (("site", GPU_MACHINE_PACKAGES), ("carried", carried_wheels())):
+    carried = [name for dist in carried_wheels() for name in import_names(dist)]
+    for kind, names in (("site", GPU_MACHINE_PACKAGES), ("carried", carried)):
         (root / kind).mkdir()
         for name in names:
-            for entry in (name, f"{name}.py", f"{name}.libs"):
-                if (site_packages / entry).exists():
+            for entry in {name, f"{name}.py", f"{name}.libs"}:
+                if (site_packages / entry).exists() and not (root / kind / entry).exists():
                     (root / kind / entry).symlink_to(site_packages / entry)
     (root / "bin").mkdir()
     python = root / "bin" / "python"
@@ -61,7 +74,8 @@ def test_the_gpu_machine_needs_exactly_the_carried_wheels_to_import_the_check(gp
     assert done.returncode == 0, done.stderr
     without = subprocess.run([str(gpu_machine / "bin" / "python"), "-c", code], capture_output=True, text=True,
                              env={**env, "PYTHONPATH": f"{REPO}:{REPO / 'benchmarks'}:{gpu_machine / 'site'}"}, timeout=120)
-    assert without.returncode != 0 and any(f"No module named '{name}'" in without.stderr for name in carried_wheels())
+    carried = [name for dist in carried_wheels() for name in import_names(dist)]
+    assert without.returncode != 0 and any(f"No module named '{name}'" in without.stderr for name in carried)
 
 
 @pytest.mark.slow
@@ -102,9 +116,13 @@ def test_cpu_smoke_runs_every_step_and_packs_one_results_folder(tmp_path, gpu_ma
     assert set(ratios) == {"exact", "linformer", "performer", "nystrom", "atrous", "attention-free"}
     assert all(cell["over_bound"] == pytest.approx(1.0) for cell in ratios["attention-free"].values())
 
+    cuda_tests = (results / "pytest_cuda.txt").read_text()  # collected on the machine's packages, skipped on CPU
+    assert "error" not in cuda_tests.lower() and " skipped" in cuda_tests, cuda_tests
+
     with tarfile.open(out / "results.tgz") as tar:
         names = tar.getnames()
-    assert {"gpu-check/summary.md", "gpu-check/results.jsonl", "gpu-check/train_step.jsonl"} <= set(names)
+    assert {"gpu-check/summary.md", "gpu-check/results.jsonl", "gpu-check/train_step.jsonl",
+            "gpu-check/pytest_cuda.txt"} <= set(names)
     assert not any("/cache" in n for n in names), "model caches stay out of the archive"
 
 
