@@ -43,8 +43,9 @@ lucidrains/performer-pytorch.
   token ones (at those sizes FAVOR+ also costs more FLOPs than exact attention). With the
   default 256 features, batch 8 (benchmarks/results/inference_peak_sweep.md): 1.10x exact's
   peak at 160 px (101 tokens), 1.34x at 128 px, 1.61x at 96 px, 2.05x at 64 px (17 tokens);
-  equal from 192 px. Chunking over the batch would lower it, but each chunk costs another ~25
-  kernel launches per block at the sizes that are launch-bound on a GPU, so it is not done.
+  equal from 192 px. Chunking over the batch would lower it, but each chunk repeats the
+  attention's ~44 kernel launches per block at the sizes that are launch-bound on a GPU, so it
+  is not done.
 - Precision: everything runs in the input's dtype (bf16/fp16 under autocast; the kernels
   accumulate in fp32) except the [B, heads, m, 1] normaliser log S_f and 1 - o_f, which are
   fp32 (log S_f spans hundreds for large-norm keys); kv_f / S_f divides by 1 - o_f (in
