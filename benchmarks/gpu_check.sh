@@ -71,9 +71,10 @@ cat "$RESULTS/summary.md" 2>/dev/null
 start=$SECONDS
 echo "== pytest-cuda (limit 90 s) $(date -u +%T)"
 mapfile -t cuda_tests < <(grep -l "pytest.mark.cuda" tests/test_*.py)
-timeout -k 10 90 python -m pytest -q -p no:cacheprovider -m cuda "${cuda_tests[@]}" > "$RESULTS/pytest_cuda.txt" 2>&1
+# -v: each test's outcome is written as it ends, so a run cut by the timeout still says which passed
+timeout -k 10 90 python -m pytest -v -p no:cacheprovider -m cuda "${cuda_tests[@]}" > "$RESULTS/pytest_cuda.txt" 2>&1
 echo "== pytest-cuda: exit $? after $((SECONDS - start)) s"
-grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed|skipped" "$RESULTS/pytest_cuda.txt" | tail -15
+grep -E " (PASSED|FAILED|ERROR|SKIPPED)|^(FAILED|ERROR) | passed| failed| skipped" "$RESULTS/pytest_cuda.txt" | tail -20
 tar czf "$OUT/results.tgz" --exclude=cache -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
 echo "gpu_check: finished in $SECONDS s; results in $RESULTS and $OUT/results.tgz"
 sleep 1  # let tee write the last lines of summary.txt before the machine collects OUT
