@@ -18,8 +18,9 @@ if [[ ! $GPU_TORCH =~ ^2\.[0-9]+(\.[0-9]+)?$ ]] || (( minor < 5 )); then
 fi
 # torchvision 0.N pairs with torch 2.(N - 15): 0.29 with 2.14, 0.26 with 2.11
 wheels=$(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' benchmarks/gpu_wheels.txt | sed "s/^torchvision$/torchvision==0.$((minor + 15)).*/")
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 rm -rf .whl
-python -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
+"$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl $wheels
 du -sh .whl
 ls .whl
