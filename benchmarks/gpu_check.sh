@@ -69,10 +69,11 @@ step summary 25
 cat "$RESULTS/summary.md" 2>/dev/null
 # last, so the sweeps are packed whatever happens here: the tests that need a GPU (all skip on CPU)
 start=$SECONDS
-echo "== pytest-cuda (limit 90 s) $(date -u +%T)"
-mapfile -t cuda_tests < <(grep -l "pytest.mark.cuda" tests/test_*.py)
-# -v: each test's outcome is written as it ends, so a run cut by the timeout still says which passed
-timeout -k 10 90 python -m pytest -v -p no:cacheprovider -m cuda "${cuda_tests[@]}" > "$RESULTS/pytest_cuda.txt" 2>&1
+echo "== pytest-cuda (limit 120 s) $(date -u +%T)"
+# reverse order runs the compiling tests (test_bench_cudagraphs, test_atrous_paths) last, and -v
+# writes each test's outcome as it ends: a run cut by the timeout still says which passed
+mapfile -t cuda_tests < <(grep -l "pytest.mark.cuda" tests/test_*.py | sort -r)
+timeout -k 10 120 python -m pytest -v -p no:cacheprovider -m cuda "${cuda_tests[@]}" > "$RESULTS/pytest_cuda.txt" 2>&1
 echo "== pytest-cuda: exit $? after $((SECONDS - start)) s"
 grep -E " (PASSED|FAILED|ERROR|SKIPPED)|^(FAILED|ERROR) | passed| failed| skipped" "$RESULTS/pytest_cuda.txt" | tail -20
 tar czf "$OUT/results.tgz" --exclude=cache -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
