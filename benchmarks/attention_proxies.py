@@ -212,6 +212,15 @@ def write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def provenance(argv: list[str] | None) -> dict[str, str]:
+    """The command line, the measured checkout's commit and the machine, for a results record."""
+    return {
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "commit": _commit(),
+        "machine": f"{platform.machine()} {platform.processor() or platform.platform()}, torch {torch.__version__}",
+    }
+
+
 def _commit() -> str:
     import effvit_deploy
 
@@ -276,13 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_resolution:
         setup += (f"; training peak: one forward + backward at {args.train_resolution} px "
                   f"({(args.train_resolution // 16) ** 2 + 1} tokens), batch 1")
-    record = {
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "commit": _commit(),
-        "machine": f"{platform.machine()} {platform.processor() or platform.platform()}, torch {torch.__version__}",
-        "setup": setup,
-        "results": results,
-    }
+    record = {**provenance(argv), "setup": setup, "results": results}
     write_atomically(args.out, json.dumps(record, indent=2) + "\n")
     before = json.loads(args.before.read_text()) if args.before else None
     title = f"{before['commit']} (before) -> {record['commit']}" if before else record["commit"]

@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_proxies import BOUND, MECHANISMS, _commit, measure, write_atomically  # noqa: E402
+from attention_proxies import BOUND, MECHANISMS, measure, provenance, write_atomically  # noqa: E402
 
 RESOLUTIONS = (64, 96, 128, 160, 192, 224, 256, 384, 512, 768, 1024)
 
@@ -63,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     subjects = [BOUND, *(m for m in MECHANISMS if m != "exact")]
     rows = sweep(resolutions, args.batch, args.depth, subjects)
     record = {
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "commit": _commit(),
-        "machine": f"{platform.machine()} {platform.processor() or platform.platform()}, torch {torch.__version__}",
+        **provenance(argv),
         "setup": (f"vit_small_patch16_224, depth {args.depth}, batch {args.batch}, bf16 autocast on CPU, "
                   "torch.inference_mode(); peak bytes held by tensors the forward allocates"),
         "results": {str(px): row for px, row in rows.items()},
