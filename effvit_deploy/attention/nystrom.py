@@ -54,7 +54,7 @@ CUDA and CPU) in the compute dtype (bf16/fp16 under autocast). The landmarks are
 q and k with a pooling matrix (prefix rows of the identity, then the block means), a constant
 of the grid cached in eager. fp32 (fp64 for fp64 inputs) only for the small tensors that need
 it: the [m, m] landmark kernel, whose condition number reaches 1e7-1e19 on trained models, its
-ridge pseudo-inverse (five batched ops per iteration: one matmul, one add, three baddbmm) and
+ridge pseudo-inverse (four batched ops per iteration: one matmul, three baddbmm) and
 the [m, d] product with it. Measured on a trained ViT's captured q/k/v (tests/data): bf16 and
 fp16 leave the error against exact attention within 0.1% of the fp32 path's. One
 bf16-autocast forward of ViT-S/16 at 512 px: 99.5 aten ops per block (0.3.0: 284.5) and
@@ -64,7 +64,7 @@ keep 5 MiB of fp32 intermediates per block (ViT-S/16, 1024 px, batch 1), is reco
 backward from the landmarks (`recompute_in_backward`, a `torch.utils.checkpoint`;
 gradients unchanged): peak memory of a bf16 forward + backward of ViT-S/16 at 1024 px (4,097
 tokens, batch 1) is 1.06x exact attention's at depth 12, 1.05x at depth 1 (0.4.0: 1.14x,
-1.10x), for 5 * iterations + 12 more small ops per block in backward (a CPU training step of
+1.10x), for 4 * iterations + 15 more small ops per block in backward (a CPU training step of
 a depth-2 model at 512 px, batch 2: 5-15% slower). Inference peak (bf16 autocast, batch 8;
 benchmarks/results/inference_peak_sweep.md): equal to exact's up to 128 px (every patch a
 landmark: exact attention) and from 224 px up to 2048 px (16,385 tokens), the landmark kernel
@@ -169,8 +169,10 @@ def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None,
     singular values s of A well above mu are inverted unchanged, smaller ones are damped instead
     of amplified. `ridge` defaults to PINV_RIDGE_SCALE / m (NystromAttention says why).
     `stochastic=True` declares a non-negative a whose rows sum to 1 (a softmax kernel), so
-    ||A||_inf = 1 is not computed. Each iteration is five batched ops (one matmul, one add,
-    three baddbmm), the whole inverse 5 * iterations + 12 ops.
+    ||A||_inf = 1 is not computed. Each iteration is four batched ops (one matmul, three
+    baddbmm, no identity matrix: p(X) Z = (13 Z - X (15 I - X (7 I - X)) Z) / 4 as
+    s = 7 X - X X, r = 15 X - X s, Z <- 13/4 Z - r Z / 4), the whole inverse
+    4 * iterations + 15 ops (stochastic) or + 20.
     """
     m = a.shape[-1]
     ridge = PINV_RIDGE_SCALE / m if ridge is None else ridge
@@ -189,13 +191,15 @@ def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None,
         b = torch.cat([a, mu * eye], dim=-2)
         z = b.transpose(-1, -2) / ((col_norm + mu) * torch.maximum(row_norm, mu))
     del a  # b holds a copy: the caller's kernel is not kept through the iterations
-    for _ in range(iterations):  # five fused ops per iteration (baddbmm: beta * I - zb @ t)
+    for _ in range(iterations):
+        # four fused ops (baddbmm(c, x, y, beta, alpha) = beta c + alpha x @ y), no identity:
+        # s = X (7 I - X), r = X (15 I - s), so p(X) Z = (13 Z - r Z) / 4 with X = ZB
         zb = torch.matmul(z, b)
-        t = torch.baddbmm(eye, zb, torch.add(zb, eye, alpha=-7), beta=15)  # 15 I - zb (7 I - zb)
-        t = torch.baddbmm(eye, zb, t, beta=13, alpha=-1)
-        del zb
-        z = torch.baddbmm(z, t, z, beta=0, alpha=0.25)
-        del t  # at most seven [m, m] tensors held at once (b and z count two each)
+        s = torch.baddbmm(zb, zb, zb, beta=7, alpha=-1)
+        r = torch.baddbmm(zb, zb, s, beta=15, alpha=-1)
+        del zb, s
+        z = torch.baddbmm(z, r, z, beta=3.25, alpha=-0.25)
+        del r  # at most seven [m, m] tensors held at once (b and z count two each)
     return z[..., :m].reshape(shape)
 
 
