@@ -57,8 +57,9 @@ it: the [m, m] landmark kernel, whose condition number reaches 1e7-1e19 on train
 ridge pseudo-inverse (four batched ops per iteration: one matmul, three baddbmm) and
 the [m, d] product with it. Measured on a trained ViT's captured q/k/v (tests/data): bf16 and
 fp16 leave the error against exact attention within 0.1% of the fp32 path's. One
-bf16-autocast forward of ViT-S/16 at 512 px: 99.5 aten ops per block (0.3.0: 284.5) and
-1.42x the attention-free bound's bytes written (3dad674, before issue 19: 3.04x);
+bf16-autocast forward of ViT-S/16 at 512 px: 91.5 aten ops per block (0.3.0: 284.5; 99.5 with
+five ops per iteration) and 1.38x the attention-free bound's bytes written (3dad674, before
+issue 19: 3.04x);
 benchmarks/results/attention_proxies.md. Training: the pseudo-inverse, whose iterations would
 keep 5 MiB of fp32 intermediates per block (ViT-S/16, 1024 px, batch 1), is recomputed in
 backward from the landmarks (`recompute_in_backward`, a `torch.utils.checkpoint`;
