@@ -193,8 +193,7 @@ def iterative_pinv(a: torch.Tensor, iterations: int, ridge: float | None = None,
         z = b.transpose(-1, -2) / ((col_norm + mu) * torch.maximum(row_norm, mu))
     del a  # b holds a copy: the caller's kernel is not kept through the iterations
     for _ in range(iterations):
-        # four fused ops (baddbmm(c, x, y, beta, alpha) = beta c + alpha x @ y), no identity:
-        # s = X (7 I - X), r = X (15 I - s), so p(X) Z = (13 Z - r Z) / 4 with X = ZB
+        # baddbmm(c, x, y, beta, alpha) = beta c + alpha x @ y; X = ZB
         zb = torch.matmul(z, b)
         s = torch.baddbmm(zb, zb, zb, beta=7, alpha=-1)
         r = torch.baddbmm(zb, zb, s, beta=15, alpha=-1)
