@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from effvit_deploy import build_model
 from effvit_deploy.atomic import write_json, write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_proxies import PeakMemory  # noqa: E402
+from attention_proxies import PeakMemory, provenance  # noqa: E402
 
 MECHANISMS = ("performer", "nystrom", "atrous")
 SIZES = ((224, 16), (512, 4))  # (px, batch): ViT-S/16 at 197 and 1,025 tokens
@@ -117,14 +116,13 @@ def main(argv: list[str] | None = None) -> int:
                             "--repeats", str(args.repeats), "--out", str(part)], check=True)
             rows.append(json.loads(part.read_text()))
             part.unlink()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent).stdout.strip()
-    machine = f"{platform.machine()} {platform.processor() or platform.platform()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    write_json(args.out, {"commit": commit, "machine": machine, "depth": args.depth, "repeats": args.repeats, "rows": rows})
-    header = (f"# Recompute in backward: training-step cost and memory saved ({commit[:7]})\n\n"
+    record = provenance(argv)
+    record["machine"] += f", {torch.get_num_threads()} threads"
+    write_json(args.out, {**record, "depth": args.depth, "repeats": args.repeats, "rows": rows})
+    header = (f"# Recompute in backward: training-step cost and memory saved ({record['commit'][:7]})\n\n"
               f"ViT-S/16, depth {args.depth}, bf16 autocast on CPU, one forward + backward, median [min-max] of "
-              f"{args.repeats} steps per mode, on and off alternating in one process per row; {machine}.\n\n"
-              f"Command: `python benchmarks/recompute_cost.py --out {args.out}`")
+              f"{args.repeats} steps per mode, on and off alternating in one process per row; {record['machine']}.\n\n"
+              f"Command: `{record['command']}`")
     write_text(args.out.with_suffix(".md"), _table(rows, header))
     print(_table(rows, header))
     return 0
