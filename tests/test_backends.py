@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_run
-from effvit_deploy import backends
+from effvit_deploy import ATTENTIONS, backends
 from effvit_deploy.backends import BACKENDS, BackendUnavailable, ThreadPolicy, backend_status, load_runner
 
 PACKAGE = Path(backends.__file__).parent
@@ -123,3 +123,18 @@ def test_torch_tensorrt_and_layer_benchmark_share_the_dtype_table():
     assert "TORCH_DTYPES" in vars(importlib.import_module("effvit_deploy.backends.pytorch"))
     for path in [*PACKAGE.parent.joinpath("export").glob("*.py"), *PACKAGE.parent.joinpath("bench").glob("*.py")]:
         assert '"bf16": torch.bfloat16' not in path.read_text(), f"{path.name} repeats the precision -> dtype table"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", sorted(ATTENTIONS))
+def test_torch_compile_backend_runs_every_mechanism_like_eager_at_two_sizes(attention, tmp_path):
+    """The torch-compile backend as shipped (inductor, dynamic shapes) on the CPU: graph capture
+    alone passed while inductor's code generation refused atrous's window indices (its
+    bounds analysis of truncating division), so the compiled model is run here, at the
+    trained size and at a larger one (a second, padded patch grid)."""
+    torch._dynamo.reset()
+    run = make_tiny_run(tmp_path / "run", attention)
+    eager, compiled = load_runner(run, "torch"), load_runner(run, "torch-compile")
+    for px in (64, 96):
+        x = np.random.default_rng(px).standard_normal((2, 3, px, px)).astype(np.float32)
+        np.testing.assert_allclose(compiled(x), eager(x), atol=1e-4, rtol=1e-4)
