@@ -128,7 +128,8 @@ def test_training_step_compiles_as_one_graph_with_the_recomputed_branches():
     eager = [t.grad.clone() for t in (x, *layer.parameters())]
     layer.zero_grad()
     x.grad = None
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager", dynamic=False)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)  # inductor, forward and backward
     compiled(x, grid=(4, 6)).square().sum().backward()
     for got, want in zip((x.grad, *(p.grad for p in layer.parameters())), eager):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

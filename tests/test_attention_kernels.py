@@ -118,7 +118,8 @@ def test_every_mechanism_compiles_as_one_graph(name):
     torch.manual_seed(0)
     layer = ATTENTIONS[name](64, 2, **kwargs).eval()
     x = torch.randn(2, 1 + 4 * 6, 64)
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager", dynamic=False)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)  # inductor: code generation too, not only capture
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, grid=(4, 6)), layer(x, grid=(4, 6)), atol=1e-5, rtol=1e-5)
 
@@ -185,7 +186,8 @@ def test_a_training_step_compiles_as_one_graph(name):
     torch.manual_seed(0)
     layer = ATTENTIONS[name](64, 2, **kwargs).train()
     x = torch.randn(2, 1 + 4 * 6, 64, requires_grad=True)
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager", dynamic=False)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)  # inductor, forward and backward
     out = compiled(x, grid=(4, 6))
     grad, = torch.autograd.grad(out.square().sum(), x)
     ref = layer(x, grid=(4, 6))
