@@ -48,7 +48,8 @@ tests/test_atrous_paths.py):
 On the CPU FlexAttention is the slow path: one fp32 forward of ViT-S/16 at 512 px, batch 2,
 takes 503 ms through the window partition (446 ms compiled; the attention-free bound 298 ms),
 6.3 s through FlexAttention's eager fallback and 4.4 s through inductor's CPU FlexAttention
-template (benchmarks/atrous_cpu_paths.py, results/atrous_cpu_paths.md), hence CUDA only.
+template (benchmarks/atrous_cpu_paths.py; benchmarks/results/atrous_cpu_paths.md), hence CUDA
+only.
 
 Memory: only one branch's windows live at a time, so inference peak memory is exact
 attention's; in training each weighted branch is recomputed in backward
