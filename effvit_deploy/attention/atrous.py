@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import TimmAttention, recompute_in_backward, size_max, size_min
+from .base import TimmAttention, index_div, recompute_in_backward, size_max, size_min
 
 torch.fx.wrap("size_min")
 torch.fx.wrap("size_max")
@@ -123,10 +123,9 @@ def window_layout(window_size: int, dilations: tuple, H, W, P, device: torch.dev
         inside = (r < H) & (c < W)
         token = torch.where(inside, P + r * W + c, -1).reshape(nr * d * nc * d, wh * ww)
         query_index.append(F.pad(token, (0, L - wh * ww), value=-1))  # -1: a padding slot
-        # division of non-negative integers by possibly symbolic sizes (`_div`)
-        r_block, c_block = _div(r_of, wh * d), _div(c_of, ww * d)
+        r_block, c_block = index_div(r_of, wh * d), index_div(c_of, ww * d)
         window = (r_block * d + r_of % d) * (nc * d) + c_block * d + c_of % d
-        slot = _div(r_of - r_block * (wh * d), d) * ww + _div(c_of - c_block * (ww * d), d)
+        slot = index_div(r_of - r_block * (wh * d), d) * ww + index_div(c_of - c_block * (ww * d), d)
         inverse.append((offset + window * L + slot).flatten())
         counts.append(nr * d * nc * d)
         offset = offset + nr * d * nc * d * L
@@ -158,15 +157,6 @@ def _padded_area(window_size: int, dilation: int, H: int, W: int) -> int:
     """Token slots of one branch's windows on an H x W grid, padding included."""
     wh, ww = min(window_size, -(-H // dilation)), min(window_size, -(-W // dilation))
     return -(-H // (wh * dilation)) * wh * dilation * -(-W // (ww * dilation)) * ww * dilation
-
-
-def _div(x: torch.Tensor, n) -> torch.Tensor:
-    """x // n for non-negative integer tensors x and sizes n (ints or symbolic): truncating in
-    torch.export (ONNX, TensorRT: floor division exports a sign test), floor everywhere else
-    (inductor bounds truncating division by float ranges, and its CPU code generation then
-    refuses an index computed from one, e.g. torch 2.14's AssertionError (VR[-56.0, 251.0],
-    VR[-int_oo, -1]))."""
-    return torch.div(x, n, rounding_mode="trunc" if torch.compiler.is_exporting() else "floor")
 
 
 class AtrousAttention(TimmAttention):

@@ -49,6 +49,16 @@ def size_max(a: Size, b: Size) -> Size:
 torch.fx.wrap("size_max")
 
 
+def index_div(x: torch.Tensor, n: Size) -> torch.Tensor:
+    """x // n for a non-negative integer tensor x (indices, coordinates) and a size n (int or
+    symbolic). Truncating under torch.export (ONNX, TensorRT: floor division exports a sign test,
+    a boolean Equal, that TensorRT cannot parse); floor everywhere else, equal for such x:
+    inductor bounds a truncating division by a float range, and its CPU code generation then
+    refuses an index computed from one (torch 2.14: `AssertionError: (VR[-56.0, 251.0],
+    VR[-int_oo, -1])` on atrous's window layout)."""
+    return torch.div(x, n, rounding_mode="trunc" if torch.compiler.is_exporting() else "floor")
+
+
 def refuse_masks(x: torch.Tensor, attn_mask: Optional[torch.Tensor], is_causal: bool, mechanism: str) -> torch.Tensor:
     """x itself, after refusing an attention mask or causal attention for a mechanism without
     them. Registered with `torch.fx.wrap`, so in an FX graph (where the mask arguments are

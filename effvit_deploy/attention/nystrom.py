@@ -87,7 +87,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import TimmAttention, fp32_region, recompute_in_backward, size_min
+from .base import TimmAttention, fp32_region, index_div, recompute_in_backward, size_min
 
 torch.fx.wrap("size_min")
 
@@ -109,11 +109,7 @@ def segment_means(x: torch.Tensor, segments, dim: int = -2) -> torch.Tensor:
     x = x.movedim(dim, -2)
     n = x.shape[-2]
     longest = (n + segments - 1) // segments
-    # truncating division of non-negative integers: floor division would export a sign test
-    # (a boolean Equal) that TensorRT cannot parse
-    bounds = torch.div(
-        torch.arange(segments + 1, device=x.device) * n + (segments - 1), segments, rounding_mode="trunc"
-    )
+    bounds = index_div(torch.arange(segments + 1, device=x.device) * n + (segments - 1), segments)
     index = bounds[:-1, None] + torch.arange(longest, device=x.device)[None, :]
     index = torch.where(index < bounds[1:, None], index, n)
     padded = F.pad(x, (0, 0, 0, 1))
@@ -145,8 +141,8 @@ def pooling_matrix(grid, landmarks: int, dtype: torch.dtype, device: torch.devic
     `segment_means`, so `pooling_matrix @ patches` are the block means exactly, in one matmul."""
     H, W = grid
     rows, columns = landmark_grid(landmarks, grid)
-    r = torch.div(torch.arange(H, device=device) * rows, H, rounding_mode="trunc")
-    c = torch.div(torch.arange(W, device=device) * columns, W, rounding_mode="trunc")
+    r = index_div(torch.arange(H, device=device) * rows, H)
+    c = index_div(torch.arange(W, device=device) * columns, W)
     block = (r[:, None] * columns + c[None, :]).flatten()
     member = (torch.arange(rows * columns, device=device)[:, None] == block[None, :]).to(dtype)
     return member / member.sum(-1, keepdim=True)
