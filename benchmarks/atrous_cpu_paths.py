@@ -109,10 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         parser.error("--out is required")
     results = {}
-    for path in PATHS:
-        command = [sys.executable, __file__, "--worker", path, "--px", str(args.px), "--batch", str(args.batch),
-                   "--depth", str(args.depth), "--threads", str(args.threads), "--warmup", str(args.warmup),
-                   "--calls", str(args.calls)]
+    for path in PATHS:  # each worker gets this call's own options (its --out is not used there)
+        command = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--worker", path]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             sys.stderr.write(done.stderr[-3000:])
