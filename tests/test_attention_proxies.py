@@ -118,6 +118,30 @@ def test_inference_peak_at_a_fine_tuning_size_is_at_most_exacts(exact_peak_at_22
 SMALL_SIZE_LIMITS = {"performer": 1.13, "nystrom": 1.32}
 
 
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chunking_the_batch_trades_the_small_size_peak_for_kernel_launches(tmp_path):
+    """benchmarks/small_size_chunking.py, the measured reason the excess above is not chunked away:
+    2 chunks of the batch lower both peaks at 160 px with identical logits, and each chunk repeats
+    its unit's kernels (about 50 more aten ops per block)."""
+    import json
+
+    chunking = _load("small_size_chunking")
+    assert chunking.main(["--resolutions", "160", "--chunks", "1,2", "--out", str(tmp_path / "c.json")]) == 0
+    results = json.loads((tmp_path / "c.json").read_text())["results"]
+    assert (tmp_path / "c.md").exists()
+    for mechanism in ("performer", "nystrom"):
+        whole, halves = results[mechanism]["160"]["1"], results[mechanism]["160"]["2"]
+        assert whole["peak_vs_exact"] > 1.0 and halves["peak_vs_exact"] < whole["peak_vs_exact"] - 0.02, (whole, halves)
+        assert halves["max_abs_difference_fp32"] <= 1e-5
+        assert 40 <= halves["ops_per_block"] - whole["ops_per_block"] <= 70, (whole, halves)
+
+
 @pytest.fixture(scope="module")
 def exact_peak_at_160():
     return proxies.measure("exact", depth=1, resolution=160, batch=8)["peak_mib"]

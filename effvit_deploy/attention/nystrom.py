@@ -72,6 +72,10 @@ landmark: exact attention) and from 224 px up to 2048 px (16,385 tokens), the la
 freed before the iterations and each iteration's factors as soon as they are used; in between
 the fp32 iterations (at most seven [B * heads, m, m] tensors at once, z and b counting two)
 outweigh the MLP's activation: 1.29x exact's at 160 px (101 tokens), 1.05x at 192 px.
+Chunking the batch through the inverse would reach 1.00x with 2 chunks at 192 px and 3 at 160
+px, at 146 and 199 aten ops per block instead of 90 (benchmarks/small_size_chunking.py;
+benchmarks/results/small_size_chunking.md): at those sizes a GPU forward is launch-bound and
+the memory saved is a few MiB (at most 2.4 MiB at batch 8), so it is not done.
 
 An optional depthwise convolution over the sequence on V (the official code's residual,
 kernel 33) is zero-initialised so a pretrained ViT starts unchanged.

@@ -43,9 +43,12 @@ lucidrains/performer-pytorch.
   token ones (at those sizes FAVOR+ also costs more FLOPs than exact attention). With the
   default 256 features, batch 8 (benchmarks/results/inference_peak_sweep.md): 1.10x exact's
   peak at 160 px (101 tokens), 1.34x at 128 px, 1.61x at 96 px, 2.05x at 64 px (17 tokens);
-  equal from 192 px. Chunking over the batch would lower it, but each chunk repeats the
-  attention's ~44 kernel launches per block at the sizes that are launch-bound on a GPU, so it
-  is not done.
+  equal from 192 px. Chunking the batch would lower it, at about 50 more kernel launches per
+  block for each chunk (benchmarks/small_size_chunking.py;
+  benchmarks/results/small_size_chunking.md): 2 chunks bring 128 and 160 px to 1.00x at 131
+  aten ops per block instead of 77, 3 chunks 64 and 96 px at 181. At these sizes a GPU forward
+  is launch-bound and the memory saved is a few MiB (at most 2.4 MiB at batch 8), so it is not
+  done.
 - Precision: everything runs in the input's dtype (bf16/fp16 under autocast; the kernels
   accumulate in fp32) except the [B, heads, m, 1] normaliser log S_f and 1 - o_f, which are
   fp32 (log S_f spans hundreds for large-norm keys); kv_f / S_f divides by 1 - o_f (in
