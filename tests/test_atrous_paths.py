@@ -87,6 +87,22 @@ def test_row_bands_start_on_window_rows_and_cover_the_grid():
                 assert all(r0 % (window * d) == 0 for r0, _ in bands)
 
 
+def test_window_layout_traced_for_export_equals_eager():
+    """Under torch.export the layout's index divisions truncate (TensorRT parses that), in eager
+    and torch.compile they floor (inductor compiles that): the same indices and mask on every
+    small grid."""
+    cpu = torch.device("cpu")
+    for H in range(1, 16):
+        for W in range(1, 16):
+            for window, dilations in ((1, (1,)), (2, (1, 2)), (3, (1, 2, 3)), (7, (1, 2, 3)), (4, (2, 5))):
+                eager = atrous.window_layout(window, dilations, H, W, 1, cpu)
+                with mock.patch.object(torch.compiler, "_is_exporting_flag", True):
+                    exported = atrous.window_layout(window, dilations, H, W, 1, cpu)
+                assert eager[4:] == exported[4:]
+                for a, b in zip(eager[:4], exported[:4]):
+                    assert torch.equal(a, b), (H, W, window, dilations)
+
+
 @pytest.mark.parametrize("grid,prefix", GRIDS[:2])
 def test_training_backward_through_the_checkpointed_branches_matches_dense_attention(grid, prefix):
     layer = trained_like().train()

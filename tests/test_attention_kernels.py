@@ -110,6 +110,22 @@ def test_nystrom_uses_the_requested_landmarks_on_a_thin_grid(caplog):
                       "factorisation of 65 fits it); landmarks_used(grid) gives the count"]
 
 
+def test_exporting_is_true_under_torch_export_and_false_under_torch_compile():
+    """`base.exporting()` picks the exported forms (truncating index division; the window
+    partition instead of FlexAttention). torch 2.11's Dynamo folds `torch.compiler.is_exporting()`
+    to True in every torch.compile graph; the helper must not."""
+    from effvit_deploy.attention.base import exporting
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            return x + 1 if exporting() else x - 1
+
+    x = torch.zeros(2)
+    assert Probe()(x).tolist() == [-1, -1]
+    assert torch.compile(Probe(), fullgraph=True, backend="eager")(x).tolist() == [-1, -1]
+    assert torch.export.export(Probe(), (x,)).module()(x).tolist() == [1, 1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["exact", "linformer", "performer", "nystrom", "atrous"])
 def test_every_mechanism_compiles_as_one_graph(name):

@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import TimmAttention, index_div, recompute_in_backward, size_max, size_min
+from .base import TimmAttention, exporting, index_div, recompute_in_backward, size_max, size_min
 
 torch.fx.wrap("size_min")
 torch.fx.wrap("size_max")
@@ -333,7 +333,7 @@ class AtrousAttention(TimmAttention):
 def use_flex(q: torch.Tensor) -> bool:
     """FlexAttention serves CUDA eager and torch.compile; export, FX tracing (q is then a proxy,
     not a tensor) and CPU take the window partition."""
-    return isinstance(q, torch.Tensor) and q.is_cuda and not torch.compiler.is_exporting() and not torch.onnx.is_in_onnx_export()
+    return isinstance(q, torch.Tensor) and q.is_cuda and not exporting() and not torch.onnx.is_in_onnx_export()
 
 
 def _atrous_mask_mod(H: int, W: int, P: int, d: int, wh: int, ww: int):

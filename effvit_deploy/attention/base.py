@@ -49,6 +49,19 @@ def size_max(a: Size, b: Size) -> Size:
 torch.fx.wrap("size_max")
 
 
+def exporting() -> bool:
+    """True while torch.export traces a graph (ONNX and TensorRT export), False in eager and inside
+    torch.compile: the flag torch.export sets while it traces, which is what
+    `torch.compiler.is_exporting()` returns outside Dynamo. Inside a torch.compile graph torch
+    2.11's Dynamo folds `is_exporting()` to True (torch 2.14 reads the flag), so with it every
+    compiled atrous model took the exported forms there: inductor's CPU code generation refused
+    its truncating index divisions (`index_div`), and on CUDA it would have run the window
+    partition instead of FlexAttention. Falls back to `is_exporting()` on a torch without the
+    flag."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
+
+
 def index_div(x: torch.Tensor, n: Size) -> torch.Tensor:
     """x // n for a non-negative integer tensor x (indices, coordinates) and a size n (int or
     symbolic). Truncating under torch.export (ONNX, TensorRT: floor division exports a sign test,
@@ -56,7 +69,7 @@ def index_div(x: torch.Tensor, n: Size) -> torch.Tensor:
     inductor bounds a truncating division by a float range, and its CPU code generation then
     refuses an index computed from one (torch 2.14: `AssertionError: (VR[-56.0, 251.0],
     VR[-int_oo, -1])` on atrous's window layout)."""
-    return torch.div(x, n, rounding_mode="trunc" if torch.compiler.is_exporting() else "floor")
+    return torch.div(x, n, rounding_mode="trunc" if exporting() else "floor")
 
 
 def refuse_masks(x: torch.Tensor, attn_mask: Optional[torch.Tensor], is_causal: bool, mechanism: str) -> torch.Tensor:
