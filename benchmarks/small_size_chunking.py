@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     resolutions = [int(r) for r in args.resolutions.split(",") if r]
     chunk_counts = [int(c) for c in args.chunks.split(",") if c]
-    if not resolutions or any(r < 16 or r % 16 for r in resolutions) or not chunk_counts or min(chunk_counts) < 1 or args.batch < 1:
-        parser.error("--resolutions: positive multiples of 16; --chunks: counts >= 1; --batch >= 1")
+    if (not resolutions or any(r < 16 or r % 16 for r in resolutions) or not chunk_counts
+            or min(chunk_counts) < 1 or max(chunk_counts) > args.batch):
+        parser.error("--resolutions: positive multiples of 16; --chunks: counts from 1 to --batch (slices of the batch)")
     results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for px in resolutions:
         exact_peak = measure("exact", 1, px, args.batch)["peak_mib"]
