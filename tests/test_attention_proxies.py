@@ -14,10 +14,16 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "attention_proxies", Path(__file__).parents[1] / "benchmarks" / "attention_proxies.py")
-proxies = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(proxies)
+
+def _load(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+proxies = _load("attention_proxies")
 
 # (ops per block above the bound's, bytes written / the bound's); measured 1, 13, 50, 63, 68, 30
 # ops and 1.02, 1.06, 1.32, 1.64, 1.55, 1.15x (bytes of copies made by to/reshape included).
@@ -116,13 +122,6 @@ def test_inference_peak_at_a_fine_tuning_size_is_at_most_exacts(exact_peak_at_22
 # Limits at 160 px (101 tokens): measured plus a small margin; at e8bb1e2 nystrom held 1.39x (the
 # previous iteration's factor kept through the next).
 SMALL_SIZE_LIMITS = {"performer": 1.13, "nystrom": 1.32}
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_chunking_the_batch_trades_the_small_size_peak_for_kernel_launches(tmp_path):
